@@ -1,0 +1,96 @@
+"""Shared fixtures: fixed-weight toy nets, seeded torchvision models, model-state snapshots."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+
+class ToyNet(nn.Module):
+    """A_0 = x, A_1 = -x (1x1 conv, fixed), then GAP + Linear with fixed W (no bias)."""
+
+    def __init__(self, w: list[list[float]] | None = None):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 1, bias=False)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+            self.fc.weight.copy_(torch.tensor(w or [[1.0, 2.0], [3.0, -1.0]]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.conv(x)), 1))
+
+
+class SpatialHeadNet(nn.Module):
+    """Same conv; a single logit = sum_ij V_ij A0_ij + U_ij A1_ij (not pooled-linear)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 1, bias=False)
+        self.fc = nn.Linear(12, 1, bias=False)
+        v = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 5.0]])  # mean 1
+        u = torch.tensor([[0.0, 0.0, 3.0], [0.0, 0.0, 0.0]])  # mean 0.5
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+            self.fc.weight.copy_(torch.cat([v.flatten(), u.flatten()])[None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.conv(x), 1))
+
+
+# the input of the hand computations
+TOY_X = torch.tensor([[1.0, 2.0, 0.0], [0.0, -1.0, 4.0]]).view(1, 1, 2, 3)
+
+
+def seeded(name: str, seed: int = 0, **kwargs) -> nn.Module:
+    import torchvision
+
+    torch.manual_seed(seed)
+    return torchvision.models.get_model(name, weights=None, **kwargs).eval()
+
+
+@pytest.fixture(scope="session")
+def resnet18() -> nn.Module:
+    return seeded("resnet18")
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> nn.Module:
+    from xcam.demo import load_demo_model
+
+    return load_demo_model()
+
+
+def snapshot(model: nn.Module) -> dict:
+    """Everything explaining must leave as it was."""
+    mods = list(model.modules())
+    return {
+        "training": [m.training for m in mods],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grad": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        "hooks": [
+            (
+                len(m._forward_hooks),
+                len(m._forward_pre_hooks),
+                len(m._backward_hooks),
+                len(m._backward_pre_hooks),
+            )
+            for m in mods
+        ],
+        "inplace": [getattr(m, "inplace", None) for m in mods],
+        "state": copy.deepcopy(model.state_dict()),
+    }
+
+
+def assert_same_snapshot(a: dict, b: dict) -> None:
+    for key in ("training", "requires_grad", "hooks", "inplace"):
+        assert a[key] == b[key], key
+    for ga, gb in zip(a["grad"], b["grad"], strict=True):
+        assert (ga is None and gb is None) or torch.equal(ga, gb)
+    assert a["state"].keys() == b["state"].keys()
+    for k in a["state"]:
+        assert torch.equal(a["state"][k], b["state"][k]), k

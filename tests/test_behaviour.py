@@ -1,0 +1,148 @@
+"""Orientation, batch invariance, targets, degenerate maps, multi-layer fusion."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import xcam
+
+
+class TwoPatchNet(nn.Module):
+    """Stride-2 channel-wise averaging conv, GAP, identity Linear: class k reads channel k."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, stride=2, padding=1, groups=2, bias=False)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.conv.weight.fill_(1 / 9)
+            self.fc.weight.copy_(torch.eye(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.conv(x)), 1))
+
+
+def test_orientation_oracle_non_square() -> None:
+    """Class 0 reads a patch at the top right, class 1 one at the bottom left; H != W."""
+    x = torch.zeros(1, 2, 40, 64)
+    x[0, 0, 4:12, 44:58] = 1.0  # top right, channel 0
+    x[0, 1, 28:36, 6:18] = 1.0  # bottom left, channel 1
+    net = TwoPatchNet()
+    for cls, (rows, cols) in {0: ((4, 12), (44, 58)), 1: ((28, 36), (6, 18))}.items():
+        res = xcam.GradCAM(net, "conv")(x, targets=cls)
+        assert res.maps.shape == (1, 40, 64)
+        peak = int(res.maps[0].flatten().argmax())
+        r, c = divmod(peak, 64)
+        assert rows[0] <= r < rows[1] and cols[0] <= c < cols[1], (cls, r, c)
+
+
+@pytest.mark.parametrize("model_name,layer", [("demo_model", "block3"), ("resnet18", "layer3")])
+def test_batch_equals_per_sample(model_name: str, layer: str, request) -> None:
+    model = request.getfixturevalue(model_name)
+    torch.manual_seed(4)
+    x = torch.randn(3, 3, 64, 72)
+    method = xcam.GradCAM(model, layer)
+    batched = method(x)
+    for i in range(3):
+        single = method(x[i : i + 1])
+        torch.testing.assert_close(batched.maps[i], single.maps[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            batched.layer_maps[layer][i], single.layer_maps[layer][0], atol=1e-6, rtol=1e-4
+        )
+        assert batched.targets[i] == single.targets[0]
+
+
+def test_maps_in_unit_range_and_input_size(demo_model) -> None:
+    res = xcam.GradCAM(demo_model)(torch.randn(2, 3, 64, 64))
+    assert res.maps.shape == (2, 64, 64)
+    assert float(res.maps.min()) >= 0.0 and float(res.maps.max()) <= 1.0
+    assert not bool(res.maps.isnan().any())
+    assert res.layers == ["block3"]  # the default: last layer with a spatial output
+
+
+def test_zero_gradient_gives_zeros_and_a_flag(demo_model) -> None:
+    x = torch.randn(2, 3, 64, 64)
+    for target in (lambda logits: logits[:, 0] * 0.0, lambda logits: torch.zeros(len(logits))):
+        res = xcam.GradCAM(demo_model, "block3")(x, targets=target)
+        assert bool(res.degenerate.all())
+        assert torch.equal(res.maps, torch.zeros_like(res.maps))
+
+
+def test_callable_target_regression(demo_model) -> None:
+    """A callable score (e.g. one output of a regressor) equals the matching class index."""
+    x = torch.randn(2, 3, 64, 64)
+    by_fn = xcam.GradCAM(demo_model, "block3")(x, targets=lambda logits: logits[:, 2])
+    by_idx = xcam.GradCAM(demo_model, "block3")(x, targets=2)
+    torch.testing.assert_close(by_fn.maps, by_idx.maps)
+    assert callable(by_fn.targets)
+
+
+def test_per_sample_targets(demo_model) -> None:
+    x = torch.randn(3, 3, 64, 64)
+    res = xcam.GradCAM(demo_model, "block3")(x, targets=torch.tensor([0, 1, 3]))
+    assert res.targets.tolist() == [0, 1, 3]
+    one = xcam.GradCAM(demo_model, "block3")(x, targets=[2])  # length 1 broadcasts
+    assert one.targets.tolist() == [2, 2, 2]
+
+
+@pytest.mark.parametrize(
+    "targets,match",
+    [
+        (7, "out of range for 4 classes"),
+        (-1, "out of range"),
+        ([0, 1], "2 targets given for a batch of 3"),
+        ([[0], [1], [2]], "1-D"),
+        ("positive", "single-logit"),
+        (lambda logits: logits, r"one score per sample"),
+        (1.5, "1-D list or tensor of ints"),
+    ],
+)
+def test_bad_targets_are_clear_errors(demo_model, targets, match: str) -> None:
+    with pytest.raises(xcam.TargetError, match=match):
+        xcam.GradCAM(demo_model, "block3")(torch.randn(3, 3, 64, 64), targets=targets)
+
+
+@pytest.mark.parametrize(
+    "x,match",
+    [
+        (torch.randn(3, 64, 64).numpy(), "torch.Tensor"),
+        (torch.randn(64, 64), r"\[B, C, H, W\]"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "float"),
+        (torch.full((1, 3, 64, 64), float("nan")), "NaN"),
+        (torch.zeros(0, 3, 64, 64), "empty"),
+    ],
+)
+def test_bad_inputs_are_clear_errors(demo_model, x, match: str) -> None:
+    with pytest.raises(xcam.InputError, match=match):
+        xcam.GradCAM(demo_model, "block3")(x)
+
+
+def test_three_d_input_is_a_batch_of_one(demo_model) -> None:
+    res = xcam.GradCAM(demo_model, "block3")(torch.randn(3, 64, 64))
+    assert res.maps.shape == (1, 64, 64)
+
+
+def test_multi_layer_fusion(resnet18) -> None:
+    torch.manual_seed(5)
+    x = torch.randn(2, 3, 64, 64)
+    fused = xcam.GradCAM(resnet18, ["layer3", "layer4"])(x)
+    assert list(fused.layer_maps) == ["layer3", "layer4"]
+    assert fused.layer_maps["layer3"].shape == (2, 4, 4)
+    assert fused.layer_maps["layer4"].shape == (2, 2, 2)
+    # each layer's map equals the single-layer run (gradients through layer4 reach layer3)
+    for name in ("layer3", "layer4"):
+        single = xcam.GradCAM(resnet18, name)(x, targets=fused.targets)
+        torch.testing.assert_close(fused.layer_maps[name], single.layer_maps[name])
+    assert float(fused.maps.max()) == pytest.approx(1.0)
+
+
+def test_layer_given_as_module(resnet18) -> None:
+    torch.manual_seed(6)
+    x = torch.randn(1, 3, 64, 64)
+    by_obj = xcam.GradCAM(resnet18, resnet18.layer4)(x)
+    by_name = xcam.GradCAM(resnet18, "layer4")(x)
+    torch.testing.assert_close(by_obj.maps, by_name.maps)
+    assert by_obj.layers == ["layer4"]

@@ -1,0 +1,206 @@
+"""The command line, through click's runner and as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from xcam.cli import main
+from xcam.demo import sample_images
+
+
+@pytest.fixture()
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture()
+def images(tmp_path: Path) -> Path:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in sample_images()[:3]:
+        shutil.copy(p, folder / p.name)
+    return folder
+
+
+def test_help_lists_commands(runner) -> None:
+    res = runner.invoke(main, ["--help"])
+    assert res.exit_code == 0
+    for cmd in ("layers", "explain", "export", "bench", "demo"):
+        assert cmd in res.output
+    for cmd in ("layers", "explain", "export", "bench", "demo"):
+        assert runner.invoke(main, [cmd, "--help"]).exit_code == 0
+
+
+def test_python_dash_m() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "xcam", "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and "xcam" in out.stdout
+
+
+def test_layers_demo(runner) -> None:
+    res = runner.invoke(main, ["layers", "demo"])
+    assert res.exit_code == 0, res.output
+    assert "* block3" in res.output and "1x64x16x16" in res.output
+    assert "block1.0" in res.output
+
+
+def test_explain_writes_overlays_maps_and_predictions(runner, images, tmp_path) -> None:
+    out = tmp_path / "out"
+    before = {p.name: p.read_bytes() for p in images.iterdir()}
+    res = runner.invoke(
+        main,
+        [
+            "explain",
+            "demo",
+            str(images),
+            "--out",
+            str(out),
+            "--method",
+            "gradcam",
+            "--layer",
+            "block3",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    payload = json.loads((out / "predictions.json").read_text())
+    assert payload["method"] == "gradcam" and payload["layers"] == ["block3"]
+    assert len(payload["images"]) == 3 and payload["errors"] == []
+    for item in payload["images"]:
+        src = Image.open(item["image"])
+        with Image.open(out / item["overlay"]) as ov:
+            assert ov.format == "PNG" and ov.size == src.size
+        cam = np.load(out / item["map"])
+        assert cam.shape == (src.height, src.width) and cam.dtype == np.float32
+        assert cam.min() >= 0.0 and cam.max() <= 1.0
+        assert item["predictions"][0]["name"] == Path(item["image"]).stem.rsplit("_", 1)[0]
+        assert item["target"] == item["predictions"][0]["class"]
+    # nothing the user gave is modified
+    assert before == {p.name: p.read_bytes() for p in images.iterdir()}
+
+
+def test_explain_with_class_and_cam(runner, images, tmp_path) -> None:
+    out = tmp_path / "o"
+    res = runner.invoke(
+        main, ["explain", "demo", str(images), "-o", str(out), "-m", "cam", "--class", "2"]
+    )
+    assert res.exit_code == 0, res.output
+    payload = json.loads((out / "predictions.json").read_text())
+    assert {i["target"] for i in payload["images"]} == {2}
+    assert {i["target_name"] for i in payload["images"]} == {"triangle"}
+
+
+def test_wrong_layer_names_closest(runner, images, tmp_path) -> None:
+    res = runner.invoke(
+        main, ["explain", "demo", str(images), "--out", str(tmp_path / "o"), "--layer", "blok3"]
+    )
+    assert res.exit_code != 0
+    assert "blok3" in res.output and "block3" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_unreadable_image_is_reported_rest_finishes(runner, images, tmp_path) -> None:
+    (images / "broken.png").write_text("this is not a png")
+    out = tmp_path / "o"
+    res = runner.invoke(main, ["explain", "demo", str(images), "--out", str(out)])
+    assert res.exit_code == 1
+    assert "broken.png" in res.output and "not a readable image" in res.output
+    payload = json.loads((out / "predictions.json").read_text())
+    assert len(payload["images"]) == 3
+    assert payload["errors"][0]["image"].endswith("broken.png")
+
+
+def test_missing_image_and_bad_options(runner, tmp_path) -> None:
+    res = runner.invoke(
+        main, ["explain", "demo", str(tmp_path / "nope.png"), "-o", str(tmp_path / "o")]
+    )
+    assert res.exit_code == 1 and "no such file" in res.output
+    res = runner.invoke(main, ["explain", "demo", str(tmp_path), "-o", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "no images found" in res.output
+    res = runner.invoke(
+        main, ["explain", "demo", str(tmp_path), "-o", str(tmp_path / "o"), "-m", "nosuch"]
+    )
+    assert res.exit_code != 0 and "available" in res.output
+
+
+def test_class_out_of_range(runner, images, tmp_path) -> None:
+    res = runner.invoke(
+        main, ["explain", "demo", str(images), "-o", str(tmp_path / "o"), "--class", "9"]
+    )
+    assert res.exit_code != 0 and "out of range for 4 classes" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_explain_torchvision_model(runner, images, tmp_path) -> None:
+    out = tmp_path / "o"
+    res = runner.invoke(
+        main,
+        [
+            "explain",
+            "torchvision:resnet18",
+            str(images / "circle_1.png"),
+            "-o",
+            str(out),
+            "--input-size",
+            "64,96",
+            "--layer",
+            "layer3",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "random weights" in res.output
+    payload = json.loads((out / "predictions.json").read_text())
+    assert payload["input_size"] == [64, 96] and payload["layers"] == ["layer3"]
+
+
+def test_bad_model_specs(runner, images, tmp_path) -> None:
+    for spec, msg in [
+        ("torchvision:resnet1888", "resnet18"),
+        ("nosuchpkg.mod:f", "cannot import"),
+        ("what", "unknown model spec"),
+    ]:
+        res = runner.invoke(main, ["explain", spec, str(images), "-o", str(tmp_path / "o")])
+        assert res.exit_code != 0 and msg in res.output, res.output
+
+
+def test_weights_file_errors(runner, images, tmp_path) -> None:
+    bad = tmp_path / "w.pt"
+    bad.write_bytes(b"garbage")
+    res = runner.invoke(
+        main,
+        [
+            "explain",
+            "torchvision:resnet18",
+            str(images),
+            "-o",
+            str(tmp_path / "o"),
+            "--weights",
+            str(bad),
+        ],
+    )
+    assert res.exit_code != 0 and "state dict" in res.output
+
+
+def test_demo_command(runner, tmp_path) -> None:
+    out = tmp_path / "demo"
+    res = runner.invoke(main, ["demo", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "held-out accuracy" in res.output
+    for name in ("grid_layers.png", "grid_methods.png", "predictions.json"):
+        assert (out / name).is_file() and str(out / name) in res.output
+    assert len(list(out.glob("*_gradcam.png"))) == len(sample_images())
+
+
+def test_placeholders_say_not_implemented(runner) -> None:
+    for cmd in ("export", "bench"):
+        res = runner.invoke(main, [cmd, "demo"])
+        assert res.exit_code != 0 and "not implemented yet" in res.output

@@ -1,0 +1,77 @@
+"""xcam: class activation maps for PyTorch CNNs, from eager PyTorch and exported models.
+
+``import xcam`` is cheap: torch, numpy, PIL and friends load on first use of a name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "CamModel": "xcam.cammodel",
+    "CamResult": "xcam.result",
+    "LayerNotFoundError": "xcam.errors",
+    "resolve_layers": "xcam.layers",
+    "candidate_layers": "xcam.layers",
+    "TargetError": "xcam.errors",
+    "InputError": "xcam.errors",
+    "HeadError": "xcam.errors",
+    "XCamError": "xcam.errors",
+    "get_method": "xcam.methods",
+    "list_methods": "xcam.methods",
+    "register_method": "xcam.methods",
+    "BaseCAM": "xcam.methods.base",
+    "CAM": "xcam.methods.cam",
+    "GradCAM": "xcam.methods.gradcam",
+    "load_model": "xcam.models",
+    "load": "xcam.models",
+}
+
+__all__ = [
+    "CAM",
+    "BaseCAM",
+    "CamModel",
+    "CamResult",
+    "GradCAM",
+    "HeadError",
+    "InputError",
+    "LayerNotFoundError",
+    "TargetError",
+    "XCamError",
+    "__version__",
+    "candidate_layers",
+    "get_method",
+    "list_methods",
+    "load",
+    "load_model",
+    "register_method",
+    "resolve_layers",
+]
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from xcam.cammodel import CamModel
+    from xcam.errors import HeadError, InputError, LayerNotFoundError, TargetError, XCamError
+    from xcam.layers import candidate_layers, resolve_layers
+    from xcam.methods import get_method, list_methods, register_method
+    from xcam.methods.base import BaseCAM
+    from xcam.methods.cam import CAM
+    from xcam.methods.gradcam import GradCAM
+    from xcam.models import load, load_model
+    from xcam.result import CamResult
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'xcam' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,3 @@
+from xcam.cli import main
+
+main()

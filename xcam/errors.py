@@ -1,0 +1,30 @@
+"""Errors raised by xcam. Each one names the problem in words a user can act on."""
+
+from __future__ import annotations
+
+
+class XCamError(ValueError):
+    """Base class of xcam's own errors (a ``ValueError``: the input was wrong)."""
+
+
+class LayerNotFoundError(XCamError, KeyError):
+    """A layer reference names no module of the model."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class TargetError(XCamError):
+    """A target does not fit the model's output."""
+
+
+class InputError(XCamError):
+    """An input tensor or image is not something the model can take."""
+
+
+class HeadError(XCamError):
+    """The model's head does not have the form a method needs (e.g. CAM's pooled-linear head)."""
+
+
+class ModelSpecError(XCamError):
+    """A model spec (``demo``, ``torchvision:NAME``, ``pkg.mod:factory``) can't be loaded."""

@@ -1,0 +1,130 @@
+"""Layer references: dotted names, module objects, or ``None`` for the last spatial layer."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from xcam.errors import InputError, LayerNotFoundError
+
+LayerRef = str | nn.Module
+Layers = LayerRef | Sequence[LayerRef] | None
+
+
+def module_names(model: nn.Module) -> dict[nn.Module, str]:
+    """Map each submodule (by identity) to its first dotted name; the root is excluded."""
+    names: dict[nn.Module, str] = {}
+    for name, module in model.named_modules():
+        if name and module not in names:
+            names[module] = name
+    return names
+
+
+def _closest(name: str, candidates: Sequence[str], n: int = 5) -> list[str]:
+    close = difflib.get_close_matches(name, candidates, n=n, cutoff=0.5)
+    if not close:  # fall back to names sharing the first path component
+        head = name.split(".")[0]
+        close = [c for c in candidates if c.split(".")[0] == head][:n]
+    return close or list(candidates[:n])
+
+
+def resolve_layer(model: nn.Module, ref: LayerRef) -> tuple[str, nn.Module]:
+    """Return ``(dotted_name, module)`` for a name or a module object of ``model``."""
+    if isinstance(ref, nn.Module):
+        name = module_names(model).get(ref)
+        if name is None:
+            raise LayerNotFoundError(
+                f"the module {type(ref).__name__} given as a layer is not part of the model"
+            )
+        return name, ref
+    if not isinstance(ref, str) or not ref:
+        raise LayerNotFoundError(
+            f"a layer is a dotted module name or an nn.Module, got {ref!r} ({type(ref).__name__})"
+        )
+    names = [n for n, _ in model.named_modules() if n]
+    try:
+        return ref, model.get_submodule(ref)
+    except AttributeError:
+        close = _closest(ref, names)
+        raise LayerNotFoundError(
+            f"no layer named {ref!r} in {type(model).__name__}; closest: {', '.join(close)}"
+            " (`xcam layers MODEL` lists them all)"
+        ) from None
+
+
+def resolve_layers(model: nn.Module, layers: Layers) -> list[tuple[str, nn.Module]] | None:
+    """Resolve one reference or a list of them; ``None`` stays ``None`` (chosen at run time)."""
+    if layers is None:
+        return None
+    refs = [layers] if isinstance(layers, str | nn.Module) else list(layers)
+    if not refs:
+        raise LayerNotFoundError("an empty list of layers was given")
+    resolved = [resolve_layer(model, r) for r in refs]
+    seen: set[str] = set()
+    for name, _ in resolved:
+        if name in seen:
+            raise LayerNotFoundError(f"layer {name!r} is listed twice")
+        seen.add(name)
+    return resolved
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One module's output in a probe forward pass."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    order: int  # when the module finished, in execution order
+
+    @property
+    def spatial(self) -> bool:
+        return len(self.shape) == 4 and self.shape[2] * self.shape[3] > 1
+
+
+def candidate_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
+    """Run ``model`` once on ``example`` and list modules with a 4-D tensor output.
+
+    The list is in the order modules finish, so a block comes after its children.
+    The model's mode and hooks are left as they were.
+    """
+    from xcam.capture import preserved_state
+
+    infos: list[LayerInfo] = []
+    names = module_names(model)
+
+    def record(module: nn.Module, _inputs: object, output: object) -> None:
+        if isinstance(output, torch.Tensor) and output.dim() == 4 and module in names:
+            infos.append(
+                LayerInfo(names[module], type(module).__name__, tuple(output.shape), len(infos))
+            )
+
+    handles = []
+    with preserved_state(model):
+        try:
+            for module in names:
+                handles.append(module.register_forward_hook(record))
+            with torch.no_grad():
+                model(example)
+        finally:
+            for h in handles:
+                h.remove()
+    # a module called twice (shared) is listed once, at its last call
+    last: dict[str, LayerInfo] = {i.name: i for i in infos}
+    return sorted(last.values(), key=lambda i: i.order)
+
+
+def default_layer(model: nn.Module, example: torch.Tensor) -> str:
+    """The last module (in execution order) whose output is a spatial 4-D map."""
+    infos = candidate_layers(model, example)
+    spatial = [i for i in infos if i.spatial] or infos
+    if not spatial:
+        raise InputError(
+            f"{type(model).__name__} has no layer with a 4-D [B, C, H, W] output for an input of"
+            f" shape {tuple(example.shape)}; pass layers= explicitly"
+        )
+    return spatial[-1].name

@@ -1,0 +1,66 @@
+"""CAM — Zhou et al., "Learning Deep Features for Discriminative Localization", CVPR 2016.
+
+For a head that is global average pooling then one linear layer, ``y_k = sum_c W_kc ·
+mean_ij A_c,ij + b_k``, the map of class k is
+
+    L_k = ReLU(sum_c W_kc A_c)
+
+No gradients: the weights are read from the linear layer. xcam finds that layer (a
+``Linear`` with ``C`` inputs) and checks numerically that the logits really are
+``W · GAP(A) + b``; any other head is an error that points to Grad-CAM.
+
+Example::
+
+    >>> import torch, xcam
+    >>> from xcam.demo import load_demo_model
+    >>> result = xcam.CAM(load_demo_model(), "block3")(torch.rand(1, 3, 64, 64), targets=2)
+    >>> result.targets.tolist()
+    [2]
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from xcam.errors import HeadError
+from xcam.methods import register_method
+from xcam.methods.base import BaseCAM, LayerContext
+
+
+def pooled_linear_head(model: nn.Module, acts: torch.Tensor, logits: torch.Tensor) -> nn.Linear:
+    """The ``Linear`` that maps ``GAP(acts)`` to ``logits``, checked numerically."""
+    c = acts.shape[1]
+    pooled = acts.mean(dim=(2, 3))
+    for module in reversed(list(model.modules())):
+        if isinstance(module, nn.Linear) and module.in_features == c:
+            if module.out_features != logits.shape[1]:
+                continue
+            w = module.weight.detach().to(pooled.dtype)
+            b = 0 if module.bias is None else module.bias.detach().to(pooled.dtype)
+            expected = pooled @ w.T + b
+            tol = 1e-4 * max(1.0, float(logits.abs().max()))
+            if torch.allclose(expected, logits.to(pooled.dtype), rtol=1e-3, atol=tol):
+                return module
+    raise HeadError(
+        "CAM needs a head that is global average pooling then one Linear layer right after "
+        f"the target layer (activations with {c} channels, {logits.shape[1]} logits); this "
+        "model's logits are not W·GAP(A)+b. Use Grad-CAM (`gradcam`), which works for any head"
+    )
+
+
+@register_method
+class CAM(BaseCAM):
+    """Channel weight = the classifier's weight for the target class."""
+
+    name = "cam"
+    needs_gradients = False
+
+    def weights(self, ctx: LayerContext) -> torch.Tensor:
+        if ctx.target.classes is None:
+            raise HeadError("CAM explains a class index; a callable target needs Grad-CAM")
+        fc = pooled_linear_head(ctx.model, ctx.activations, ctx.logits)
+        weight = fc.weight.detach().to(ctx.activations.dtype)
+        if ctx.target.sign is not None:  # single logit: the negative decision is -W
+            return weight[0][None, :] * ctx.target.sign[:, None]
+        return weight[ctx.target.classes]

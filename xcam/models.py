@@ -1,0 +1,145 @@
+"""Model specs: ``demo``, ``torchvision:NAME`` (+ a state-dict file), ``package.module:factory``.
+
+A spec resolves to a :class:`ModelInfo`: the module plus what is needed to feed it images
+(input size, normalisation) and to name its outputs (class names).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from xcam.errors import ModelSpecError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EXPORTED_SUFFIXES = (".onnx", ".pt2", ".ts", ".torchscript", ".jit")
+
+
+@dataclass
+class ModelInfo:
+    """A model ready to explain, with how its inputs are made."""
+
+    model: nn.Module
+    spec: str
+    input_size: tuple[int, int] = (224, 224)  # (H, W)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    classes: list[str] | None = None
+    default_layer: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def class_name(self, k: int) -> str:
+        if self.classes is not None and 0 <= k < len(self.classes):
+            return self.classes[k]
+        return str(k)
+
+
+def _load_state_dict(model: nn.Module, weights: str | Path) -> None:
+    path = Path(weights)
+    if not path.is_file():
+        raise ModelSpecError(f"weights file {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelSpecError(
+            f"could not read {str(path)!r} as a state dict (loaded with weights_only=True): {e}"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelSpecError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[:4]
+        raise ModelSpecError(
+            f"{str(path)!r} does not fit {type(model).__name__}: " + " ".join(first)
+        ) from None
+
+
+def load_model(
+    spec: str | nn.Module,
+    weights: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> ModelInfo:
+    """Resolve a model spec. Without ``weights``, torchvision models get seeded random weights."""
+    if isinstance(spec, nn.Module):
+        return ModelInfo(spec.to(device), type(spec).__name__)
+    if not isinstance(spec, str) or not spec:
+        raise ModelSpecError(f"a model spec is a non-empty string, got {spec!r}")
+    if spec == "demo":
+        from xcam import demo
+
+        model = demo.load_demo_model(device)
+        if weights is not None:
+            _load_state_dict(model, weights)
+        return ModelInfo(
+            model, "demo", demo.INPUT_SIZE, demo.MEAN, demo.STD, list(demo.CLASSES), "block3"
+        )
+    if spec.lower().endswith(EXPORTED_SUFFIXES):
+        raise ModelSpecError(
+            f"{spec!r} is an exported model; loading exported files (xcam.load) is not "
+            "implemented yet in this version. Use the original model spec for now"
+        )
+    if spec.startswith("torchvision:"):
+        return _torchvision(spec, spec.split(":", 1)[1], weights, device, seed)
+    if ":" in spec:
+        return _factory(spec, weights, device)
+    raise ModelSpecError(
+        f"unknown model spec {spec!r}: use 'demo', 'torchvision:NAME', 'package.module:factory' "
+        "or an exported file"
+    )
+
+
+def _torchvision(spec: str, name: str, weights, device, seed: int) -> ModelInfo:
+    import torchvision
+
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        import difflib
+
+        close = difflib.get_close_matches(name, available, n=5, cutoff=0.4)
+        raise ModelSpecError(
+            f"torchvision has no classification model {name!r}; closest: {', '.join(close)}"
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = torchvision.models.get_model(name, weights=None)
+    notes = []
+    if weights is None:
+        notes.append(f"{name}: random weights (seed {seed}); pass --weights FILE for real ones")
+    else:
+        _load_state_dict(model, weights)
+    return ModelInfo(model.eval().to(device), spec, notes=notes)
+
+
+def _factory(spec: str, weights, device) -> ModelInfo:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ModelSpecError(
+            f"cannot import {module_name!r} for model spec {spec!r}: {e}"
+        ) from None
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise ModelSpecError(f"{module_name!r} has no attribute {attr!r}")
+    model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+    if not isinstance(model, nn.Module):
+        raise ModelSpecError(f"{spec!r} gave a {type(model).__name__}, not a torch.nn.Module")
+    if weights is not None:
+        _load_state_dict(model, weights)
+    return ModelInfo(model.eval().to(device), spec)
+
+
+def load(path: str | Path, device: str = "cpu"):
+    """A backend for an exported file (.onnx, TorchScript, .pt2). Not implemented yet."""
+    raise NotImplementedError(
+        f"xcam.load({str(path)!r}): backends for exported models are not implemented yet"
+    )

@@ -1,0 +1,56 @@
+"""``CamResult``: what every method returns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class CamResult:
+    """An explanation of a batch.
+
+    Attributes:
+        maps: ``[B, H, W]`` float in ``[0, 1]``, at the input's size (layers fused).
+        logits: the model's output, ``[B, K]``.
+        targets: the class explained per sample (``[B]`` long; for a single-logit head 1 =
+            positive, 0 = negative decision), or the callable that gave the scores.
+        scores: the explained score per sample, ``[B]``.
+        layer_maps: per layer, ``ReLU(sum_c w_c A_c)`` at the layer's resolution
+            ``[B, h, w]``, before normalisation (so identities between methods can be checked).
+        degenerate: ``[B]`` bool, True where a map is constant (e.g. zero gradient): it is
+            returned as zeros rather than NaN.
+        method: the method's registry name; ``layers``: the layer names, in order.
+    """
+
+    maps: torch.Tensor
+    logits: torch.Tensor
+    targets: torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
+    scores: torch.Tensor
+    layer_maps: dict[str, torch.Tensor]
+    degenerate: torch.Tensor
+    method: str = ""
+    layers: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.maps.shape[0]
+
+    def to(self, device: str | torch.device) -> CamResult:
+        """The same result with every tensor moved to ``device``."""
+        return CamResult(
+            maps=self.maps.to(device),
+            logits=self.logits.to(device),
+            targets=self.targets.to(device)
+            if isinstance(self.targets, torch.Tensor)
+            else self.targets,
+            scores=self.scores.to(device),
+            layer_maps={k: v.to(device) for k, v in self.layer_maps.items()},
+            degenerate=self.degenerate.to(device),
+            method=self.method,
+            layers=list(self.layers),
+        )
+
+    def cpu(self) -> CamResult:
+        return self.to("cpu")

@@ -1,0 +1,131 @@
+"""Targets: which score of the model an explanation is about.
+
+- ``None``: the top-1 class (for a single-logit sigmoid head: the decision it made);
+- an int: one class for every sample;
+- a list / 1-D tensor of ints: one class per sample (length 1 or B);
+- ``"positive"`` / ``"negative"``: for a single-logit sigmoid head, the logit or its negation;
+- a callable ``logits -> scores[B]``: any differentiable score (regression, multi-output).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from xcam.errors import TargetError
+
+TargetFn = Callable[[torch.Tensor], torch.Tensor]
+Targets = None | int | str | Sequence[int] | torch.Tensor | TargetFn
+
+BINARY = {"positive": 1, "pos": 1, "negative": 0, "neg": 0}
+
+
+def flatten_logits(logits: torch.Tensor) -> torch.Tensor:
+    """``[B, K]`` as is; ``[B, K, 1, 1]`` (a fully convolutional head) becomes ``[B, K]``."""
+    if not isinstance(logits, torch.Tensor):
+        raise TargetError(
+            f"the model returned {type(logits).__name__}, not a tensor of logits; wrap it so "
+            "that forward returns one [B, K] tensor"
+        )
+    if logits.dim() == 2:
+        return logits
+    if logits.dim() > 2 and all(s == 1 for s in logits.shape[2:]):
+        return logits.reshape(logits.shape[0], logits.shape[1])
+    if logits.dim() == 1:
+        return logits[:, None]
+    raise TargetError(
+        f"logits of shape {tuple(logits.shape)} are neither [B, K] nor [B, K, 1, 1]; "
+        "pass a callable target that maps them to one score per sample"
+    )
+
+
+@dataclass
+class Resolved:
+    """Scores to explain (``[B]``, differentiable) and the class index behind each, if any.
+
+    For a single-logit head, ``classes`` is 1 for the positive and 0 for the negative decision.
+    """
+
+    scores: torch.Tensor
+    classes: torch.Tensor | None
+    sign: torch.Tensor | None = None  # +1 / -1 per sample for single-logit heads
+
+
+def _per_sample(targets: Sequence[int] | torch.Tensor, batch: int) -> torch.Tensor:
+    t = torch.as_tensor(targets)
+    if t.dim() != 1 or t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise TargetError(
+            f"per-sample targets must be a 1-D list or tensor of ints, got {tuple(t.shape)} "
+            f"{t.dtype}"
+        )
+    if t.numel() not in (1, batch):
+        raise TargetError(f"{t.numel()} targets given for a batch of {batch}; give 1 or {batch}")
+    return t.long().expand(batch).clone()
+
+
+def resolve_targets(logits: torch.Tensor, targets: Targets) -> Resolved:
+    """Turn ``targets`` into one differentiable score per sample of ``logits``."""
+    if callable(targets) and not isinstance(targets, torch.Tensor):
+        scores = targets(logits)
+        if not isinstance(scores, torch.Tensor):
+            raise TargetError(f"the target callable returned {type(scores).__name__}, not a tensor")
+        b = logits.shape[0]
+        if scores.shape not in ((b,), (b, 1)):
+            raise TargetError(
+                f"the target callable must return one score per sample, shape [{b}], "
+                f"got {tuple(scores.shape)}"
+            )
+        return Resolved(scores.reshape(b), None)
+
+    flat = flatten_logits(logits)
+    b, k = flat.shape
+    if k == 1:
+        return _resolve_binary(flat[:, 0], targets)
+    if isinstance(targets, str):
+        raise TargetError(
+            f"target {targets!r} is for single-logit (sigmoid) heads; this model has {k} logits"
+        )
+    if targets is None:
+        classes = flat.detach().argmax(dim=1)
+    elif isinstance(targets, bool):
+        raise TargetError("a target is a class index, not a bool")
+    elif isinstance(targets, int):
+        classes = torch.full((b,), targets, dtype=torch.long)
+    else:
+        classes = _per_sample(targets, b)
+    classes = classes.to(flat.device)
+    bad = (classes < 0) | (classes >= k)
+    if bool(bad.any()):
+        raise TargetError(
+            f"target class {int(classes[bad][0])} is out of range for {k} classes (0..{k - 1})"
+        )
+    scores = flat.gather(1, classes[:, None])[:, 0]
+    return Resolved(scores, classes)
+
+
+def _resolve_binary(logit: torch.Tensor, targets: Targets) -> Resolved:
+    """A single-logit head: explain the positive (logit) or negative (-logit) decision."""
+    b = logit.shape[0]
+    if targets is None:
+        positive = (logit.detach() >= 0).long()
+    elif isinstance(targets, str):
+        key = targets.lower()
+        if key not in BINARY:
+            raise TargetError(f"binary target must be 'positive' or 'negative', got {targets!r}")
+        positive = torch.full((b,), BINARY[key], dtype=torch.long)
+    elif isinstance(targets, int) and not isinstance(targets, bool):
+        if targets not in (0, 1):
+            raise TargetError(
+                f"target {targets} is out of range for a single-logit head: use 1 (positive) "
+                "or 0 (negative)"
+            )
+        positive = torch.full((b,), targets, dtype=torch.long)
+    else:
+        positive = _per_sample(targets, b)  # type: ignore[arg-type]
+        if bool(((positive != 0) & (positive != 1)).any()):
+            raise TargetError("targets for a single-logit head are 1 (positive) or 0 (negative)")
+    positive = positive.to(logit.device)
+    sign = positive.to(logit.dtype) * 2 - 1
+    return Resolved(logit * sign, positive, sign)

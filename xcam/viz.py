@@ -1,0 +1,118 @@
+"""Pictures of maps (the I/O edge: numpy, PIL and matplotlib's colormaps live here)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _to_numpy_map(cam: torch.Tensor | np.ndarray) -> np.ndarray:
+    arr = cam.detach().float().cpu().numpy() if isinstance(cam, torch.Tensor) else np.asarray(cam)
+    if arr.ndim != 2:
+        raise ValueError(f"a map is 2-D [H, W], got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError("the map contains NaN or infinite values")
+    return arr.astype(np.float32)
+
+
+def resize_map(cam: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A ``[H, W]`` map resized (bilinear) to ``size`` = (H, W), values kept in range."""
+    arr = _to_numpy_map(cam)
+    if arr.shape == tuple(size):
+        return arr
+    t = torch.from_numpy(arr)[None, None]
+    out = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)
+    return out[0, 0].clamp(float(arr.min()), float(arr.max())).numpy()
+
+
+def colorize(cam: torch.Tensor | np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """A map in ``[0, 1]`` to an ``[H, W, 3]`` uint8 RGB picture through a matplotlib colormap."""
+    import matplotlib
+
+    try:
+        cmap = matplotlib.colormaps[colormap]
+    except KeyError:
+        raise ValueError(f"unknown colormap {colormap!r} (any matplotlib colormap name)") from None
+    arr = np.clip(_to_numpy_map(cam), 0.0, 1.0)
+    return (cmap(arr)[..., :3] * 255.0 + 0.5).astype(np.uint8)
+
+
+def overlay(image, cam: torch.Tensor | np.ndarray, alpha: float = 0.5, colormap: str = "jet"):
+    """Blend a colorized map onto ``image`` (PIL image or ``[H, W, 3]`` uint8) at its size.
+
+    ``alpha`` is the weight of the heatmap: 0 shows only the image, 1 only the map.
+    """
+    from PIL import Image
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    base = image.convert("RGB") if isinstance(image, Image.Image) else Image.fromarray(image)
+    heat = colorize(resize_map(cam, (base.height, base.width)), colormap)
+    mixed = (1 - alpha) * np.asarray(base, dtype=np.float32) + alpha * heat.astype(np.float32)
+    return Image.fromarray(np.clip(mixed + 0.5, 0, 255).astype(np.uint8))
+
+
+def grid(
+    cells: Sequence[Sequence],
+    col_labels: Sequence[str] | None = None,
+    row_labels: Sequence[str] | None = None,
+    cell_size: int = 160,
+    pad: int = 4,
+):
+    """Lay PIL images out in rows and columns (each resized to ``cell_size``²) with labels."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rows = [list(r) for r in cells]
+    if not rows or not any(rows):
+        raise ValueError("grid() needs at least one image")
+    ncols = max(len(r) for r in rows)
+    font = ImageFont.load_default(size=max(10, cell_size // 12))
+    top = cell_size // 7 if col_labels else 0
+    left = cell_size // 2 if row_labels else 0
+    width = left + ncols * (cell_size + pad) + pad
+    height = top + len(rows) * (cell_size + pad) + pad
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, label in enumerate(col_labels or []):
+        draw.text((left + pad + j * (cell_size + pad), 2), str(label), fill="black", font=font)
+    for i, row in enumerate(rows):
+        y = top + pad + i * (cell_size + pad)
+        if row_labels and i < len(row_labels):
+            draw.text((2, y + cell_size // 2 - 6), str(row_labels[i]), fill="black", font=font)
+        for j, cell in enumerate(row):
+            img = cell.convert("RGB").resize((cell_size, cell_size))
+            canvas.paste(img, (left + pad + j * (cell_size + pad), y))
+    return canvas
+
+
+def save_png(image, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format="PNG")
+    return path
+
+
+def panel(
+    images: Sequence,
+    maps: dict[str, torch.Tensor | np.ndarray],
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    cell_size: int = 160,
+):
+    """One row per image: the image, then its overlay for each titled set of maps.
+
+    ``maps`` maps a column title (a layer such as ``"layer3"``, or a method such as
+    ``"Grad-CAM"``) to ``[B, H, W]`` maps for the B images: the layer1..layer4 view of a
+    resnet, or methods side by side.
+    """
+    for title, m in maps.items():
+        if len(m) != len(images):
+            raise ValueError(f"{title!r}: {len(m)} maps for {len(images)} images")
+    rows = [
+        [img, *(overlay(img, m[i], alpha=alpha, colormap=colormap) for m in maps.values())]
+        for i, img in enumerate(images)
+    ]
+    return grid(rows, ["image", *maps], cell_size=cell_size)
