@@ -146,3 +146,13 @@ def test_layer_given_as_module(resnet18) -> None:
     by_name = xcam.GradCAM(resnet18, "layer4")(x)
     torch.testing.assert_close(by_obj.maps, by_name.maps)
     assert by_obj.layers == ["layer4"]
+
+
+def test_device_and_dtype_mismatch_are_clear_errors(demo_model) -> None:
+    with pytest.raises(
+        xcam.InputError, match=r"float64 but the model's weights are torch\.float32"
+    ):
+        xcam.GradCAM(demo_model, "block3")(torch.randn(1, 3, 64, 64, dtype=torch.float64))
+    if torch.cuda.is_available():
+        with pytest.raises(xcam.InputError, match="is on cuda"):
+            xcam.GradCAM(demo_model, "block3")(torch.randn(1, 3, 64, 64, device="cuda"))

@@ -102,8 +102,20 @@ class BaseCAM:
         assert self._layers is not None
         return self._layers
 
+    def _check_model_input(self, x: torch.Tensor) -> None:
+        param = next(self.model.parameters(), None)
+        if param is None:
+            return
+        if param.device != x.device:
+            raise InputError(
+                f"the input is on {x.device} but the model is on {param.device}; move one of them"
+            )
+        if param.dtype.is_floating_point and param.dtype != x.dtype:
+            raise InputError(f"the input is {x.dtype} but the model's weights are {param.dtype}")
+
     def __call__(self, x: torch.Tensor, targets: Targets = None) -> CamResult:
         x = check_input(x)
+        self._check_model_input(x)
         layers = self._resolve(x)
         names = [n for n, _ in layers]
         cam_model = CamModel(self.model, [m for _, m in layers], grad_handles=self.needs_gradients)
