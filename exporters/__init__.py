@@ -1,28 +1,216 @@
 """Exporters: a model with its target-layer activations as named graph outputs, written as
 ONNX, TorchScript or a ``torch.export`` package, with metadata and a parity check.
 
-Not implemented in this version: :func:`export` says so. ``xcam.CamModel`` is the module
-these exporters will export.
+    report = exporters.export(model, ["layer4"], torch.randn(2, 3, 224, 224), "m.onnx")
+    backend = xcam.load("m.onnx")          # run it: logits and activations by name
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
+from exporters.errors import ExportError, ParityError, UnsupportedOpError
+from exporters.metadata import ExportMetadata, describe_outputs, versions
+
 FORMATS = ("onnx", "torchscript", "pt2")
+
+__all__ = [
+    "FORMATS",
+    "ExportError",
+    "ExportMetadata",
+    "ExportReport",
+    "ParityError",
+    "UnsupportedOpError",
+    "export",
+]
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote and how closely it matches eager PyTorch."""
+
+    path: Path
+    format: str
+    outputs: dict[str, list[int | None]]
+    file_bytes: int
+    export_seconds: float
+    check_seconds: float | None = None
+    max_errors: dict[str, dict[str, float]] = field(default_factory=dict)
+    metadata: ExportMetadata | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [
+            f"exported {self.path} ({self.format}, {self.file_bytes / 1e6:.2f} MB) "
+            f"in {self.export_seconds:.1f}s"
+        ]
+        for name, shape in self.outputs.items():
+            dims = "x".join("B" if s is None else str(s) for s in shape)
+            err = self.max_errors.get(name)
+            check = f"  max abs err {err['max_abs']:.2e} (rel {err['max_rel']:.2e})" if err else ""
+            lines.append(f"  output {name:<20} {dims}{check}")
+        if self.check_seconds is not None:
+            lines.append(f"  parity with eager: ok (batches 1, 2, 3; {self.check_seconds:.1f}s)")
+        else:
+            lines.append("  parity with eager: not checked (--no-check)")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _check_batchnorm(model: nn.Module) -> None:
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
+            not m.track_running_stats or m.running_mean is None
+        ):
+            raise ExportError(
+                f"BatchNorm {name!r} has no running statistics (track_running_stats=False), so "
+                "its output depends on the batch: an export would not match. Train with "
+                "running statistics or replace it"
+            )
 
 
 def export(
-    model: Any,
+    model: nn.Module,
     layers: Any,
-    example: Any,
+    example: torch.Tensor,
     path: str | Path,
     format: str = "onnx",
     gradients: bool = False,
-    **options: Any,
-) -> Any:
-    """Export ``CamModel(model, layers)`` to ``path`` in ``format`` (not implemented yet)."""
+    dynamic_batch: bool = True,
+    opset: int | None = None,
+    check: bool = True,
+    *,
+    output: int | str | None = None,
+    dynamic_spatial: bool = False,
+    aoti: bool | None = None,
+    tolerance: float | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    classes: Sequence[str] | None = None,
+    model_spec: str | None = None,
+) -> ExportReport:
+    """Export ``CamModel(model, layers)``: outputs ``logits`` and one per layer.
+
+    ``example`` fixes the channel count (and the spatial size unless ``dynamic_spatial``);
+    with ``dynamic_batch`` any batch size runs (an example batch of 1 is repeated to 2,
+    since torch.export specialises dimensions of size 0 and 1). ``check`` loads the file
+    back and compares it with eager PyTorch at batch 1, 2 and 3 (and a second spatial size
+    when spatially dynamic): a mismatch beyond ``tolerance`` raises :class:`ParityError`.
+    ``aoti`` (pt2 only): compile with AOTInductor; None = when a C++ compiler is present.
+    """
+    from exporters.parity import DEFAULT_TOLERANCE, check_parity
+    from xcam.cammodel import CamModel
+    from xcam.capture import preserved_state
+    from xcam.layers import default_layer
+    from xcam.methods.base import check_input
+
     if format not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}; one of {', '.join(FORMATS)}")
-    raise NotImplementedError(f"exporting to {format} is not implemented yet in this version")
+        raise ExportError(f"unknown export format {format!r}; one of {', '.join(FORMATS)}")
+    if gradients:
+        raise ExportError(
+            "gradients inside the exported graph (--gradients) are not available in this "
+            "version; export without them and take gradients from the eager tail"
+        )
+    if not isinstance(model, nn.Module):
+        raise ExportError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    example = check_input(example)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    if dynamic_batch and example.shape[0] == 1:
+        example = example.expand(2, *example.shape[1:]).clone()
+        notes.append("example batch of 1 repeated to 2 (0/1 specialisation of dynamic dims)")
+    _check_batchnorm(model)
+
+    with preserved_state(model):
+        if layers is None:
+            layers = default_layer(model, example)
+        cam_model = CamModel(model, layers, output=output).eval()
+        with torch.no_grad():
+            outs = cam_model(example)
+        names = cam_model.output_names
+        batch = torch.export.Dim("batch", min=1, max=65536) if dynamic_batch else None
+        dims: dict[int, Any] = {}
+        if batch is not None:
+            dims[0] = batch
+        if dynamic_spatial:
+            dims[2] = torch.export.Dim("height", min=8, max=8192)
+            dims[3] = torch.export.Dim("width", min=8, max=8192)
+        dynamic_shapes = (dims,) if dims else None
+        flat = outs[0].reshape(outs[0].shape[0], -1)
+        meta = ExportMetadata(
+            format=format,
+            exporter={
+                "onnx": "torch.onnx.export(dynamo=True)",
+                "torchscript": "torch.jit.trace",
+                "pt2": "torch.export",
+            }[format],
+            layers=list(cam_model.layer_names),
+            output_names=names,
+            outputs=describe_outputs(cam_model.layer_names),
+            input_shape=[None if i in dims else int(s) for i, s in enumerate(example.shape)],
+            dtype=str(example.dtype).replace("torch.", ""),
+            num_classes=int(flat.shape[1]),
+            classes=list(classes) if classes is not None else None,
+            mean=list(mean) if mean is not None else None,
+            std=list(std) if std is not None else None,
+            opset=opset,
+            dynamic_batch=dynamic_batch,
+            dynamic_spatial=dynamic_spatial,
+            model=model_spec,
+            versions=versions(),
+        )
+        start = time.perf_counter()
+        if format == "onnx":
+            from exporters.onnx import export_onnx
+
+            notes += export_onnx(cam_model, example, path, names, dynamic_shapes, opset, meta)
+        elif format == "torchscript":
+            from exporters.torchscript import export_torchscript
+
+            if dynamic_spatial:
+                notes.append("TorchScript traces are shape-polymorphic where the model is")
+            notes += export_torchscript(cam_model, example, path, meta)
+        else:
+            from exporters.pt2 import export_pt2
+
+            notes += export_pt2(cam_model, example, path, dynamic_shapes, meta, aoti)
+        elapsed = time.perf_counter() - start
+
+        report = ExportReport(
+            path=path,
+            format=format,
+            outputs={
+                n: [None if (i == 0 and dynamic_batch) else int(s) for i, s in enumerate(o.shape)]
+                for n, o in zip(names, outs, strict=True)
+            },
+            file_bytes=path.stat().st_size,
+            export_seconds=elapsed,
+            metadata=meta,
+            notes=notes,
+        )
+        if check:
+            from xcam.backends import load
+
+            start = time.perf_counter()
+            device = str(example.device)
+            backend = load(path, device=device)
+            h, w = example.shape[-2:]
+            sizes = [(h + 32, w + 16)] if dynamic_spatial else []
+            report.max_errors = check_parity(
+                backend,
+                cam_model,
+                example,
+                batches=(1, 2, 3) if dynamic_batch else (example.shape[0],),
+                sizes=sizes,
+                tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance,
+            )
+            report.check_seconds = time.perf_counter() - start
+    return report

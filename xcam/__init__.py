@@ -28,11 +28,13 @@ _LAZY = {
     "CAM": "xcam.methods.cam",
     "GradCAM": "xcam.methods.gradcam",
     "load_model": "xcam.models",
-    "load": "xcam.models",
+    "load": "xcam.backends",
+    "Backend": "xcam.backends",
 }
 
 __all__ = [
     "CAM",
+    "Backend",
     "BaseCAM",
     "CamModel",
     "CamResult",
@@ -53,6 +55,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from xcam.backends import Backend, load
     from xcam.cammodel import CamModel
     from xcam.errors import HeadError, InputError, LayerNotFoundError, TargetError, XCamError
     from xcam.layers import candidate_layers, resolve_layers
@@ -60,7 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from xcam.methods.base import BaseCAM
     from xcam.methods.cam import CAM
     from xcam.methods.gradcam import GradCAM
-    from xcam.models import load, load_model
+    from xcam.models import load_model
     from xcam.result import CamResult
 
 

@@ -6,12 +6,44 @@ import torch
 from torch import nn
 
 from xcam.capture import Capture
+from xcam.errors import TargetError
 from xcam.layers import Layers, resolve_layers
+
+OutputSelector = int | str | None
+
+
+def select_output(out: object, output: OutputSelector = None) -> torch.Tensor:
+    """The logits tensor of a model output: as is, or ``out[output]`` for a tuple or dict."""
+    if output is None:
+        if isinstance(out, torch.Tensor):
+            return out
+        if isinstance(out, dict):
+            keys = ", ".join(map(repr, out))
+            raise TargetError(
+                f"the model returns a dict ({keys}); choose the logits with output=KEY "
+                "(--output KEY on the command line)"
+            )
+        if isinstance(out, tuple | list):
+            raise TargetError(
+                f"the model returns a {type(out).__name__} of {len(out)}; choose the logits "
+                "with output=INDEX (--output INDEX on the command line)"
+            )
+        raise TargetError(f"the model returns {type(out).__name__}, not a tensor")
+    try:
+        chosen = out[output]  # type: ignore[index]
+    except (KeyError, IndexError, TypeError):
+        raise TargetError(
+            f"output={output!r} selects nothing from the model's {type(out).__name__}"
+        ) from None
+    if not isinstance(chosen, torch.Tensor):
+        raise TargetError(f"output={output!r} is a {type(chosen).__name__}, not a tensor")
+    return chosen
 
 
 class CamModel(nn.Module):
     """Wrap ``model`` so that ``forward(x)`` returns ``(logits, *activations)``.
 
+    A model that returns a tuple or dict names its logits with ``output`` (an index or key).
     The activations are ordinary outputs of the forward, in the order of ``layers``,
     so tracing or exporting this module makes them real graph outputs with the names
     in :attr:`output_names`; nothing is left registered on the model between calls.
@@ -22,7 +54,13 @@ class CamModel(nn.Module):
         logits, a3, a4 = cm(torch.randn(2, 3, 224, 224))
     """
 
-    def __init__(self, model: nn.Module, layers: Layers, grad_handles: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Layers,
+        grad_handles: bool = False,
+        output: OutputSelector = None,
+    ):
         super().__init__()
         resolved = resolve_layers(model, layers)
         if resolved is None:
@@ -32,6 +70,8 @@ class CamModel(nn.Module):
         self._layers = resolved
         # internal: make activations differentiable handles (used by gradient methods)
         self.grad_handles = grad_handles
+        # which part of a tuple / dict output holds the logits
+        self.output = output
 
     @property
     def output_names(self) -> list[str]:
@@ -39,5 +79,5 @@ class CamModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with Capture(self._layers, grad_handles=self.grad_handles) as cap:
-            logits = self.model(x)
+            logits = select_output(self.model(x), self.output)
         return (logits, *cap.ordered())

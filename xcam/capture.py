@@ -91,3 +91,13 @@ class Capture:
                 f"layer(s) {', '.join(map(repr, missing))} did not run in the forward pass"
             )
         return [self.activations[n] for n, _ in self.layers]
+
+
+@contextmanager
+def replaced_output(module: nn.Module, value: torch.Tensor) -> Iterator[None]:
+    """Within the body, ``module``'s forward returns ``value`` instead of its own output."""
+    handle = module.register_forward_hook(lambda _m, _i, _o: value)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -82,11 +82,6 @@ def load_model(
         return ModelInfo(
             model, "demo", demo.INPUT_SIZE, demo.MEAN, demo.STD, list(demo.CLASSES), "block3"
         )
-    if spec.lower().endswith(EXPORTED_SUFFIXES):
-        raise ModelSpecError(
-            f"{spec!r} is an exported model; loading exported files (xcam.load) is not "
-            "implemented yet in this version. Use the original model spec for now"
-        )
     if spec.startswith("torchvision:"):
         return _torchvision(spec, spec.split(":", 1)[1], weights, device, seed)
     if ":" in spec:
@@ -136,10 +131,3 @@ def _factory(spec: str, weights, device) -> ModelInfo:
     if weights is not None:
         _load_state_dict(model, weights)
     return ModelInfo(model.eval().to(device), spec)
-
-
-def load(path: str | Path, device: str = "cpu"):
-    """A backend for an exported file (.onnx, TorchScript, .pt2). Not implemented yet."""
-    raise NotImplementedError(
-        f"xcam.load({str(path)!r}): backends for exported models are not implemented yet"
-    )

@@ -23,6 +23,7 @@ class CamResult:
         degenerate: ``[B]`` bool, True where a map is constant (e.g. zero gradient): it is
             returned as zeros rather than NaN.
         method: the method's registry name; ``layers``: the layer names, in order.
+        backend: where the activations came from (``eager``, ``onnx``, ``torchscript``, ``pt2``).
     """
 
     maps: torch.Tensor
@@ -33,6 +34,7 @@ class CamResult:
     degenerate: torch.Tensor
     method: str = ""
     layers: list[str] = field(default_factory=list)
+    backend: str = "eager"
 
     def __len__(self) -> int:
         return self.maps.shape[0]
@@ -50,6 +52,7 @@ class CamResult:
             degenerate=self.degenerate.to(device),
             method=self.method,
             layers=list(self.layers),
+            backend=self.backend,
         )
 
     def cpu(self) -> CamResult:

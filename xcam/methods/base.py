@@ -5,16 +5,19 @@ A method only says how to weight the channels of an activation (its ``weights``)
 
 from __future__ import annotations
 
+import tempfile
+import warnings
 from dataclasses import dataclass
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xcam.cammodel import CamModel
+from xcam.cammodel import CamModel, OutputSelector, select_output
 from xcam.capture import preserved_state
-from xcam.errors import InputError, TargetError
+from xcam.errors import InputError, TargetError, XCamError
 from xcam.layers import Layers, default_layer, resolve_layers
 from xcam.result import CamResult
 from xcam.targets import Resolved, Targets, flatten_logits, resolve_targets
@@ -29,8 +32,8 @@ class LayerContext:
     gradients: torch.Tensor | None  # dS/dA, same shape; None for gradient-free methods
     logits: torch.Tensor  # [B, K]
     target: Resolved
-    model: nn.Module
-    module: nn.Module
+    model: nn.Module | None  # None when explaining a loaded backend alone
+    module: nn.Module | None
 
 
 def check_input(x: object) -> torch.Tensor:
@@ -76,16 +79,74 @@ class BaseCAM:
     Subclasses set ``name`` (registry key) and ``needs_gradients`` and implement
     :meth:`weights`. The map of a layer is ``ReLU(sum_c w_c * A_c)``; with several layers
     the maps are upsampled to the input, normalised, averaged and normalised again.
+
+    ``backend`` says where the activations come from: ``"eager"`` (default), one of
+    ``"onnxruntime"``, ``"torchscript"``, ``"pt2"`` (the model is exported on the first call,
+    checked against eager, and cached per input shape; ``export_options`` go to
+    :func:`exporters.export`), or a backend from :func:`xcam.load`. ``model`` may itself be a
+    loaded backend. Gradients then come from the eager *tail* of the model after each layer
+    (see :mod:`xcam.tail`).
     """
 
     name: ClassVar[str] = ""
     needs_gradients: ClassVar[bool] = True
 
-    def __init__(self, model: nn.Module, layers: Layers = None):
+    def __init__(
+        self,
+        model: Any,
+        layers: Layers = None,
+        backend: Any = "eager",
+        *,
+        output: OutputSelector = None,
+        export_options: dict[str, Any] | None = None,
+    ):
+        from xcam.backends import BACKENDS, Backend
+
+        self.output = output
+        self.export_options = dict(export_options or {})
+        self.backend: Backend | None = None
+        self._export_format: str | None = None
+        self._exports: dict[tuple, Backend] = {}
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._tails: dict[str, nn.Module] = {}
+        if isinstance(model, Backend):
+            self.model = None
+            self.backend = model
+            self._layers = self._backend_layers(model, layers)
+            return
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+            raise TypeError(
+                f"model must be a torch.nn.Module or a loaded backend, got {type(model).__name__}"
+            )
         self.model = model
         self._layers = resolve_layers(model, layers)
+        if isinstance(backend, Backend):
+            self.backend = backend
+            if self._layers is None:
+                self._layers = resolve_layers(model, backend.layer_names[-1])
+            self._backend_layers(backend, self.layers)
+        elif backend in (None, "eager"):
+            pass
+        elif backend in BACKENDS:
+            from xcam.backends import FORMAT_OF_BACKEND
+
+            self._export_format = FORMAT_OF_BACKEND[backend]
+        else:
+            raise XCamError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
+
+    @staticmethod
+    def _backend_layers(backend: Any, layers: Layers) -> list[tuple[str, nn.Module | None]]:
+        names = backend.layer_names
+        if layers is None:
+            return [(names[-1], None)]
+        refs = [layers] if isinstance(layers, str) else list(layers)  # type: ignore[arg-type]
+        for ref in refs:
+            if not isinstance(ref, str) or ref not in names:
+                raise XCamError(
+                    f"layer {ref!r} is not an output of {backend.path.name}; it has "
+                    f"{', '.join(names)}. Re-export with that layer"
+                )
+        return [(r, None) for r in refs]
 
     @property
     def layers(self) -> list[str] | None:
@@ -95,16 +156,16 @@ class BaseCAM:
         """Channel weights ``[B, C]`` (or per-position weights ``[B, C, h, w]``)."""
         raise NotImplementedError
 
-    def _resolve(self, x: torch.Tensor) -> list[tuple[str, nn.Module]]:
+    def _resolve(self, x: torch.Tensor) -> list[tuple[str, nn.Module | None]]:
         if self._layers is None:
-            name = default_layer(self.model, x)
-            self._layers = resolve_layers(self.model, name)
+            assert self.model is not None
+            self._layers = resolve_layers(self.model, default_layer(self.model, x))
         assert self._layers is not None
         return self._layers
 
     def _check_model_input(self, x: torch.Tensor) -> None:
-        param = next(self.model.parameters(), None)
-        if param is None:
+        param = None if self.model is None else next(self.model.parameters(), None)
+        if param is None or self._export_format is not None or self.backend is not None:
             return
         if param.device != x.device:
             raise InputError(
@@ -117,13 +178,94 @@ class BaseCAM:
         x = check_input(x)
         self._check_model_input(x)
         layers = self._resolve(x)
-        names = [n for n, _ in layers]
-        cam_model = CamModel(self.model, [m for _, m in layers], grad_handles=self.needs_gradients)
+        backend = self.backend or self._exported(x, [n for n, _ in layers])
+        if backend is None:
+            logits, acts, target, grads = self._eager(x, layers, targets)
+        else:
+            logits, acts, target, grads = self._from_backend(backend, x, layers, targets)
+        return self._finish(x, layers, logits, acts, target, grads, targets, backend)
+
+    def _eager(self, x, layers, targets):
+        assert self.model is not None
+        cam_model = CamModel(
+            self.model,
+            [m for _, m in layers],
+            grad_handles=self.needs_gradients,
+            output=self.output,
+        )
         grad_mode = torch.enable_grad() if self.needs_gradients else torch.no_grad()
         with preserved_state(self.model), grad_mode:
             logits, *acts = cam_model(x)
             target = resolve_targets(logits, targets)
             grads = self._gradients(target.scores, acts) if self.needs_gradients else None
+        return logits, acts, target, grads
+
+    def _exported(self, x: torch.Tensor, names: list[str]):
+        """Export the model for ``x``'s shape on first use; parity-checked, then cached."""
+        if self._export_format is None:
+            return None
+        key = (tuple(x.shape[1:]), str(x.device), tuple(names))
+        if key not in self._exports:
+            import exporters
+            from xcam.backends import SUFFIX, load
+
+            assert self.model is not None
+            if self._tmp is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="xcam-")
+            path = Path(self._tmp.name) / f"model{len(self._exports)}{SUFFIX[self._export_format]}"
+            options = {"output": self.output, **self.export_options}
+            exporters.export(self.model, names, x, path, format=self._export_format, **options)
+            self._exports[key] = load(path, device=str(x.device))
+        return self._exports[key]
+
+    def _tail(self, name: str) -> nn.Module:
+        from xcam.tail import InjectedTail, split_tail
+
+        if name not in self._tails:
+            assert self.model is not None
+            tail, reason = split_tail(self.model, name)
+            if tail is None:
+                warnings.warn(
+                    f"gradients for {name!r} come from the whole eager model with the layer's "
+                    f"output replaced by the backend's activations: {reason}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                tail = InjectedTail(self.model, name)
+            self._tails[name] = tail
+        return self._tails[name]
+
+    def _from_backend(self, backend, x, layers, targets):
+        outs = backend.run(x)
+        logits = outs["logits"]
+        acts = [outs[n] for n, _ in layers]
+        if not self.needs_gradients:
+            return logits, acts, resolve_targets(logits, targets), None
+        if self.model is None:
+            raise XCamError(
+                f"{type(self).__name__} needs gradients, and {backend.path.name} has none in its "
+                "graph: pass the eager model too, Method(model, layers, backend=loaded)"
+            )
+        # targets resolved once on the backend's logits, so every layer explains the same class
+        fixed = resolve_targets(logits, targets)
+        per_layer = targets if fixed.classes is None else fixed.classes
+        if fixed.sign is not None:  # single logit: keep the decision the backend made
+            per_layer = fixed.classes
+        grads, target = [], fixed
+        device = next(self.model.parameters()).device
+        with preserved_state(self.model), torch.enable_grad():
+            for (name, _), a in zip(layers, acts, strict=True):
+                tail = self._tail(name)
+                if hasattr(tail, "example"):
+                    tail.example = x.to(device)
+                leaf = a.detach().to(device).requires_grad_(True)
+                out = select_output(tail(leaf), self.output)
+                _check_tail(out, logits, name, backend)
+                target = resolve_targets(out, per_layer)
+                grads.append(self._gradients(target.scores, [leaf])[0].to(a.device))
+        return logits, acts, target, grads
+
+    def _finish(self, x, layers, logits, acts, target, grads, targets, backend) -> CamResult:
         flat = _flat_or_raw(logits.detach())
         layer_maps: dict[str, torch.Tensor] = {}
         with torch.no_grad():
@@ -132,8 +274,8 @@ class BaseCAM:
                 ctx = LayerContext(
                     name=name,
                     activations=a,
-                    gradients=None if grads is None else grads[i],
-                    logits=flat,
+                    gradients=None if grads is None else grads[i].to(a.device),
+                    logits=flat.to(a.device),
                     target=target,
                     model=self.model,
                     module=module,
@@ -148,7 +290,8 @@ class BaseCAM:
             layer_maps=layer_maps,
             degenerate=degenerate,
             method=self.name,
-            layers=names,
+            layers=[n for n, _ in layers],
+            backend="eager" if backend is None else backend.format,
         )
 
     @staticmethod
@@ -185,3 +328,18 @@ class BaseCAM:
             up = F.interpolate(cam[:, None], size=tuple(size), mode="bilinear", align_corners=False)
             ups.append(normalize(up[:, 0])[0])
         return normalize(torch.stack(ups).mean(dim=0))
+
+
+def _check_tail(out: torch.Tensor, logits: torch.Tensor, name: str, backend: Any) -> None:
+    """The eager tail must reproduce the backend's logits, or the gradients are not theirs."""
+    a, b = out.detach().float().cpu().reshape(-1), logits.detach().float().cpu().reshape(-1)
+    if a.shape != b.shape:
+        raise XCamError(
+            f"the eager tail after {name!r} gives {a.numel()} logits, the backend {b.numel()}"
+        )
+    err = float((a - b).abs().max()) / max(float(b.abs().max()), 1.0)
+    if err > 1e-3:
+        raise XCamError(
+            f"the eager tail after {name!r} does not reproduce {backend.path.name}'s logits "
+            f"(relative error {err:.2g}): the export and the eager model differ"
+        )

@@ -59,6 +59,8 @@ class CAM(BaseCAM):
     def weights(self, ctx: LayerContext) -> torch.Tensor:
         if ctx.target.classes is None:
             raise HeadError("CAM explains a class index; a callable target needs Grad-CAM")
+        if ctx.model is None:
+            raise HeadError("CAM reads the classifier weights: pass the eager model too")
         fc = pooled_linear_head(ctx.model, ctx.activations, ctx.logits)
         weight = fc.weight.detach().to(ctx.activations.dtype)
         if ctx.target.sign is not None:  # single logit: the negative decision is -W

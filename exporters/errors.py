@@ -1,0 +1,29 @@
+"""Typed export errors: each names what went wrong and what to do."""
+
+from __future__ import annotations
+
+from xcam.errors import XCamError
+
+
+class ExportError(XCamError):
+    """The model could not be exported."""
+
+
+class UnsupportedOpError(ExportError):
+    """An operator has no translation in the target format."""
+
+    def __init__(self, op: str, fmt: str, detail: str = ""):
+        self.op = op
+        super().__init__(
+            f"{fmt} export: operator {op} is not supported. Remedy: replace it with supported "
+            "ops in the model, pick an earlier --layer or another --format"
+            + (f" ({detail})" if detail else "")
+        )
+
+
+class ParityError(ExportError):
+    """The exported artifact's outputs differ from eager PyTorch beyond the tolerance."""
+
+    def __init__(self, message: str, errors: dict[str, dict[str, float]]):
+        self.errors = errors
+        super().__init__(message)

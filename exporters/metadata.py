@@ -1,0 +1,69 @@
+"""What an export declares about itself, as data: stored in the artifact as one JSON string
+(ONNX ``metadata_props``, a TorchScript extra file, pt2 extra data or AOTI metadata).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+METADATA_KEY = "xcam"
+SCHEMA = 1
+
+
+@dataclass
+class ExportMetadata:
+    """The contract between an exported file and the backend that runs it."""
+
+    format: str
+    exporter: str
+    layers: list[str]
+    output_names: list[str]
+    outputs: dict[str, str]  # name -> what it is
+    input_name: str = "input"
+    input_shape: list[int | None] = field(default_factory=list)  # None = dynamic
+    layout: str = "NCHW"
+    dtype: str = "float32"
+    num_classes: int | None = None
+    classes: list[str] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    opset: int | None = None
+    gradients: bool = False
+    dynamic_batch: bool = True
+    dynamic_spatial: bool = False
+    model: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    schema: int = SCHEMA
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ExportMetadata:
+        data: dict[str, Any] = json.loads(text)
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def describe_outputs(layers: Sequence[str]) -> dict[str, str]:
+    out = {"logits": "the model's output, [B, K]"}
+    out.update({name: f"activation of layer {name!r}, [B, C, h, w]" for name in layers})
+    return out
+
+
+def versions() -> dict[str, str]:
+    import torch
+
+    import xcam
+
+    found = {"xcam": xcam.__version__, "torch": torch.__version__}
+    for name in ("onnx", "onnxruntime", "onnxscript"):
+        try:
+            module = __import__(name)
+            found[name] = getattr(module, "__version__", "?")
+        except ImportError:
+            pass
+    return found

@@ -1,0 +1,73 @@
+"""ONNX through ``torch.onnx.export(dynamo=True)``, one self-contained file where possible."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import torch
+
+from exporters.errors import ExportError, UnsupportedOpError
+from exporters.metadata import METADATA_KEY, ExportMetadata
+
+_OP = re.compile(r"(aten::\w+(?:\.\w+)?|aten\.\w+(?:\.\w+)?|<OpOverload\([^)]*\)>)")
+# above this the protobuf limit forces weights into a .data sidecar
+_SIDE_CAR_BYTES = 1_800_000_000
+
+
+def export_onnx(
+    module: torch.nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    output_names: list[str],
+    dynamic_shapes: tuple | None,
+    opset: int | None,
+    metadata: ExportMetadata,
+) -> list[str]:
+    """Write ``path``; returns notes for the report."""
+    import onnx
+
+    notes: list[str] = []
+    n_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    external = n_bytes > _SIDE_CAR_BYTES
+    kwargs = {} if opset is None else {"opset_version": opset}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                dynamo=True,
+                input_names=[metadata.input_name],
+                output_names=output_names,
+                dynamic_shapes=dynamic_shapes,
+                external_data=external,
+                verbose=False,
+                **kwargs,
+            )
+    except Exception as e:
+        text = str(e)
+        match = _OP.search(text)
+        if match and (
+            "not supported" in text.lower()
+            or "no decomposition" in text.lower()
+            or "translation" in text.lower()
+            or "unsupported" in text.lower()
+        ):
+            raise UnsupportedOpError(match.group(1), "ONNX", type(e).__name__) from e
+        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        raise ExportError(f"ONNX export failed: {first}") from e
+    del program
+    if external:
+        notes.append("weights over 1.8 GB: stored in a .data file beside the .onnx")
+    model = onnx.load(str(path), load_external_data=False)
+    metadata.opset = next(
+        (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None
+    )
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, metadata.to_json()
+    onnx.save(model, str(path))
+    return notes

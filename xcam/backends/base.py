@@ -1,0 +1,65 @@
+"""The interface every runtime shares: run a batch, get logits and activations by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from exporters.metadata import ExportMetadata
+from xcam.errors import InputError
+
+
+class Backend:
+    """An exported model loaded for one runtime and device.
+
+    ``run(x)`` returns ``{"logits": …, "<layer>": …}`` as torch tensors on ``device``;
+    calling the backend returns ``(logits, *activations)`` like :class:`xcam.CamModel`.
+    A backend is usable wherever a model is: ``xcam.GradCAM(xcam.load("m.onnx"))``.
+    """
+
+    format = ""
+
+    def __init__(self, path: str | Path, metadata: ExportMetadata, device: str = "cpu"):
+        self.path = Path(path)
+        self.metadata = metadata
+        self.device = torch.device(device)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.metadata.layers)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.metadata.output_names)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        shape = self.metadata.input_shape
+        if x.dim() != len(shape):
+            raise InputError(f"{self.path.name} takes {len(shape)}-D input, got {tuple(x.shape)}")
+        for i, (got, want) in enumerate(zip(x.shape, shape, strict=True)):
+            if want is not None and got != want:
+                dims = "x".join("?" if s is None else str(s) for s in shape)
+                raise InputError(
+                    f"{self.path.name} was exported for input {dims}; got {tuple(x.shape)} "
+                    f"(dimension {i} is static; export with dynamic shapes to change it)"
+                )
+
+    def _run(self, x: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Outputs by name for a float ``[B, C, H, W]`` batch."""
+        self.check_input(x)
+        outs = self._run(x)
+        return dict(zip(self.output_names, outs, strict=True))
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outs = self.run(x)
+        return tuple(outs[n] for n in self.output_names)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({str(self.path)!r}, device={str(self.device)!r}, "
+            f"layers={self.layer_names})"
+        )

@@ -1,0 +1,100 @@
+"""ONNX Runtime on the CPU or CUDA execution provider."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exporters.metadata import METADATA_KEY, ExportMetadata
+from xcam.backends.base import Backend
+from xcam.errors import XCamError
+
+_NP_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+}
+
+
+class ProviderError(XCamError):
+    """The execution provider asked for is not the one ONNX Runtime gave."""
+
+
+class OnnxRuntimeBackend(Backend):
+    """One ``InferenceSession``, shared safely across threads (``run`` is thread-safe and
+    every call makes its own IO binding). On CUDA, inputs and outputs are bound to device
+    memory so activations stay on the GPU."""
+
+    format = "onnx"
+
+    def __init__(
+        self, path: str | Path, device: str = "cpu", strict: bool = True, threads: int | None = None
+    ):
+        import onnxruntime as ort
+
+        path = Path(path)
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        dev = torch.device(device)
+        if dev.type == "cuda":
+            providers = [
+                ("CUDAExecutionProvider", {"device_id": dev.index or 0}),
+                "CPUExecutionProvider",
+            ]
+        else:
+            providers = ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        used = self.session.get_providers()
+        if dev.type == "cuda" and "CUDAExecutionProvider" not in used:
+            msg = (
+                f"CUDA was asked for {path.name} but ONNX Runtime runs it with {used} "
+                f"(available here: {ort.get_available_providers()})"
+            )
+            if strict:
+                raise ProviderError(msg)
+            warnings.warn(msg + "; falling back to the CPU", RuntimeWarning, stacklevel=2)
+            dev = torch.device("cpu")
+        self.providers = used
+        props = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in props:
+            raise XCamError(f"{path.name} was not exported by xcam (no '{METADATA_KEY}' metadata)")
+        super().__init__(path, ExportMetadata.from_json(props[METADATA_KEY]), str(dev))
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_dtype = _NP_DTYPES.get(inp.type, np.float32)
+
+    def _run(self, x: torch.Tensor) -> list[torch.Tensor]:
+        names = self.output_names
+        if self.device.type == "cuda":
+            return self._run_cuda(x, names)
+        arr = x.detach().cpu().numpy().astype(self.input_dtype, copy=False)
+        outs = self.session.run(names, {self.input_name: np.ascontiguousarray(arr)})
+        return [torch.from_numpy(o) for o in outs]
+
+    def _run_cuda(self, x: torch.Tensor, names: list[str]) -> list[torch.Tensor]:
+        torch_dtype = torch.from_numpy(np.zeros(0, self.input_dtype)).dtype
+        xin = x.detach().to(self.device, torch_dtype).contiguous()
+        binding = self.session.io_binding()
+        binding.bind_input(
+            self.input_name,
+            "cuda",
+            self.device.index or 0,
+            self.input_dtype,
+            list(xin.shape),
+            xin.data_ptr(),
+        )
+        for name in names:
+            binding.bind_output(name, "cuda", self.device.index or 0)
+        torch.cuda.current_stream(self.device).synchronize()
+        self.session.run_with_iobinding(binding)
+        outs = []
+        for value in binding.get_outputs():
+            if hasattr(value, "to_dlpack"):
+                outs.append(torch.from_dlpack(value.to_dlpack()))
+            else:  # older onnxruntime: one copy through the host
+                outs.append(torch.from_numpy(value.numpy()).to(self.device))
+        return outs

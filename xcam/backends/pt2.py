@@ -1,0 +1,51 @@
+"""``torch.export`` packages: an AOTInductor-compiled package, or a saved ExportedProgram."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import torch
+
+from exporters.metadata import METADATA_KEY, ExportMetadata
+from xcam.backends.base import Backend
+from xcam.errors import XCamError
+
+EXTRA_FILE = f"{METADATA_KEY}.json"
+
+
+def is_aoti_package(path: str | Path) -> bool:
+    with zipfile.ZipFile(path) as zf:
+        return any("/aotinductor/" in n for n in zf.namelist())
+
+
+class Pt2Backend(Backend):
+    format = "pt2"
+
+    def __init__(self, path: str | Path, device: str = "cpu"):
+        path = Path(path)
+        if not zipfile.is_zipfile(path):
+            raise XCamError(f"{path.name} is not a .pt2 package (not a zip archive)")
+        self.aoti = is_aoti_package(path)
+        if self.aoti:
+            self.runner = torch._inductor.aoti_load_package(str(path))
+            text = self.runner.get_metadata().get(METADATA_KEY, "")
+        else:
+            extra = {EXTRA_FILE: ""}
+            program = torch.export.load(str(path), extra_files=extra)
+            self.runner = program.module().to(device)
+            text = extra[EXTRA_FILE]
+        if not text:
+            raise XCamError(f"{path.name} was not exported by xcam (no '{METADATA_KEY}' metadata)")
+        super().__init__(path, ExportMetadata.from_json(text), device)
+        if self.aoti:
+            key = self.runner.get_metadata().get("AOTI_DEVICE_KEY", "cpu")
+            if key != self.device.type:
+                raise XCamError(
+                    f"{path.name} was compiled by AOTInductor for {key}; load it with "
+                    f"device={key!r} or re-export on {self.device.type}"
+                )
+
+    def _run(self, x: torch.Tensor) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return list(self.runner(x.to(self.device)))

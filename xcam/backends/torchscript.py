@@ -1,0 +1,33 @@
+"""TorchScript archives (``torch.jit``; deprecated upstream, kept working and isolated)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from exporters.metadata import METADATA_KEY, ExportMetadata
+from xcam.backends.base import Backend
+from xcam.errors import XCamError
+
+EXTRA_FILE = f"{METADATA_KEY}.json"
+
+
+class TorchScriptBackend(Backend):
+    format = "torchscript"
+
+    def __init__(self, path: str | Path, device: str = "cpu"):
+        path = Path(path)
+        extra = {EXTRA_FILE: ""}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.load is deprecated upstream
+            self.module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        if not extra[EXTRA_FILE]:
+            raise XCamError(f"{path.name} was not exported by xcam (no {EXTRA_FILE} inside)")
+        self.module.eval()
+        super().__init__(path, ExportMetadata.from_json(extra[EXTRA_FILE]), device)
+
+    def _run(self, x: torch.Tensor) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return list(self.module(x.to(self.device)))
