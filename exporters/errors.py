@@ -15,9 +15,9 @@ class UnsupportedOpError(ExportError):
     def __init__(self, op: str, fmt: str, detail: str = ""):
         self.op = op
         super().__init__(
-            f"{fmt} export: operator {op} is not supported. Remedy: replace it with supported "
-            "ops in the model, pick an earlier --layer or another --format"
-            + (f" ({detail})" if detail else "")
+            f"{fmt} export: operator {op} has no {fmt} translation. Remedy: express it with "
+            "standard torch ops in the model, or use --format torchscript or pt2, which run "
+            "any op torch runs" + (f" ({detail})" if detail else "")
         )
 
 

@@ -11,7 +11,7 @@ import torch
 from exporters.errors import ExportError, UnsupportedOpError
 from exporters.metadata import METADATA_KEY, ExportMetadata
 
-_OP = re.compile(r"(aten::\w+(?:\.\w+)?|aten\.\w+(?:\.\w+)?|<OpOverload\([^)]*\)>)")
+_OP = re.compile(r"op='([\w.:]+)'|\b(aten(?:::|\.)\w+(?:\.\w+)?)")
 # above this the protobuf limit forces weights into a .data sidecar
 _SIDE_CAR_BYTES = 1_800_000_000
 
@@ -56,7 +56,8 @@ def export_onnx(
             or "translation" in text.lower()
             or "unsupported" in text.lower()
         ):
-            raise UnsupportedOpError(match.group(1), "ONNX", type(e).__name__) from e
+            op = match.group(1) or match.group(2)
+            raise UnsupportedOpError(op, "ONNX", type(e).__name__) from e
         first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
         raise ExportError(f"ONNX export failed: {first}") from e
     del program

@@ -21,11 +21,14 @@ def preserved_state(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
     flags = [(m, m.training) for m in model.modules()]
     try:
         if eval_mode:
-            model.eval()
+            for module, flag in flags:
+                if flag:  # touching only modules in training mode keeps eval models cheap
+                    module.training = False
         yield
     finally:
         for module, flag in flags:
-            module.training = flag
+            if module.training != flag:
+                module.training = flag
 
 
 class Capture:

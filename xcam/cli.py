@@ -9,11 +9,6 @@ import click
 
 from xcam import __version__
 
-MODEL_HELP = (
-    "MODEL is 'demo' (the bundled trained model), 'torchvision:NAME' (random weights unless "
-    "--weights FILE), or 'package.module:factory'."
-)
-
 
 def _fail(message: str) -> None:
     raise click.ClickException(message)
@@ -44,6 +39,12 @@ def _parse_target(value: str | None):
         raise click.BadParameter(
             f"{value!r} is not a class index or positive/negative", param_hint="--class"
         ) from None
+
+
+def _parse_output(value: str | None) -> int | str | None:
+    if value is None:
+        return None
+    return int(value) if value.lstrip("-").isdigit() else value
 
 
 def _load(spec: str, weights: str | None, device: str, input_size: str | None):
@@ -88,6 +89,14 @@ def layers(model: str, weights: str | None, input_size: str | None) -> None:
 
     info = _load(model, weights, "cpu", input_size)
     h, w = info.input_size
+    from xcam.backends import Backend
+
+    if isinstance(info.model, Backend):
+        meta = info.model.metadata
+        click.echo(f"outputs of {model} ({meta.format}, exported by {meta.exporter}):")
+        for name in meta.output_names:
+            click.echo(f"  {name:<20} {meta.outputs.get(name, '')}")
+        return
     try:
         infos = candidate_layers(info.model, torch.zeros(1, 3, h, w))
     except Exception as e:
@@ -122,8 +131,10 @@ def layers(model: str, weights: str | None, input_size: str | None) -> None:
     type=click.Choice(["eager", "torchscript", "onnxruntime", "pt2"]),
     default="eager",
     show_default=True,
+    help="Where activations come from; non-eager exports the model once, checked against eager.",
 )
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--output", "output", help="Index or key of the logits in a tuple/dict output.")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
 @click.option(
     "--alpha",
@@ -144,6 +155,7 @@ def explain(
     input_size,
     backend,
     device,
+    output,
     batch_size,
     alpha,
     colormap,
@@ -151,8 +163,8 @@ def explain(
     """Explain IMAGES (files or folders) with MODEL: overlay PNGs, .npy maps, predictions.json.
 
     \b
-    MODEL is 'demo', 'torchvision:NAME' (random weights unless --weights FILE)
-    or 'package.module:factory'.
+    MODEL is 'demo', 'torchvision:NAME' (random weights unless --weights FILE),
+    'package.module:factory', or a file made by `xcam export` (.onnx, .ts, .pt2).
     Unreadable images are reported and skipped; the exit code is then 1.
     """
     from xcam.errors import XCamError
@@ -160,8 +172,6 @@ def explain(
     from xcam.methods import get_method
     from xcam.pipeline import explain_files
 
-    if backend != "eager":
-        _fail(f"backend {backend!r} is not available in this version; use --backend eager")
     targets = _parse_target(target)
     try:
         method_cls = get_method(method)
@@ -172,7 +182,13 @@ def explain(
     if not paths:
         _fail("no images found in " + ", ".join(images))
     try:
-        explainer = method_cls(info.model, list(layer) or info.default_layer)
+        explainer = method_cls(
+            info.model,
+            list(layer) or info.default_layer,
+            backend=backend,
+            output=_parse_output(output),
+            export_options={"aoti": False} if backend == "pt2" else None,
+        )
         with click.progressbar(length=len(paths), label="explaining", file=sys.stderr) as bar:
             report = explain_files(
                 info,
@@ -215,13 +231,100 @@ def demo(out: str) -> None:
         click.echo(f"  {p}")
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def export() -> None:
-    """Export MODEL with target-layer activations as outputs (ONNX, TorchScript, pt2).
+@main.command()
+@click.argument("model")
+@click.option(
+    "--layer",
+    "-l",
+    "layer",
+    multiple=True,
+    help="Layer to output (repeatable); default: the last spatial one.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["onnx", "torchscript", "pt2"]),
+    default="onnx",
+    show_default=True,
+)
+@click.option("--out", "-o", type=click.Path(dir_okay=False), required=True, help="File to write.")
+@click.option("--input-size", help="Input H or H,W (default: the model's).")
+@click.option("--opset", type=click.IntRange(7), help="ONNX opset (default: the exporter's).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="State dict for the model.")
+@click.option(
+    "--check/--no-check",
+    default=True,
+    show_default=True,
+    help="Load the file back and compare with eager PyTorch at batch 1, 2, 3.",
+)
+@click.option("--dynamic-batch/--static-batch", default=True, show_default=True)
+@click.option("--dynamic-spatial", is_flag=True, help="Also make H and W dynamic.")
+@click.option("--output", "output", help="Index or key of the logits in a tuple/dict output.")
+@click.option(
+    "--aoti/--no-aoti",
+    default=None,
+    help="pt2: compile with AOTInductor (default: when a C++ compiler is present).",
+)
+@click.option("--gradients", is_flag=True, help="Gradients inside the graph (not available yet).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+def export(
+    model,
+    layer,
+    fmt,
+    out,
+    input_size,
+    opset,
+    weights,
+    check,
+    dynamic_batch,
+    dynamic_spatial,
+    output,
+    aoti,
+    gradients,
+    device,
+) -> None:
+    """Export MODEL with its target-layer activations as named outputs.
 
-    Not implemented in this version.
+    \b
+    The file's outputs are 'logits' and one per --layer; its metadata records the
+    layers, input size, normalisation and classes, so `xcam explain FILE` and
+    xcam.load(FILE) need nothing else. A mismatch with eager PyTorch is an error.
     """
-    _fail("`xcam export` is not implemented yet in this version")
+    import torch
+
+    import exporters
+    from xcam.errors import XCamError
+
+    info = _load(model, weights, device, input_size)
+    from xcam.backends import Backend
+
+    if isinstance(info.model, Backend):
+        _fail(f"{model} is already an exported file; export from the original model")
+    h, w = info.input_size
+    example = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0)).to(device)
+    click.echo(f"exporting {model} to {fmt} ...", err=True)
+    try:
+        report = exporters.export(
+            info.model,
+            list(layer) or info.default_layer,
+            example,
+            out,
+            format=fmt,
+            gradients=gradients,
+            dynamic_batch=dynamic_batch,
+            opset=opset,
+            check=check,
+            output=_parse_output(output),
+            dynamic_spatial=dynamic_spatial,
+            aoti=aoti,
+            mean=info.mean,
+            std=info.std,
+            classes=info.classes,
+            model_spec=model,
+        )
+    except XCamError as e:
+        _fail(str(e))
+    click.echo(str(report))
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

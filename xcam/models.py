@@ -24,7 +24,7 @@ EXPORTED_SUFFIXES = (".onnx", ".pt2", ".ts", ".torchscript", ".jit")
 class ModelInfo:
     """A model ready to explain, with how its inputs are made."""
 
-    model: nn.Module
+    model: nn.Module  # or a loaded backend (xcam.Backend) for an exported file
     spec: str
     input_size: tuple[int, int] = (224, 224)  # (H, W)
     mean: tuple[float, ...] = IMAGENET_MEAN
@@ -82,6 +82,8 @@ def load_model(
         return ModelInfo(
             model, "demo", demo.INPUT_SIZE, demo.MEAN, demo.STD, list(demo.CLASSES), "block3"
         )
+    if spec.lower().endswith(EXPORTED_SUFFIXES):
+        return _exported(spec, device)
     if spec.startswith("torchvision:"):
         return _torchvision(spec, spec.split(":", 1)[1], weights, device, seed)
     if ":" in spec:
@@ -131,3 +133,24 @@ def _factory(spec: str, weights, device) -> ModelInfo:
     if weights is not None:
         _load_state_dict(model, weights)
     return ModelInfo(model.eval().to(device), spec)
+
+
+def _exported(spec: str, device) -> ModelInfo:
+    """An exported file: its backend, with preprocessing read from the file's metadata."""
+    from xcam.backends import load
+
+    backend = load(spec, device=str(device))
+    meta = backend.metadata
+    h, w = meta.input_shape[2:4] if len(meta.input_shape) == 4 else (None, None)
+    info = ModelInfo(
+        backend,  # type: ignore[arg-type]
+        spec,
+        input_size=(h or 224, w or 224),
+        mean=tuple(meta.mean) if meta.mean else IMAGENET_MEAN,
+        std=tuple(meta.std) if meta.std else IMAGENET_STD,
+        classes=meta.classes,
+        default_layer=meta.layers[-1],
+    )
+    if meta.mean is None:
+        info.notes.append(f"{Path(spec).name} records no normalisation: using ImageNet's")
+    return info

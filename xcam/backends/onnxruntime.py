@@ -26,7 +26,9 @@ class ProviderError(XCamError):
 class OnnxRuntimeBackend(Backend):
     """One ``InferenceSession``, shared safely across threads (``run`` is thread-safe and
     every call makes its own IO binding). On CUDA, inputs and outputs are bound to device
-    memory so activations stay on the GPU."""
+    memory so activations stay on the GPU. ``strict``: fail (True) or warn and use the CPU
+    when CUDA was asked for and not given; ``threads``: intra-op threads; ``spin``: let
+    idle worker threads spin (faster for back-to-back ORT calls, slower beside torch)."""
 
     format = "onnx"
 

@@ -244,7 +244,9 @@ class BaseCAM:
         if self.model is None:
             raise XCamError(
                 f"{type(self).__name__} needs gradients, and {backend.path.name} has none in its "
-                "graph: pass the eager model too, Method(model, layers, backend=loaded)"
+                "graph: give the eager model as well — in Python Method(model, layers, "
+                "backend=xcam.load(path)); on the command line `xcam explain MODEL_SPEC "
+                "--backend onnxruntime|torchscript|pt2`"
             )
         # targets resolved once on the backend's logits, so every layer explains the same class
         fixed = resolve_targets(logits, targets)
@@ -259,7 +261,9 @@ class BaseCAM:
                 if hasattr(tail, "example"):
                     tail.example = x.to(device)
                 leaf = a.detach().to(device).requires_grad_(True)
-                out = select_output(tail(leaf), self.output)
+                # a clone, so an in-place op right after the layer (densenet's final
+                # F.relu(inplace=True)) acts on it and never on the leaf
+                out = select_output(tail(leaf.clone()), self.output)
                 _check_tail(out, logits, name, backend)
                 target = resolve_targets(out, per_layer)
                 grads.append(self._gradients(target.scores, [leaf])[0].to(a.device))
