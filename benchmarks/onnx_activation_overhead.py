@@ -1,8 +1,8 @@
 """What the activation outputs cost: plain ONNX inference vs the xcam export with activations,
 and Grad-CAM from that export (ORT forward + eager tail) vs eager Grad-CAM.
 
-Everything is measured side by side in one run, interleaved round by round, so machine
-noise hits all variants alike; compare the ratios, not the absolute times.
+Everything is measured side by side in one run, interleaved round by round in a rotating
+order, so machine noise hits all variants alike; compare the ratios, not absolute times.
 
     python benchmarks/onnx_activation_overhead.py                 # resnet18, resnet50
     python benchmarks/onnx_activation_overhead.py --models resnet18 --batches 1 --rounds 5
@@ -76,8 +76,12 @@ def bench_model(
         with torch.no_grad():
             for fn in variants.values():  # warm-up
                 fn()
-        for _ in range(rounds):
-            for key, fn in variants.items():
+        keys = list(variants)
+        for r in range(rounds):
+            # rotate the order each round: whichever arm follows a torch arm pays for torch's
+            # OpenMP threads still spinning, so no arm may always sit in that place
+            for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
+                fn = variants[key]
                 start = time.perf_counter()
                 if key == "eager_forward":
                     with torch.no_grad():
