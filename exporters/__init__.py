@@ -95,6 +95,7 @@ def export(
     std: Sequence[float] | None = None,
     classes: Sequence[str] | None = None,
     model_spec: str | None = None,
+    target_input: bool = False,
 ) -> ExportReport:
     """Export ``CamModel(model, layers)``: outputs ``logits`` and one per layer.
 
@@ -104,6 +105,11 @@ def export(
     back and compares it with eager PyTorch at batch 1, 2 and 3 (and a second spatial size
     when spatially dynamic): a mismatch beyond ``tolerance`` raises :class:`ParityError`.
     ``aoti`` (pt2 only): compile with AOTInductor; None = when a C++ compiler is present.
+
+    With ``gradients`` the graph also outputs ``<layer>.grad`` (the top-1 score's gradient
+    with respect to each activation, or the class given by a second int64 input ``target``
+    when ``target_input``, -1 meaning top-1) and ``gradcam``, the fused Grad-CAM map
+    ``[B, H, W]`` in [0, 1] at input resolution (see :mod:`exporters.gradients`).
     """
     from exporters.parity import DEFAULT_TOLERANCE, check_parity
     from xcam.cammodel import CamModel
@@ -113,11 +119,6 @@ def export(
 
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; one of {', '.join(FORMATS)}")
-    if gradients:
-        raise ExportError(
-            "gradients inside the exported graph (--gradients) are not available in this "
-            "version; export without them and take gradients from the eager tail"
-        )
     if not isinstance(model, nn.Module):
         raise ExportError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     example = check_input(example)
@@ -133,9 +134,35 @@ def export(
         if layers is None:
             layers = default_layer(model, example)
         cam_model = CamModel(model, layers, output=output).eval()
+        layer_names = list(cam_model.layer_names)
+        module: nn.Module = cam_model
+        reference: nn.Module = cam_model
+        args: tuple = (example,)
+        input_names = ["input"]
+        closed: list[str] = []
+        if gradients:
+            from exporters.gradients import GradModel, closed_form_heads, grad_name, trace
+
+            heads = closed_form_heads(model, layer_names, example, output)
+            closed = [n for n, h in zip(layer_names, heads, strict=True) if h is not None]
+            reference = GradModel(model, layer_names, output, heads)
+            if target_input:
+                args = (example, torch.full((example.shape[0],), -1, dtype=torch.long))
+                input_names.append("target")
+            start = time.perf_counter()
+            try:
+                module = trace(reference, example, target_input)
+            except NotImplementedError as e:
+                raise UnsupportedOpError(str(e), "gradient", "no forward form") from e
+            notes.append(
+                f"gradients traced in {time.perf_counter() - start:.1f}s"
+                + (f"; closed form (W/(h·w)) for {', '.join(closed)}" if closed else "")
+            )
         with torch.no_grad():
-            outs = cam_model(example)
-        names = cam_model.output_names
+            outs = reference(*args)
+        names = ["logits", *layer_names]
+        if gradients:
+            names += [grad_name(n) for n in layer_names] + ["gradcam"]
         batch = torch.export.Dim("batch", min=1, max=65536) if dynamic_batch else None
         dims: dict[int, Any] = {}
         if batch is not None:
@@ -143,7 +170,9 @@ def export(
         if dynamic_spatial:
             dims[2] = torch.export.Dim("height", min=8, max=8192)
             dims[3] = torch.export.Dim("width", min=8, max=8192)
-        dynamic_shapes = (dims,) if dims else None
+        dynamic_shapes: tuple | None = None
+        if dims:
+            dynamic_shapes = (dims,) if len(args) == 1 else (dims, {0: batch} if batch else None)
         flat = outs[0].reshape(outs[0].shape[0], -1)
         meta = ExportMetadata(
             format=format,
@@ -152,9 +181,9 @@ def export(
                 "torchscript": "torch.jit.trace",
                 "pt2": "torch.export",
             }[format],
-            layers=list(cam_model.layer_names),
+            layers=layer_names,
             output_names=names,
-            outputs=describe_outputs(cam_model.layer_names),
+            outputs=describe_outputs(layer_names, gradients),
             input_shape=[None if i in dims else int(s) for i, s in enumerate(example.shape)],
             dtype=str(example.dtype).replace("torch.", ""),
             num_classes=int(flat.shape[1]),
@@ -166,22 +195,27 @@ def export(
             dynamic_spatial=dynamic_spatial,
             model=model_spec,
             versions=versions(),
+            gradients=gradients,
+            input_names=input_names,
+            closed_form=closed,
         )
         start = time.perf_counter()
         if format == "onnx":
             from exporters.onnx import export_onnx
 
-            notes += export_onnx(cam_model, example, path, names, dynamic_shapes, opset, meta)
+            notes += export_onnx(
+                module, args, path, names, dynamic_shapes, opset, meta, input_names
+            )
         elif format == "torchscript":
             from exporters.torchscript import export_torchscript
 
             if dynamic_spatial:
                 notes.append("TorchScript traces are shape-polymorphic where the model is")
-            notes += export_torchscript(cam_model, example, path, meta)
+            notes += export_torchscript(module, args, path, meta)
         else:
             from exporters.pt2 import export_pt2
 
-            notes += export_pt2(cam_model, example, path, dynamic_shapes, meta, aoti)
+            notes += export_pt2(module, args, path, dynamic_shapes, meta, aoti)
         elapsed = time.perf_counter() - start
 
         report = ExportReport(
@@ -206,7 +240,7 @@ def export(
             sizes = [(h + 32, w + 16)] if dynamic_spatial else []
             report.max_errors = check_parity(
                 backend,
-                cam_model,
+                reference,
                 example,
                 batches=(1, 2, 3) if dynamic_batch else (example.shape[0],),
                 sizes=sizes,

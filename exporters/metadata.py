@@ -32,6 +32,8 @@ class ExportMetadata:
     std: list[float] | None = None
     opset: int | None = None
     gradients: bool = False
+    input_names: list[str] = field(default_factory=lambda: ["input"])
+    closed_form: list[str] = field(default_factory=list)  # layers whose gradient is W/(h·w)
     dynamic_batch: bool = True
     dynamic_spatial: bool = False
     model: str | None = None
@@ -48,9 +50,12 @@ class ExportMetadata:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def describe_outputs(layers: Sequence[str]) -> dict[str, str]:
+def describe_outputs(layers: Sequence[str], gradients: bool = False) -> dict[str, str]:
     out = {"logits": "the model's output, [B, K]"}
     out.update({name: f"activation of layer {name!r}, [B, C, h, w]" for name in layers})
+    if gradients:
+        out.update({f"{name}.grad": f"d score / d {name}, [B, C, h, w]" for name in layers})
+        out["gradcam"] = "Grad-CAM map fused over the layers, [B, H, W] in [0, 1]"
     return out
 
 

@@ -18,12 +18,13 @@ _SIDE_CAR_BYTES = 1_800_000_000
 
 def export_onnx(
     module: torch.nn.Module,
-    example: torch.Tensor,
+    args: tuple,
     path: Path,
     output_names: list[str],
     dynamic_shapes: tuple | None,
     opset: int | None,
     metadata: ExportMetadata,
+    input_names: list[str],
 ) -> list[str]:
     """Write ``path``; returns notes for the report."""
     import onnx
@@ -37,10 +38,10 @@ def export_onnx(
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 module,
-                (example,),
+                args,
                 str(path),
                 dynamo=True,
-                input_names=[metadata.input_name],
+                input_names=input_names,
                 output_names=output_names,
                 dynamic_shapes=dynamic_shapes,
                 external_data=external,

@@ -18,7 +18,7 @@ def compiler_available() -> bool:
 
 def export_pt2(
     module: torch.nn.Module,
-    example: torch.Tensor,
+    args: tuple,
     path: Path,
     dynamic_shapes: tuple | None,
     metadata: ExportMetadata,
@@ -27,7 +27,7 @@ def export_pt2(
     notes: list[str] = []
     try:
         with torch.no_grad():
-            program = torch.export.export(module, (example,), dynamic_shapes=dynamic_shapes)
+            program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ExportError(f"torch.export failed: {first}") from e
@@ -51,7 +51,7 @@ def export_pt2(
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ExportError(f"AOTInductor compilation failed: {first}") from e
-        notes.append(f"AOTInductor package compiled for {example.device.type}")
+        notes.append(f"AOTInductor package compiled for {args[0].device.type}")
     else:
         metadata.exporter = "torch.export (ExportedProgram)"
         torch.export.save(

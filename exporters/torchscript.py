@@ -12,13 +12,35 @@ from exporters.errors import ExportError
 from exporters.metadata import METADATA_KEY, ExportMetadata
 
 
+def scriptable(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """An aten graph (from make_fx) rewritten so that ``torch.jit.script`` accepts it: op
+    overloads become their packets and symbolic sizes ``x.size(d)``, which keeps the batch
+    dimension dynamic (a trace would bake the example's sizes into every reshape)."""
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+            if node.target is torch.ops.aten.sym_size.int:
+                node.op, node.target = "call_method", "size"
+            elif node.target is torch.ops.aten.sym_numel.default:
+                node.op, node.target = "call_method", "numel"
+            else:
+                node.target = node.target.overloadpacket
+        elif node.op == "call_function" and node.target in (torch.sym_max, torch.sym_min):
+            node.target = max if node.target is torch.sym_max else min
+    gm.recompile()
+    return gm
+
+
 def export_torchscript(
-    module: torch.nn.Module, example: torch.Tensor, path: Path, metadata: ExportMetadata
+    module: torch.nn.Module, args: tuple, path: Path, metadata: ExportMetadata
 ) -> list[str]:
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(module, example, check_trace=False, strict=False)
+            if isinstance(module, torch.fx.GraphModule):  # the gradient graph
+                traced = torch.jit.script(scriptable(module))
+                metadata.exporter = "torch.jit.script (of the make_fx gradient graph)"
+            else:
+                traced = torch.jit.trace(module, args, check_trace=False, strict=False)
             torch.jit.save(
                 traced, str(path), _extra_files={f"{METADATA_KEY}.json": metadata.to_json()}
             )

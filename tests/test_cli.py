@@ -239,8 +239,6 @@ def test_export_errors_are_clear(runner, tmp_path) -> None:
         main, ["export", "demo", "--out", str(tmp_path / "m.onnx"), "--layer", "block9"]
     )
     assert res.exit_code != 0 and "block3" in res.output and "Traceback" not in res.output
-    res = runner.invoke(main, ["export", "demo", "--out", str(tmp_path / "m.onnx"), "--gradients"])
-    assert res.exit_code != 0 and "not available" in res.output
     res = runner.invoke(
         main, ["export", "demo", "--out", str(tmp_path / "m.onnx"), "--format", "tflite"]
     )
@@ -278,3 +276,44 @@ def test_export_torchvision_with_weights(runner, tmp_path) -> None:
     meta = xcam.load(out).metadata
     assert meta.opset == 18 and meta.input_shape == [None, 3, 64, 64]
     assert meta.mean == [0.485, 0.456, 0.406] and meta.model == "torchvision:resnet18"
+
+
+def test_export_with_gradients_then_explain_from_the_file(runner, images, tmp_path) -> None:
+    path = tmp_path / "demo_grad.onnx"
+    res = runner.invoke(
+        main,
+        [
+            "export",
+            "demo",
+            "--layer",
+            "block2",
+            "--layer",
+            "block3",
+            "--gradients",
+            "--target-input",
+            "--out",
+            str(path),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "output block3.grad" in res.output and "output gradcam" in res.output
+    for backend_args, out in (([str(path)], "file"), (["demo"], "eager")):
+        res = runner.invoke(
+            main,
+            [
+                "explain",
+                *backend_args,
+                str(images),
+                "-o",
+                str(tmp_path / out),
+                "--class",
+                "2",
+                "-l",
+                "block2",
+                "-l",
+                "block3",
+            ],
+        )
+        assert res.exit_code == 0, res.output
+    for npy in (tmp_path / "eager").glob("*.npy"):
+        assert np.abs(np.load(npy) - np.load(tmp_path / "file" / npy.name)).max() < 1e-3

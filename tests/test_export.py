@@ -202,8 +202,6 @@ def test_bad_arguments(demo_model, tmp_path) -> None:
     x = torch.randn(2, 3, 64, 64)
     with pytest.raises(ExportError, match="unknown export format 'tflite'"):
         exporters.export(demo_model, "block3", x, tmp_path / "m.tfl", format="tflite")
-    with pytest.raises(ExportError, match="not available in this version"):
-        exporters.export(demo_model, "block3", x, tmp_path / "m.onnx", gradients=True)
     with pytest.raises(xcam.LayerNotFoundError, match="block3"):
         exporters.export(demo_model, "block4", x, tmp_path / "m.onnx")
     with pytest.raises(xcam.InputError):

@@ -265,7 +265,16 @@ def demo(out: str) -> None:
     default=None,
     help="pt2: compile with AOTInductor (default: when a C++ compiler is present).",
 )
-@click.option("--gradients", is_flag=True, help="Gradients inside the graph (not available yet).")
+@click.option(
+    "--gradients",
+    is_flag=True,
+    help="Also output each layer's gradient and the Grad-CAM map, computed in the graph.",
+)
+@click.option(
+    "--target-input",
+    is_flag=True,
+    help="With --gradients: a second input 'target' (class per sample, -1 = top-1).",
+)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 def export(
     model,
@@ -281,6 +290,7 @@ def export(
     output,
     aoti,
     gradients,
+    target_input,
     device,
 ) -> None:
     """Export MODEL with its target-layer activations as named outputs.
@@ -289,6 +299,8 @@ def export(
     The file's outputs are 'logits' and one per --layer; its metadata records the
     layers, input size, normalisation and classes, so `xcam explain FILE` and
     xcam.load(FILE) need nothing else. A mismatch with eager PyTorch is an error.
+    With --gradients the file also outputs '<layer>.grad' and 'gradcam', so that
+    Grad-CAM runs from the file alone (xcam.lite needs no torch at all).
     """
     import torch
 
@@ -321,6 +333,7 @@ def export(
             std=info.std,
             classes=info.classes,
             model_spec=model,
+            target_input=target_input,
         )
     except XCamError as e:
         _fail(str(e))

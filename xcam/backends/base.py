@@ -45,17 +45,39 @@ class Backend:
                     f"(dimension {i} is static; export with dynamic shapes to change it)"
                 )
 
-    def _run(self, x: torch.Tensor) -> list[torch.Tensor]:
+    @property
+    def has_gradients(self) -> bool:
+        return bool(self.metadata.gradients)
+
+    @property
+    def has_target_input(self) -> bool:
+        return "target" in self.metadata.input_names
+
+    def _run(self, x: torch.Tensor, target: torch.Tensor | None) -> list[torch.Tensor]:
         raise NotImplementedError
 
-    def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Outputs by name for a float ``[B, C, H, W]`` batch."""
+    def _target(self, x: torch.Tensor, target: object) -> torch.Tensor | None:
+        if target is None:
+            return (
+                torch.full((x.shape[0],), -1, dtype=torch.long) if self.has_target_input else None
+            )
+        if not self.has_target_input:
+            raise InputError(
+                f"{self.path.name} takes no target input (it explains the top-1 class); "
+                "re-export with target_input=True (--target-input) to choose classes"
+            )
+        t = torch.as_tensor(target, dtype=torch.long).reshape(-1)
+        return t.expand(x.shape[0]).clone() if t.numel() == 1 else t
+
+    def run(self, x: torch.Tensor, target: object = None) -> dict[str, torch.Tensor]:
+        """Outputs by name for a float ``[B, C, H, W]`` batch (``target``: a class per sample,
+        -1 for top-1, where the file was exported with a target input)."""
         self.check_input(x)
-        outs = self._run(x)
+        outs = self._run(x, self._target(x, target))
         return dict(zip(self.output_names, outs, strict=True))
 
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        outs = self.run(x)
+    def __call__(self, x: torch.Tensor, target: object = None) -> tuple[torch.Tensor, ...]:
+        outs = self.run(x, target)
         return tuple(outs[n] for n in self.output_names)
 
     def __repr__(self) -> str:

@@ -69,15 +69,20 @@ class OnnxRuntimeBackend(Backend):
         self.input_name = inp.name
         self.input_dtype = _NP_DTYPES.get(inp.type, np.float32)
 
-    def _run(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def _run(self, x: torch.Tensor, target: torch.Tensor | None) -> list[torch.Tensor]:
         names = self.output_names
         if self.device.type == "cuda":
-            return self._run_cuda(x, names)
+            return self._run_cuda(x, target, names)
         arr = x.detach().cpu().numpy().astype(self.input_dtype, copy=False)
-        outs = self.session.run(names, {self.input_name: np.ascontiguousarray(arr)})
+        feed = {self.input_name: np.ascontiguousarray(arr)}
+        if target is not None:
+            feed["target"] = target.cpu().numpy().astype(np.int64)
+        outs = self.session.run(names, feed)
         return [torch.from_numpy(o) for o in outs]
 
-    def _run_cuda(self, x: torch.Tensor, names: list[str]) -> list[torch.Tensor]:
+    def _run_cuda(
+        self, x: torch.Tensor, target: torch.Tensor | None, names: list[str]
+    ) -> list[torch.Tensor]:
         torch_dtype = torch.from_numpy(np.zeros(0, self.input_dtype)).dtype
         xin = x.detach().to(self.device, torch_dtype).contiguous()
         binding = self.session.io_binding()

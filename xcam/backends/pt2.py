@@ -46,6 +46,9 @@ class Pt2Backend(Backend):
                     f"device={key!r} or re-export on {self.device.type}"
                 )
 
-    def _run(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def _run(self, x: torch.Tensor, target: torch.Tensor | None) -> list[torch.Tensor]:
+        args = (
+            (x.to(self.device),) if target is None else (x.to(self.device), target.to(self.device))
+        )
         with torch.no_grad():
-            return list(self.runner(x.to(self.device)))
+            return list(self.runner(*args))

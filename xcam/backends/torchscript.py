@@ -28,6 +28,9 @@ class TorchScriptBackend(Backend):
         self.module.eval()
         super().__init__(path, ExportMetadata.from_json(extra[EXTRA_FILE]), device)
 
-    def _run(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def _run(self, x: torch.Tensor, target: torch.Tensor | None) -> list[torch.Tensor]:
+        args = (
+            (x.to(self.device),) if target is None else (x.to(self.device), target.to(self.device))
+        )
         with torch.no_grad():
-            return list(self.module(x.to(self.device)))
+            return list(self.module(*args))

@@ -236,6 +236,13 @@ class BaseCAM:
         return self._tails[name]
 
     def _from_backend(self, backend, x, layers, targets):
+        in_graph = (
+            self.needs_gradients
+            and backend.has_gradients
+            and not (callable(targets) and not isinstance(targets, torch.Tensor))
+        )
+        if in_graph:
+            return self._in_graph(backend, x, layers, targets)
         outs = backend.run(x)
         logits = outs["logits"]
         acts = [outs[n] for n, _ in layers]
@@ -244,9 +251,9 @@ class BaseCAM:
         if self.model is None:
             raise XCamError(
                 f"{type(self).__name__} needs gradients, and {backend.path.name} has none in its "
-                "graph: give the eager model as well — in Python Method(model, layers, "
-                "backend=xcam.load(path)); on the command line `xcam explain MODEL_SPEC "
-                "--backend onnxruntime|torchscript|pt2`"
+                "graph: export with --gradients, or give the eager model as well — in Python "
+                "Method(model, layers, backend=xcam.load(path)); on the command line "
+                "`xcam explain MODEL_SPEC --backend onnxruntime|torchscript|pt2`"
             )
         # targets resolved once on the backend's logits, so every layer explains the same class
         fixed = resolve_targets(logits, targets)
@@ -267,6 +274,32 @@ class BaseCAM:
                 _check_tail(out, logits, name, backend)
                 target = resolve_targets(out, per_layer)
                 grads.append(self._gradients(target.scores, [leaf])[0].to(a.device))
+        return logits, acts, target, grads
+
+    def _in_graph(self, backend, x, layers, targets):
+        """Gradients computed inside the exported graph: no eager model is needed."""
+        from exporters.gradients import grad_name
+
+        wanted = None
+        if targets is not None:
+            k = backend.metadata.num_classes or 0
+            probe = torch.zeros(x.shape[0], max(k, 1))
+            wanted = resolve_targets(probe, targets).classes  # validates range and length
+            if not backend.has_target_input:
+                outs = backend.run(x)
+                got = resolve_targets(outs["logits"], None).classes
+                if not torch.equal(got.cpu(), wanted.cpu()):
+                    raise XCamError(
+                        f"{backend.path.name} explains the top-1 class only; re-export with "
+                        "--target-input (target_input=True) to explain other classes"
+                    )
+                wanted = None
+        outs = backend.run(x, wanted)
+        logits = outs["logits"]
+        acts = [outs[n] for n, _ in layers]
+        grads = [outs[grad_name(n)] for n, _ in layers]
+        with torch.enable_grad():
+            target = resolve_targets(logits.detach(), targets if wanted is None else wanted)
         return logits, acts, target, grads
 
     def _finish(self, x, layers, logits, acts, target, grads, targets, backend) -> CamResult:

@@ -1,0 +1,310 @@
+"""Gradients inside the exported graph.
+
+The exported function is :class:`GradModel`: the model's forward, the target score, and
+``autograd.grad`` of that score with respect to each target activation, then the Grad-CAM
+map itself. ``make_fx`` traces it — autograd included — into an aten graph, and the backward
+ops that exporters can't translate are rewritten as forward ops here:
+
+- ``convolution_backward`` (input gradient) = a transposed convolution with the same weight,
+  stride, padding, dilation and groups, and the output padding that restores the input size;
+- ``avg_pool2d_backward`` = a depthwise transposed convolution with a constant 1/(kh·kw) kernel;
+- ``_adaptive_avg_pool2d_backward`` = ``Ph^T · G · Pw`` with the (constant) pooling matrices;
+- ``max_pool2d_with_indices_backward`` = a scatter-add of the gradient at the argmax indices;
+- autograd's in-place buffers (``copy_`` into an ``as_strided`` view) become a concatenation
+  and contiguous ``as_strided`` views reshapes (:func:`functional_copies`).
+
+Everything else comes from torch's own core-ATen decompositions.
+
+For a layer followed by global average pooling and one linear layer, the gradient has a
+closed form, ``dS/dA = W_target / (h·w)``, which is exact and costs nothing: it is used
+whenever it applies (checked numerically at export time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+aten = torch.ops.aten
+
+
+def grad_name(layer: str) -> str:
+    return f"{layer}.grad"
+
+
+# -- decompositions of backward ops into forward ops ---------------------------------------
+
+
+def _conv_backward(
+    grad_out,
+    inp,
+    weight,
+    bias_sizes,
+    stride,
+    padding,
+    dilation,
+    transposed,
+    output_padding,
+    groups,
+    output_mask,
+):
+    if transposed:
+        raise NotImplementedError("gradient through a transposed convolution")
+    out_pad = [
+        (inp.shape[2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1)
+        % stride[i]
+        for i in range(len(stride))
+    ]
+    grad_in = aten.convolution(
+        grad_out, weight, None, stride, padding, dilation, True, out_pad, groups
+    )
+    return (grad_in if output_mask[0] else None, None, None)
+
+
+def _avg_pool2d_backward(
+    grad_out, inp, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+):
+    kh, kw = kernel_size if len(kernel_size) == 2 else (kernel_size[0], kernel_size[0])
+    stride = stride or kernel_size
+    sh, sw = stride if len(stride) == 2 else (stride[0], stride[0])
+    ph, pw = padding if len(padding) == 2 else (padding[0], padding[0])
+    if (ph or pw) and not count_include_pad:
+        raise NotImplementedError("avg_pool2d backward with count_include_pad=False and padding")
+    c = inp.shape[1]
+    div = divisor_override or kh * kw
+    weight = torch.full((c, 1, kh, kw), 1.0 / div, dtype=grad_out.dtype, device=grad_out.device)
+    out_pad = [(inp.shape[2] + 2 * ph - kh) % sh, (inp.shape[3] + 2 * pw - kw) % sw]
+    if ceil_mode:  # the last window may hang over: trim what lands beyond the input
+        full = aten.convolution(grad_out, weight, None, [sh, sw], [ph, pw], [1, 1], True, [0, 0], c)
+        return full[:, :, : inp.shape[2], : inp.shape[3]]
+    return aten.convolution(grad_out, weight, None, [sh, sw], [ph, pw], [1, 1], True, out_pad, c)
+
+
+def _pool_matrix(n_in: int, n_out: int, dtype, device) -> torch.Tensor:
+    """Rows: the averaging windows of adaptive pooling from n_in to n_out (a constant: built
+    from Python lists, so no in-place op lands in the graph)."""
+    rows = []
+    for i in range(n_out):
+        start, end = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        rows.append([1.0 / (end - start) if start <= j < end else 0.0 for j in range(n_in)])
+    return torch.tensor(rows, dtype=dtype, device=device)
+
+
+def _adaptive_avg_pool2d_backward(grad_out, inp):
+    h, w = int(inp.shape[2]), int(inp.shape[3])
+    oh, ow = int(grad_out.shape[2]), int(grad_out.shape[3])
+    ph = _pool_matrix(h, oh, grad_out.dtype, grad_out.device)  # [oh, h]
+    pw = _pool_matrix(w, ow, grad_out.dtype, grad_out.device)  # [ow, w]
+    return torch.matmul(torch.matmul(ph.t(), grad_out), pw)
+
+
+def _max_pool2d_backward(grad_out, inp, kernel_size, stride, padding, dilation, ceil_mode, indices):
+    b, c = grad_out.shape[0], grad_out.shape[1]
+    flat = torch.zeros(
+        b, c, inp.shape[2] * inp.shape[3], dtype=grad_out.dtype, device=grad_out.device
+    )
+    flat = flat.scatter_add(2, indices.reshape(b, c, -1), grad_out.reshape(b, c, -1))
+    return flat.reshape(inp.shape)
+
+
+def decompositions() -> dict:
+    from torch._decomp import core_aten_decompositions
+
+    table = dict(core_aten_decompositions())
+    table[aten.convolution_backward.default] = _conv_backward
+    table[aten.avg_pool2d_backward.default] = _avg_pool2d_backward
+    table[aten._adaptive_avg_pool2d_backward.default] = _adaptive_avg_pool2d_backward
+    table[aten.max_pool2d_with_indices_backward.default] = _max_pool2d_backward
+    return table
+
+
+# -- the function that is exported ---------------------------------------------------------
+
+
+def gradcam_map(
+    acts: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], size: Sequence[int]
+) -> torch.Tensor:
+    """Grad-CAM from activations and gradients, in graph-friendly ops: ``[B, H, W]`` in
+    [0, 1], layers fused like :class:`xcam.methods.base.BaseCAM` (a constant map is zeros)."""
+
+    def norm(m: torch.Tensor) -> torch.Tensor:
+        lo = m.amin(dim=(1, 2), keepdim=True)
+        span = m.amax(dim=(1, 2), keepdim=True) - lo
+        return ((m - lo) / torch.where(span > 0, span, torch.ones_like(span))).clamp(0, 1)
+
+    ups = []
+    for a, g in zip(acts, grads, strict=True):
+        cam = F.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1, keepdim=True))
+        up = F.interpolate(cam, size=list(size), mode="bilinear", align_corners=False)
+        ups.append(norm(up[:, 0]))
+    return norm(torch.stack(ups).mean(dim=0))
+
+
+class GradModel(nn.Module):
+    """``forward(x[, target]) -> (logits, *A, *dS/dA, gradcam)`` by eager autograd.
+
+    ``target``: class per sample, ``-1`` for the top-1 class. ``closed_form[i]``: the
+    Linear whose weights give layer i's gradient in closed form, or None for autograd.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[str],
+        output=None,
+        closed_form: Sequence[nn.Linear | None] | None = None,
+    ):
+        super().__init__()
+        from xcam.cammodel import CamModel
+
+        self.model = model
+        self.cam_model = CamModel(model, list(layers), grad_handles=True, output=output)
+        self.layers = list(layers)
+        self.closed = list(closed_form or [None] * len(layers))
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor | None = None):
+        from xcam.targets import flatten_logits
+
+        # detached weights: the graph holds no parameter gradients, only dS/dA
+        params = {f"model.{k}": v.detach() for k, v in self.model.named_parameters()}
+        with torch.enable_grad():
+            logits, *acts = torch.func.functional_call(self.cam_model, params, (x,))
+            flat = flatten_logits(logits)
+            if flat.shape[1] == 1:  # a single logit: explain the decision (or the one asked)
+                top = (flat[:, 0] >= 0).long()
+                idx = top if target is None else torch.where(target >= 0, target.long(), top)
+                sign = idx.to(flat.dtype) * 2 - 1
+                score = (flat[:, 0] * sign).sum()
+            else:
+                top = flat.argmax(dim=1)
+                idx = top if target is None else torch.where(target >= 0, target.long(), top)
+                score = flat.gather(1, idx[:, None]).sum()
+            need = [i for i, fc in enumerate(self.closed) if fc is None]
+            auto = torch.autograd.grad(score, [acts[i] for i in need]) if need else ()
+        grads: list[torch.Tensor] = []
+        it = iter(auto)
+        for a, fc in zip(acts, self.closed, strict=True):
+            if fc is None:
+                grads.append(next(it))
+            else:
+                if flat.shape[1] == 1:
+                    w = fc.weight.detach()[0][None, :] * sign[:, None]
+                else:
+                    w = fc.weight.detach()[idx]
+                w = w / (a.shape[2] * a.shape[3])
+                grads.append(w[:, :, None, None].expand_as(a))
+        acts = [a.detach() for a in acts]
+        grads = [g.detach() for g in grads]
+        cam = gradcam_map(acts, grads, x.shape[-2:])
+        return (flat.detach(), *acts, *grads, cam)
+
+
+def closed_form_heads(
+    model: nn.Module, layers: Sequence[str], example: torch.Tensor, output=None
+) -> list[nn.Linear | None]:
+    """For each layer, the Linear of a pooled-linear head right after it, if there is one."""
+    from xcam.cammodel import CamModel
+    from xcam.errors import HeadError
+    from xcam.methods.cam import pooled_linear_head
+    from xcam.targets import flatten_logits
+
+    with torch.no_grad():
+        logits, *acts = CamModel(model, list(layers), output=output)(example)
+    flat = flatten_logits(logits)
+    heads: list[nn.Linear | None] = []
+    for a in acts:
+        try:
+            heads.append(pooled_linear_head(model, a, flat))
+        except HeadError:
+            heads.append(None)
+    return heads
+
+
+def trace(grad_model: GradModel, example: torch.Tensor, target: bool) -> torch.fx.GraphModule:
+    """``grad_model`` as an aten graph with symbolic batch, backward ops rewritten."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    args = (example,) if not target else (example, torch.full((example.shape[0],), -1))
+    gm = make_fx(
+        grad_model,
+        decomposition_table=decompositions(),
+        tracing_mode="symbolic",
+        _allow_non_fake_inputs=True,
+    )(*args)
+    return functional_copies(gm)
+
+
+def _contiguous(size, stride) -> bool:
+    """Whether (size, stride) lays a tensor out densely in row-major order (size-1 dims and
+    a symbolic leading dim allowed)."""
+    acc = 1
+    for n, st in zip(reversed(list(size)), reversed(list(stride)), strict=True):
+        if isinstance(n, int) and n == 1:
+            continue
+        if st != acc:
+            return False
+        if not isinstance(n, int):
+            return n is size[0]  # only the leading dim may be symbolic
+        acc *= n
+    return True
+
+
+def functional_copies(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Rewrite what autograd's buffers leave in the trace — ``as_strided_`` re-strides and
+    ``copy_`` into an ``as_strided`` view of a fresh 1-D buffer — as plain reshapes, slices
+    and concatenations, so that no exporter has to functionalise ops it can't translate."""
+    graph = gm.graph
+    order = {n: i for i, n in enumerate(graph.nodes)}
+
+    def rewire(old: torch.fx.Node, new: torch.fx.Node, after: torch.fx.Node) -> None:
+        for user in list(old.users):
+            if user is not new and order.get(user, len(order)) > order[after]:
+                user.replace_input_with(old, new)
+
+    def call(target, *args) -> torch.fx.Node:
+        return graph.call_function(target, args)
+
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target in (aten.as_strided_.default, aten.as_strided.default):
+            src, size, stride = node.args[:3]
+            offset = node.args[3] if len(node.args) > 3 else 0
+            if offset or not _contiguous(size, stride):
+                if node.target is aten.as_strided_.default:
+                    raise NotImplementedError("an in-place re-stride of a tensor")
+                continue
+            with graph.inserting_after(node):
+                new = call(aten.reshape.default, src, list(size))
+            order[new] = order[node]
+            if node.target is aten.as_strided_.default:
+                rewire(src, new, node)
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
+        elif node.target is aten.copy_.default:
+            dst, src = node.args[:2]
+            if not (dst.op == "call_function" and dst.target is aten.reshape.default):
+                raise NotImplementedError(f"in-place copy into {dst.target}")
+            base = dst.args[0]
+            if len(base.meta["val"].shape) != 1:
+                raise NotImplementedError("in-place copy into a view of a multi-dim buffer")
+            with graph.inserting_after(node):
+                flat = call(aten.reshape.default, src, [-1])
+                with graph.inserting_after(flat):
+                    n = call(aten.sym_numel.default, src)
+                    with graph.inserting_after(n):
+                        rest = call(aten.slice.Tensor, base, 0, n, 2**62)
+                        with graph.inserting_after(rest):
+                            new = call(aten.cat.default, [flat, rest])
+            for added in (flat, n, rest, new):
+                order[added] = order[node]
+            rewire(base, new, node)
+            node.replace_all_uses_with(dst)
+            graph.erase_node(node)
+    graph.eliminate_dead_code()
+    graph.lint()
+    gm.recompile()
+    return gm

@@ -1,0 +1,182 @@
+"""Torch-free explanations for production: numpy + ONNX Runtime only.
+
+``import xcam.lite`` imports neither torch nor torchvision. It runs a file exported with
+gradients (``xcam export MODEL --gradients``, see :mod:`exporters.gradients`) and turns its
+activations and gradients into maps with the gradient methods' weighting rules:
+
+- ``gradcam``   Selvaraju et al. 2017: ``w_c = mean_ij G_c``  (the file's own ``gradcam``)
+- ``gradcam++`` Chattopadhay et al. 2018: ``w_c = sum_ij a_cij ReLU(G_cij)``,
+  ``a = G² / (2G² + sum_ij(A)·G³)``
+- ``xgradcam``  Fu et al. 2020: ``w_c = sum_ij(G·A) / sum_ij(A)``
+- ``hirescam``  Draelos & Carin 2020: ``L = sum_c G ⊙ A`` (no spatial averaging)
+- ``layercam``  Jiang et al. 2021: ``L = sum_c ReLU(G) ⊙ A``
+
+then ``ReLU``, bilinear upsampling to the input (as ``torch.nn.functional.interpolate``
+with ``align_corners=False``), min-max normalisation and the mean over layers.
+
+Example::
+
+    explainer = OnnxExplainer("resnet50_grad.onnx", providers=["CPUExecutionProvider"])
+    result = explainer(batch_nchw_float32)            # top-1 class
+    result.maps, result.logits, result.targets
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
+_EPS = 1e-7
+
+
+def _channel(w: np.ndarray) -> np.ndarray:
+    return w[:, :, None, None]
+
+
+def _gradcam(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    return (_channel(g.mean(axis=(2, 3))) * a).sum(axis=1)
+
+
+def _gradcam_pp(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    g2, g3 = g**2, g**3
+    denom = 2 * g2 + _channel(a.sum(axis=(2, 3))) * g3
+    alpha = np.where(g != 0, g2 / np.where(denom != 0, denom, _EPS), 0.0)
+    w = (alpha * np.maximum(g, 0)).sum(axis=(2, 3))
+    return (_channel(w) * a).sum(axis=1)
+
+
+def _xgradcam(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    w = (g * a).sum(axis=(2, 3)) / (a.sum(axis=(2, 3)) + _EPS)
+    return (_channel(w) * a).sum(axis=1)
+
+
+def _hirescam(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    return (g * a).sum(axis=1)
+
+
+def _layercam(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    return (np.maximum(g, 0) * a).sum(axis=1)
+
+
+RULES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "gradcam": _gradcam,
+    "gradcam++": _gradcam_pp,
+    "xgradcam": _xgradcam,
+    "hirescam": _hirescam,
+    "layercam": _layercam,
+}
+
+
+def _resize_axis(x: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+    n_in = x.shape[axis]
+    if n_in == n_out:
+        return x
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    lam = (src - i0).astype(x.dtype)
+    shape = [1] * x.ndim
+    shape[axis] = n_out
+    lam = lam.reshape(shape)
+    return np.take(x, i0, axis=axis) * (1 - lam) + np.take(x, i1, axis=axis) * lam
+
+
+def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear ``[B, h, w] -> [B, H, W]`` (half-pixel centres, like torch's default)."""
+    return _resize_axis(_resize_axis(maps, size[0], 1), size[1], 2)
+
+
+def normalize(maps: np.ndarray) -> np.ndarray:
+    lo = maps.min(axis=(1, 2), keepdims=True)
+    span = maps.max(axis=(1, 2), keepdims=True) - lo
+    return np.clip((maps - lo) / np.where(span > 0, span, 1.0), 0.0, 1.0)
+
+
+@dataclass
+class LiteResult:
+    maps: np.ndarray  # [B, H, W] float32 in [0, 1]
+    logits: np.ndarray
+    targets: np.ndarray  # class explained per sample
+    layer_maps: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class OnnxExplainer:
+    """An ONNX file exported with gradients, run by ONNX Runtime; call it on a batch."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        providers: Sequence | None = None,
+        method: str = "gradcam",
+        threads: int | None = None,
+    ):
+        import onnxruntime as ort
+
+        if method not in RULES:
+            raise ValueError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
+        self.path, self.method = Path(path), method
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(
+            str(self.path), options, providers=list(providers or ["CPUExecutionProvider"])
+        )
+        props = self.session.get_modelmeta().custom_metadata_map
+        if "xcam" not in props:
+            raise ValueError(f"{self.path.name} was not exported by xcam")
+        self.metadata = json.loads(props["xcam"])
+        if not self.metadata.get("gradients"):
+            raise ValueError(
+                f"{self.path.name} has no gradients in its graph; export it with --gradients"
+            )
+        self.layers: list[str] = list(self.metadata["layers"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def __call__(
+        self, x: np.ndarray, targets: int | Sequence[int] | None = None, method: str | None = None
+    ) -> LiteResult:
+        method = method or self.method
+        if method not in RULES:
+            raise ValueError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
+        x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+        if x.ndim != 4:
+            raise ValueError(f"input must be [B, C, H, W], got shape {x.shape}")
+        if not np.isfinite(x).all():
+            raise ValueError("the input contains NaN or infinite values")
+        feed = {self.inputs[0]: x}
+        if targets is not None:
+            if "target" not in self.inputs:
+                raise ValueError(
+                    f"{self.path.name} explains the top-1 class only (no target "
+                    "input); re-export with --target-input"
+                )
+            t = np.asarray(targets, dtype=np.int64).reshape(-1)
+            if t.size not in (1, x.shape[0]):
+                raise ValueError(f"{t.size} targets for a batch of {x.shape[0]}")
+            feed["target"] = np.broadcast_to(t, (x.shape[0],)).copy()
+        elif "target" in self.inputs:
+            feed["target"] = np.full((x.shape[0],), -1, dtype=np.int64)
+        names = self.metadata["output_names"]
+        outs = dict(zip(names, self.session.run(names, feed), strict=True))
+        logits = outs["logits"]
+        if targets is not None:
+            chosen = feed["target"]
+        elif logits.shape[1] == 1:
+            chosen = (logits[:, 0] >= 0).astype(np.int64)
+        else:
+            chosen = logits.argmax(axis=1)
+        size = (x.shape[2], x.shape[3])
+        layer_maps = {
+            n: np.maximum(RULES[method](outs[n], outs[f"{n}.grad"]), 0) for n in self.layers
+        }
+        if method == "gradcam":
+            maps = outs["gradcam"]
+        else:
+            ups = [normalize(upsample(m, size)) for m in layer_maps.values()]
+            maps = normalize(np.mean(ups, axis=0))
+        return LiteResult(maps.astype(np.float32), logits, chosen, layer_maps)
