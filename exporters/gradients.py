@@ -7,6 +7,8 @@ ops that exporters can't translate are rewritten as forward ops here:
 
 - ``convolution_backward`` (input gradient) = a transposed convolution with the same weight,
   stride, padding, dilation and groups, and the output padding that restores the input size;
+  at stride 1, the equivalent ordinary convolution with the kernel flipped and its channels
+  swapped, which ONNX Runtime runs much faster;
 - ``avg_pool2d_backward`` = a depthwise transposed convolution with a constant 1/(kh·kw) kernel;
 - ``_adaptive_avg_pool2d_backward`` = ``Ph^T · G · Pw`` with the (constant) pooling matrices;
 - ``max_pool2d_with_indices_backward`` = a scatter-add of the gradient at the argmax indices;
@@ -53,10 +55,22 @@ def _conv_backward(
 ):
     if transposed:
         raise NotImplementedError("gradient through a transposed convolution")
+    nd = len(stride)
+    k = list(weight.shape[2:])
+    pad = [dilation[i] * (k[i] - 1) - padding[i] for i in range(nd)]
+    if all(st == 1 for st in stride) and all(p >= 0 for p in pad):
+        # stride 1: an ordinary convolution with the kernel flipped and its in/out channels
+        # swapped per group, padded by d·(k-1)-p; ORT runs Conv much faster than ConvTranspose
+        cout, cin_g = weight.shape[0], weight.shape[1]
+        w = weight.reshape(groups, cout // groups, cin_g, *k).transpose(1, 2)
+        w = w.reshape(groups * cin_g, cout // groups, *k).flip(list(range(2, 2 + nd)))
+        grad_in = aten.convolution(
+            grad_out, w, None, [1] * nd, pad, dilation, False, [0] * nd, groups
+        )
+        return (grad_in if output_mask[0] else None, None, None)
     out_pad = [
-        (inp.shape[2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1)
-        % stride[i]
-        for i in range(len(stride))
+        (inp.shape[2 + i] + 2 * padding[i] - dilation[i] * (k[i] - 1) - 1) % stride[i]
+        for i in range(nd)
     ]
     grad_in = aten.convolution(
         grad_out, weight, None, stride, padding, dilation, True, out_pad, groups
@@ -274,9 +288,7 @@ def functional_copies(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
             src, size, stride = node.args[:3]
             offset = node.args[3] if len(node.args) > 3 else 0
             if offset or not _contiguous(size, stride):
-                if node.target is aten.as_strided_.default:
-                    raise NotImplementedError("an in-place re-stride of a tensor")
-                continue
+                continue  # left to the exporter
             with graph.inserting_after(node):
                 new = call(aten.reshape.default, src, list(size))
             order[new] = order[node]
@@ -286,11 +298,16 @@ def functional_copies(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
             graph.erase_node(node)
         elif node.target is aten.copy_.default:
             dst, src = node.args[:2]
+            # only autograd's pattern: a copy into a reshaped view of a fresh 1-D buffer
             if not (dst.op == "call_function" and dst.target is aten.reshape.default):
-                raise NotImplementedError(f"in-place copy into {dst.target}")
+                continue
             base = dst.args[0]
-            if len(base.meta["val"].shape) != 1:
-                raise NotImplementedError("in-place copy into a view of a multi-dim buffer")
+            if not (
+                base.op == "call_function"
+                and base.target is aten.full.default
+                and len(base.meta["val"].shape) == 1
+            ):
+                continue
             with graph.inserting_after(node):
                 flat = call(aten.reshape.default, src, [-1])
                 with graph.inserting_after(flat):
