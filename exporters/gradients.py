@@ -55,27 +55,82 @@ def _conv_backward(
 ):
     if transposed:
         raise NotImplementedError("gradient through a transposed convolution")
+    if not output_mask[0]:
+        return (None, None, None)
     nd = len(stride)
     k = list(weight.shape[2:])
     pad = [dilation[i] * (k[i] - 1) - padding[i] for i in range(nd)]
-    if all(st == 1 for st in stride) and all(p >= 0 for p in pad):
-        # stride 1: an ordinary convolution with the kernel flipped and its in/out channels
-        # swapped per group, padded by d·(k-1)-p; ORT runs Conv much faster than ConvTranspose
-        cout, cin_g = weight.shape[0], weight.shape[1]
-        w = weight.reshape(groups, cout // groups, cin_g, *k).transpose(1, 2)
-        w = w.reshape(groups * cin_g, cout // groups, *k).flip(list(range(2, 2 + nd)))
-        grad_in = aten.convolution(
-            grad_out, w, None, [1] * nd, pad, dilation, False, [0] * nd, groups
-        )
-        return (grad_in if output_mask[0] else None, None, None)
     out_pad = [
         (inp.shape[2 + i] + 2 * padding[i] - dilation[i] * (k[i] - 1) - 1) % stride[i]
         for i in range(nd)
     ]
+    if all(p >= 0 for p in pad) and (
+        all(st == 1 for st in stride) or (STRIDED_AS_CONV and nd == 2)
+    ):
+        # the adjoint as an ordinary convolution: ONNX Runtime runs Conv much faster than
+        # ConvTranspose (zeros go between the gradient's pixels first where stride > 1)
+        return (_adjoint_conv(grad_out, weight, stride, pad, out_pad, dilation, groups), None, None)
     grad_in = aten.convolution(
         grad_out, weight, None, stride, padding, dilation, True, out_pad, groups
     )
-    return (grad_in if output_mask[0] else None, None, None)
+    return (grad_in, None, None)
+
+
+# strided convolutions: zeros inserted between the gradient's pixels, then an ordinary
+# convolution (True), or a transposed convolution (False)
+STRIDED_AS_CONV = True
+
+
+def _swap_flip(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """The kernel of the adjoint convolution: in/out channels swapped per group, flipped."""
+    cout, cin_g, *k = weight.shape
+    w = weight.reshape(groups, cout // groups, cin_g, *k).transpose(1, 2)
+    return w.reshape(groups * cin_g, cout // groups, *k).flip(list(range(2, 2 + len(k))))
+
+
+def _adjoint_conv(grad_out, weight, stride, pad, out_pad, dilation, groups):
+    """``conv_transpose(grad_out, weight)`` as zero insertion + padding + a stride-1 conv."""
+    nd = len(stride)
+    if all(s == 1 for s in stride):
+        pads = []
+        for i in reversed(range(nd)):
+            pads += [pad[i], pad[i] + out_pad[i]]
+        g = aten.constant_pad_nd(grad_out, pads) if any(out_pad) else grad_out
+        return aten.convolution(
+            g,
+            _swap_flip(weight, groups),
+            None,
+            [1] * nd,
+            [0] * nd if any(out_pad) else pad,
+            dilation,
+            False,
+            [0] * nd,
+            groups,
+        )
+    b, c, h, w = grad_out.shape
+    sh, sw = stride
+    pointwise = list(weight.shape[2:]) == [1, 1]
+    if pointwise:  # a 1x1 kernel commutes with zero insertion: convolve the small map first
+        grad_out = aten.convolution(
+            grad_out,
+            _swap_flip(weight, groups),
+            None,
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            False,
+            [0, 0],
+            groups,
+        )
+        c = grad_out.shape[1]
+    g = aten.constant_pad_nd(grad_out.reshape(b, c, h, 1, w, 1), [0, sw - 1, 0, 0, 0, sh - 1])
+    g = g.reshape(b, c, h * sh, w * sw)[:, :, : (h - 1) * sh + 1, : (w - 1) * sw + 1]
+    g = aten.constant_pad_nd(g, [pad[1], pad[1] + out_pad[1], pad[0], pad[0] + out_pad[0]])
+    if pointwise:
+        return g
+    return aten.convolution(
+        g, _swap_flip(weight, groups), None, [1, 1], [0, 0], dilation, False, [0, 0], groups
+    )
 
 
 def _avg_pool2d_backward(
@@ -127,7 +182,9 @@ def _max_pool2d_backward(grad_out, inp, kernel_size, stride, padding, dilation, 
 def decompositions() -> dict:
     from torch._decomp import core_aten_decompositions
 
-    table = dict(core_aten_decompositions())
+    # only backward ops are decomposed: forward ops stay whole (batch_norm, hardswish, …) so
+    # that exporters and ONNX Runtime fuse them exactly as in a plain inference export
+    table = {op: fn for op, fn in core_aten_decompositions().items() if "backward" in str(op)}
     table[aten.convolution_backward.default] = _conv_backward
     table[aten.avg_pool2d_backward.default] = _avg_pool2d_backward
     table[aten._adaptive_avg_pool2d_backward.default] = _adaptive_avg_pool2d_backward

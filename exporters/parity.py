@@ -11,9 +11,12 @@ from exporters.errors import ParityError
 # max |exported - eager| / max(|eager|, 1) per output; fp32 kernels differ (fused BN, conv
 # algorithms) by ~1e-6 relative, so 1e-4 leaves room without hiding a real mismatch
 DEFAULT_TOLERANCE = 1e-4
-# gradients and maps: ||exported - eager|| / ||eager||. A ReLU mask may flip for an element
-# within rounding of zero, which moves a gradient locally, so these get a looser bound
-GRADIENT_TOLERANCE = 1e-3
+# gradients and maps: ||exported - eager|| / ||eager||. A ReLU whose input is within
+# rounding of zero may flip between runtimes and move the gradient locally: on a seeded
+# resnet50 at layer3, a 1e-5 perturbation of the input already moves eager's own gradient
+# by up to 5e-3 in norm. So gradients get a bound above that, and the report shows the
+# figure reached
+GRADIENT_TOLERANCE = 1e-2
 
 
 def is_gradient(name: str) -> bool:
