@@ -9,30 +9,16 @@ Side by side in one run, interleaved in a rotating order; medians and ratios.
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
-import statistics
-import tempfile
-import time
-import warnings
 from pathlib import Path
 
-import onnxruntime as ort
+import common
 import torch
 import torchvision
+from common import export_plain, measure, ort_session
 
 import exporters
 import xcam
-
-HERE = Path(__file__).parent
-
-
-def _session(path: Path, threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def bench(
@@ -41,41 +27,23 @@ def bench(
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None).eval()
     example = torch.randn(2, 3, size, size)
-    plain = tmp / f"{name}_plain.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example,),
-            str(plain),
-            dynamo=True,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
-        )
+    s_plain = ort_session(export_plain(model, example, tmp / f"{name}_plain.onnx"), threads)
     grad = tmp / f"{name}_{layer}_grad.onnx"
     report = exporters.export(model, layer, example, grad, gradients=True)
-    s_plain, s_grad = _session(plain, threads), _session(grad, threads)
+    s_grad = ort_session(grad, threads)
     eager = xcam.GradCAM(model, layer)
     rows = []
     for b in batches:
         x = torch.randn(b, 3, size, size)
         feed = {"input": x.numpy()}
-        arms = {
-            "ort_plain": lambda: s_plain.run(["logits"], feed),  # noqa: B023
-            "ort_ingraph_gradcam": lambda: s_grad.run(None, feed),  # noqa: B023
-            "eager_gradcam": lambda: eager(x),  # noqa: B023
-        }
-        for fn in arms.values():
-            fn()
-        times: dict[str, list[float]] = {k: [] for k in arms}
-        keys = list(arms)
-        for r in range(rounds):
-            for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
-                start = time.perf_counter()
-                arms[key]()
-                times[key].append(time.perf_counter() - start)
-        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        med = measure(
+            {
+                "ort_plain": lambda: s_plain.run(["logits"], feed),  # noqa: B023
+                "ort_ingraph_gradcam": lambda: s_grad.run(None, feed),  # noqa: B023
+                "eager_gradcam": lambda: eager(x),  # noqa: B023
+            },
+            rounds,
+        )
         row = {
             "model": name,
             "layer": layer,
@@ -92,55 +60,35 @@ def bench(
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    common.main(
+        __doc__,
+        ["resnet50:layer4", "resnet50:layer3", "mobilenet_v3_large:features"],
+        "ingraph_gradcam",
+        bench,
+        "In-graph Grad-CAM on ONNX Runtime",
+        [
+            "model",
+            "layer",
+            "gradient",
+            "batch",
+            "ORT plain ms",
+            "ORT in-graph Grad-CAM ms",
+            "ratio",
+            "eager Grad-CAM ms",
+            "eager / ORT plain",
+        ],
+        lambda r: [
+            r["model"],
+            r["layer"],
+            "closed form" if r["closed_form"] else "backward in graph",
+            r["batch"],
+            r["ort_plain_ms"],
+            r["ort_ingraph_gradcam_ms"],
+            f"{r['ingraph_vs_plain']}x",
+            r["eager_gradcam_ms"],
+            f"{r['eager_vs_plain']}x",
+        ],
     )
-    p.add_argument(
-        "--models",
-        nargs="+",
-        default=["resnet50:layer4", "resnet50:layer3", "mobilenet_v3_large:features"],
-    )
-    p.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--out", type=Path, default=HERE / "results" / "ingraph_gradcam")
-    a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for spec in a.models:
-            name, _, layer = spec.partition(":")
-            rows += bench(name, layer, a.batches, a.rounds, a.size, a.threads, Path(tmp))
-    env = {
-        "cpu": platform.processor() or platform.machine(),
-        "threads": a.threads,
-        "torch": torch.__version__,
-        "onnxruntime": ort.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.with_suffix(".json").write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")
-    lines = [
-        f"# In-graph Grad-CAM on ONNX Runtime (CPU, {a.threads} threads)",
-        "",
-        f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, {a.size}x{a.size} input, "
-        f"median of {a.rounds} interleaved rounds, {env['date']}. Reproduce: "
-        "`python benchmarks/ingraph_gradcam.py`.",
-        "",
-        "| model | layer | gradient | batch | ORT plain ms | ORT in-graph Grad-CAM ms | ratio | "
-        "eager Grad-CAM ms | eager / ORT plain |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in rows:
-        kind = "closed form" if r["closed_form"] else "backward in graph"
-        lines.append(
-            f"| {r['model']} | {r['layer']} | {kind} | {r['batch']} | {r['ort_plain_ms']} | "
-            f"{r['ort_ingraph_gradcam_ms']} | {r['ingraph_vs_plain']}x | "
-            f"{r['eager_gradcam_ms']} | {r['eager_vs_plain']}x |"
-        )
-    a.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -10,31 +10,16 @@ order, so machine noise hits all variants alike; compare the ratios, not absolut
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
-import statistics
-import tempfile
-import time
-import warnings
 from pathlib import Path
 
-import onnxruntime as ort
+import common
 import torch
 import torchvision
+from common import export_plain, measure, ort_session
 
 import exporters
 import xcam
-
-HERE = Path(__file__).parent
-
-
-def _session(path: Path, threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    # as in xcam's backend: no spinning threads stealing the cores from torch between calls
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def bench_model(
@@ -43,53 +28,31 @@ def bench_model(
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None).eval()
     example = torch.randn(2, 3, size, size)
-    plain = tmp / f"{name}_plain.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example,),
-            str(plain),
-            dynamo=True,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
-        )
+    s_plain = ort_session(export_plain(model, example, tmp / f"{name}_plain.onnx"), threads)
     with_acts = tmp / f"{name}_acts.onnx"
     exporters.export(model, layer, example, with_acts)
-    s_plain, s_acts = _session(plain, threads), _session(with_acts, threads)
-    backend = xcam.load(with_acts, threads=threads)
-    cam_ort = xcam.GradCAM(model, layer, backend=backend)
+    s_acts = ort_session(with_acts, threads)
+    cam_ort = xcam.GradCAM(model, layer, backend=xcam.load(with_acts, threads=threads))
     cam_eager = xcam.GradCAM(model, layer)
     rows = []
     for b in batches:
         x = torch.randn(b, 3, size, size)
         feed = {"input": x.numpy()}
-        variants = {
-            "ort_plain": lambda: s_plain.run(["logits"], feed),  # noqa: B023
-            "ort_with_activations": lambda: s_acts.run(None, feed),  # noqa: B023
-            "ort_gradcam": lambda: cam_ort(x),  # noqa: B023
-            "eager_forward": lambda: model(x),  # noqa: B023
-            "eager_gradcam": lambda: cam_eager(x),  # noqa: B023
-        }
-        times: dict[str, list[float]] = {k: [] for k in variants}
-        with torch.no_grad():
-            for fn in variants.values():  # warm-up
-                fn()
-        keys = list(variants)
-        for r in range(rounds):
-            # rotate the order each round: whichever arm follows a torch arm pays for torch's
-            # OpenMP threads still spinning, so no arm may always sit in that place
-            for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
-                fn = variants[key]
-                start = time.perf_counter()
-                if key == "eager_forward":
-                    with torch.no_grad():
-                        fn()
-                else:
-                    fn()
-                times[key].append(time.perf_counter() - start)
-        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+        def eager_forward() -> None:
+            with torch.no_grad():
+                model(x)  # noqa: B023
+
+        med = measure(
+            {
+                "ort_plain": lambda: s_plain.run(["logits"], feed),  # noqa: B023
+                "ort_with_activations": lambda: s_acts.run(None, feed),  # noqa: B023
+                "ort_gradcam": lambda: cam_ort(x),  # noqa: B023
+                "eager_forward": eager_forward,
+                "eager_gradcam": lambda: cam_eager(x),  # noqa: B023
+            },
+            rounds,
+        )
         row = {
             "model": name,
             "layer": layer,
@@ -106,55 +69,37 @@ def bench_model(
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    common.main(
+        __doc__,
+        ["resnet18:layer4", "resnet50:layer4", "resnet50:layer3"],
+        "onnx_activation_overhead",
+        bench_model,
+        "Activation outputs: cost on ONNX Runtime",
+        [
+            "model",
+            "layer",
+            "batch",
+            "ORT plain ms",
+            "ORT + activations ms",
+            "overhead",
+            "ORT Grad-CAM ms",
+            "eager fwd ms",
+            "eager Grad-CAM ms",
+            "ORT Grad-CAM / eager Grad-CAM",
+        ],
+        lambda r: [
+            r["model"],
+            r["layer"],
+            r["batch"],
+            r["ort_plain_ms"],
+            r["ort_with_activations_ms"],
+            f"{r['activations_overhead']}x",
+            r["ort_gradcam_ms"],
+            r["eager_forward_ms"],
+            r["eager_gradcam_ms"],
+            f"{r['ort_gradcam_vs_eager_gradcam']}x",
+        ],
     )
-    p.add_argument(
-        "--models", nargs="+", default=["resnet18:layer4", "resnet50:layer4", "resnet50:layer3"]
-    )
-    p.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--out", type=Path, default=HERE / "results" / "onnx_activation_overhead")
-    a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for spec in a.models:
-            name, _, layer = spec.partition(":")
-            rows += bench_model(
-                name, layer or "layer4", a.batches, a.rounds, a.size, a.threads, Path(tmp)
-            )
-    env = {
-        "cpu": platform.processor() or platform.machine(),
-        "threads": a.threads,
-        "torch": torch.__version__,
-        "onnxruntime": ort.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.with_suffix(".json").write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")
-    lines = [
-        f"# Activation outputs: cost on ONNX Runtime (CPU, {a.threads} threads)",
-        "",
-        f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, {a.size}x{a.size} input, "
-        f"median of {a.rounds} interleaved rounds, {env['date']}. Reproduce: "
-        "`python benchmarks/onnx_activation_overhead.py`.",
-        "",
-        "| model | layer | batch | ORT plain ms | ORT + activations ms | overhead | "
-        "ORT Grad-CAM ms | eager fwd ms | eager Grad-CAM ms | ORT Grad-CAM / eager Grad-CAM |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['layer']} | {r['batch']} | {r['ort_plain_ms']} | "
-            f"{r['ort_with_activations_ms']} | {r['activations_overhead']}x | "
-            f"{r['ort_gradcam_ms']} | {r['eager_forward_ms']} | {r['eager_gradcam_ms']} | "
-            f"{r['ort_gradcam_vs_eager_gradcam']}x |"
-        )
-    a.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":
