@@ -145,7 +145,7 @@ def export(
 
             heads = closed_form_heads(model, layer_names, example, output)
             closed = [n for n, h in zip(layer_names, heads, strict=True) if h is not None]
-            reference = GradModel(model, layer_names, output, heads)
+            reference = GradModel(model, layer_names, output, heads, not dynamic_spatial)
             if target_input:
                 args = (example, torch.full((example.shape[0],), -1, dtype=torch.long))
                 input_names.append("target")

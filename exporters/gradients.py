@@ -195,8 +195,39 @@ def decompositions() -> dict:
 # -- the function that is exported ---------------------------------------------------------
 
 
+def _bilinear_matrix(n_in: int, n_out: int, dtype, device) -> torch.Tensor:
+    """``[n_out, n_in]``: bilinear resampling along one axis, exactly as ``F.interpolate``
+    with ``align_corners=False`` (half-pixel centres, clamped at the border)."""
+    rows = []
+    for o in range(n_out):
+        src = max((o + 0.5) * n_in / n_out - 0.5, 0.0)
+        i0 = min(int(src), n_in - 1)
+        i1 = min(i0 + 1, n_in - 1)
+        lam = src - i0
+        row = [0.0] * n_in
+        row[i0] += 1.0 - lam
+        row[i1] += lam
+        rows.append(row)
+    return torch.tensor(rows, dtype=dtype, device=device)
+
+
+def _upsample(cam: torch.Tensor, size: Sequence[int], static: bool = True) -> torch.Tensor:
+    """``[B, h, w] -> [B, H, W]`` bilinear. With static spatial sizes, two small matmuls with
+    constant matrices (a traced ``interpolate`` becomes slow gathers in ONNX)."""
+    if static:
+        h, w, oh, ow = (int(v) for v in (cam.shape[-2], cam.shape[-1], *size))
+        mh = _bilinear_matrix(h, oh, cam.dtype, cam.device)
+        mw = _bilinear_matrix(w, ow, cam.dtype, cam.device)
+        return torch.matmul(torch.matmul(mh, cam), mw.t())
+    up = F.interpolate(cam[:, None], size=list(size), mode="bilinear", align_corners=False)
+    return up[:, 0]
+
+
 def gradcam_map(
-    acts: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], size: Sequence[int]
+    acts: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    size: Sequence[int],
+    static: bool = True,
 ) -> torch.Tensor:
     """Grad-CAM from activations and gradients, in graph-friendly ops: ``[B, H, W]`` in
     [0, 1], layers fused like :class:`xcam.methods.base.BaseCAM` (a constant map is zeros)."""
@@ -208,10 +239,9 @@ def gradcam_map(
 
     ups = []
     for a, g in zip(acts, grads, strict=True):
-        cam = F.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1, keepdim=True))
-        up = F.interpolate(cam, size=list(size), mode="bilinear", align_corners=False)
-        ups.append(norm(up[:, 0]))
-    return norm(torch.stack(ups).mean(dim=0))
+        cam = F.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1))
+        ups.append(norm(_upsample(cam, size, static)))
+    return ups[0] if len(ups) == 1 else norm(torch.stack(ups).mean(dim=0))
 
 
 class GradModel(nn.Module):
@@ -219,6 +249,7 @@ class GradModel(nn.Module):
 
     ``target``: class per sample, ``-1`` for the top-1 class. ``closed_form[i]``: the
     Linear whose weights give layer i's gradient in closed form, or None for autograd.
+    ``static_spatial``: H and W are fixed (the map is upsampled by constant matrices).
     """
 
     def __init__(
@@ -227,10 +258,12 @@ class GradModel(nn.Module):
         layers: Sequence[str],
         output=None,
         closed_form: Sequence[nn.Linear | None] | None = None,
+        static_spatial: bool = True,
     ):
         super().__init__()
         from xcam.cammodel import CamModel
 
+        self.static_spatial = static_spatial
         self.model = model
         self.cam_model = CamModel(model, list(layers), grad_handles=True, output=output)
         self.layers = list(layers)
@@ -269,7 +302,7 @@ class GradModel(nn.Module):
                 grads.append(w[:, :, None, None].expand_as(a))
         acts = [a.detach() for a in acts]
         grads = [g.detach() for g in grads]
-        cam = gradcam_map(acts, grads, x.shape[-2:])
+        cam = gradcam_map(acts, grads, x.shape[-2:], self.static_spatial)
         return (flat.detach(), *acts, *grads, cam)
 
 
