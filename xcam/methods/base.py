@@ -257,9 +257,8 @@ class BaseCAM:
             )
         # targets resolved once on the backend's logits, so every layer explains the same class
         fixed = resolve_targets(logits, targets)
+        # (for a single logit, the classes are the decision the backend made)
         per_layer = targets if fixed.classes is None else fixed.classes
-        if fixed.sign is not None:  # single logit: keep the decision the backend made
-            per_layer = fixed.classes
         grads, target = [], fixed
         device = next(self.model.parameters()).device
         with preserved_state(self.model), torch.enable_grad():
@@ -285,21 +284,18 @@ class BaseCAM:
             k = backend.metadata.num_classes or 0
             probe = torch.zeros(x.shape[0], max(k, 1))
             wanted = resolve_targets(probe, targets).classes  # validates range and length
-            if not backend.has_target_input:
-                outs = backend.run(x)
-                got = resolve_targets(outs["logits"], None).classes
-                if not torch.equal(got.cpu(), wanted.cpu()):
-                    raise XCamError(
-                        f"{backend.path.name} explains the top-1 class only; re-export with "
-                        "--target-input (target_input=True) to explain other classes"
-                    )
-                wanted = None
-        outs = backend.run(x, wanted)
+        outs = backend.run(x, wanted if backend.has_target_input else None)
         logits = outs["logits"]
+        if wanted is not None and not backend.has_target_input:
+            top = resolve_targets(logits, None).classes
+            if not torch.equal(top.cpu(), wanted.cpu()):
+                raise XCamError(
+                    f"{backend.path.name} explains the top-1 class only; re-export with "
+                    "--target-input (target_input=True) to explain other classes"
+                )
         acts = [outs[n] for n, _ in layers]
         grads = [outs[grad_name(n)] for n, _ in layers]
-        with torch.enable_grad():
-            target = resolve_targets(logits.detach(), targets if wanted is None else wanted)
+        target = resolve_targets(logits.detach(), targets if wanted is None else wanted)
         return logits, acts, target, grads
 
     def _finish(self, x, layers, logits, acts, target, grads, targets, backend) -> CamResult:
