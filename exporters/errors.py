@@ -27,3 +27,9 @@ class ParityError(ExportError):
     def __init__(self, message: str, errors: dict[str, dict[str, float]]):
         self.errors = errors
         super().__init__(message)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name if the message is empty):
+    exporters' messages run to pages, the headline is what a user reads."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

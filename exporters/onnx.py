@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from exporters.errors import ExportError, UnsupportedOpError
+from exporters.errors import ExportError, UnsupportedOpError, first_line
 from exporters.metadata import METADATA_KEY, ExportMetadata
 
 _OP = re.compile(r"op='([\w.:]+)'|\b(aten(?:::|\.)\w+(?:\.\w+)?)")
@@ -59,7 +59,7 @@ def export_onnx(
         ):
             op = match.group(1) or match.group(2)
             raise UnsupportedOpError(op, "ONNX", type(e).__name__) from e
-        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        first = first_line(e)
         raise ExportError(f"ONNX export failed: {first}") from e
     del program
     if external:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from exporters.errors import ExportError
+from exporters.errors import ExportError, first_line
 from exporters.metadata import METADATA_KEY, ExportMetadata
 
 
@@ -29,7 +29,7 @@ def export_pt2(
         with torch.no_grad():
             program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes)
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise ExportError(f"torch.export failed: {first}") from e
     if aoti is None:
         aoti = compiler_available()
@@ -49,7 +49,7 @@ def export_pt2(
                 inductor_configs={"aot_inductor.metadata": {METADATA_KEY: metadata.to_json()}},
             )
         except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = first_line(e)
             raise ExportError(f"AOTInductor compilation failed: {first}") from e
         notes.append(f"AOTInductor package compiled for {args[0].device.type}")
     else:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from exporters.errors import ExportError
+from exporters.errors import ExportError, first_line
 from exporters.metadata import METADATA_KEY, ExportMetadata
 
 
@@ -45,6 +45,6 @@ def export_torchscript(
                 traced, str(path), _extra_files={f"{METADATA_KEY}.json": metadata.to_json()}
             )
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise ExportError(f"TorchScript tracing failed: {first}") from e
     return ["TorchScript is deprecated upstream; prefer onnx or pt2 for new deployments"]
