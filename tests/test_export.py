@@ -217,6 +217,10 @@ def test_load_rejects_foreign_and_unknown_files(tmp_path) -> None:
         xcam.load(plain)
     with pytest.raises(xcam.XCamError, match="no such file"):
         xcam.load(tmp_path / "none.onnx")
+    for name in ("bad.onnx", "bad.ts", "bad.pt2"):  # damaged files: one clear error each
+        (tmp_path / name).write_text("garbage")
+        with pytest.raises(xcam.XCamError, match=r"bad\.(onnx|ts|pt2)"):
+            xcam.load(tmp_path / name)
     (tmp_path / "m.bin").write_bytes(b"x")
     with pytest.raises(xcam.XCamError, match="can't tell the format"):
         xcam.load(tmp_path / "m.bin")

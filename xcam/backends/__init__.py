@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from xcam.backends.base import Backend
-from xcam.errors import ModelSpecError
+from xcam.errors import ModelSpecError, XCamError
 
 BACKENDS = ("eager", "torchscript", "onnxruntime", "pt2")
 FORMAT_OF_BACKEND = {"torchscript": "torchscript", "onnxruntime": "onnx", "pt2": "pt2"}
@@ -40,17 +40,24 @@ def load(path: str | Path, device: str = "cpu", **options) -> Backend:
 
         if not torch.cuda.is_available() and fmt != "onnx":
             raise ModelSpecError(f"device {device!r} was asked for but CUDA is not available")
-    if fmt == "onnx":
-        from xcam.backends.onnxruntime import OnnxRuntimeBackend
+    try:
+        if fmt == "onnx":
+            from xcam.backends.onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(path, device, **options)
-    if fmt == "torchscript":
-        from xcam.backends.torchscript import TorchScriptBackend
+            return OnnxRuntimeBackend(path, device, **options)
+        if fmt == "torchscript":
+            from xcam.backends.torchscript import TorchScriptBackend
 
-        return TorchScriptBackend(path, device)
-    from xcam.backends.pt2 import Pt2Backend
+            return TorchScriptBackend(path, device)
+        from xcam.backends.pt2 import Pt2Backend
 
-    return Pt2Backend(path, device)
+        return Pt2Backend(path, device)
+    except XCamError:
+        raise
+    except Exception as e:  # a damaged or foreign file: the runtime's own error, in one line
+        from exporters.errors import first_line
+
+        raise ModelSpecError(f"{path.name} can't be read as {fmt}: {first_line(e)}") from e
 
 
 __all__ = ["BACKENDS", "Backend", "load"]
