@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import pkgutil
 
 import pytest
 
 import xcam.methods
 
+METHOD_MODULES = sorted(
+    f"xcam.methods.{m.name}"
+    for m in pkgutil.iter_modules(xcam.methods.__path__)
+    if m.name not in ("base",)
+)
 
-@pytest.mark.parametrize("name", ["xcam.methods.gradcam", "xcam.methods.cam"])
+
+@pytest.mark.parametrize("name", METHOD_MODULES)
 def test_method_docstring_examples(name: str) -> None:
     module = importlib.import_module(name)
     result = doctest.testmod(module, verbose=False)
@@ -21,4 +28,5 @@ def test_method_docstring_examples(name: str) -> None:
 def test_every_method_file_names_its_paper() -> None:
     for method in xcam.list_methods():
         doc = importlib.import_module(xcam.get_method(method).__module__).__doc__ or ""
-        assert "et al." in doc and "Example" in doc, method
+        assert ("et al." in doc or " & " in doc) and "Example" in doc, method
+        assert " = " in doc, f"{method}: its docstring has no formula"

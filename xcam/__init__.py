@@ -27,6 +27,18 @@ _LAZY = {
     "BaseCAM": "xcam.methods.base",
     "CAM": "xcam.methods.cam",
     "GradCAM": "xcam.methods.gradcam",
+    "GradCAMPlusPlus": "xcam.methods.gradcampp",
+    "XGradCAM": "xcam.methods.xgradcam",
+    "HiResCAM": "xcam.methods.hirescam",
+    "LayerCAM": "xcam.methods.layercam",
+    "EigenCAM": "xcam.methods.eigencam",
+    "EigenGradCAM": "xcam.methods.eigengradcam",
+    "ScoreCAM": "xcam.methods.scorecam",
+    "AblationCAM": "xcam.methods.ablationcam",
+    "ReciproCAM": "xcam.methods.reciprocam",
+    "FullGrad": "xcam.methods.fullgrad",
+    "GuidedBackprop": "xcam.methods.guided",
+    "GuidedGradCAM": "xcam.methods.guided",
     "load_model": "xcam.models",
     "load": "xcam.backends",
     "Backend": "xcam.backends",
@@ -34,16 +46,28 @@ _LAZY = {
 
 __all__ = [
     "CAM",
+    "AblationCAM",
     "Backend",
     "BaseCAM",
     "CamModel",
     "CamResult",
+    "EigenCAM",
+    "EigenGradCAM",
+    "FullGrad",
     "GradCAM",
+    "GradCAMPlusPlus",
+    "GuidedBackprop",
+    "GuidedGradCAM",
     "HeadError",
+    "HiResCAM",
     "InputError",
+    "LayerCAM",
     "LayerNotFoundError",
+    "ReciproCAM",
+    "ScoreCAM",
     "TargetError",
     "XCamError",
+    "XGradCAM",
     "__version__",
     "candidate_layers",
     "get_method",
@@ -60,9 +84,20 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from xcam.errors import HeadError, InputError, LayerNotFoundError, TargetError, XCamError
     from xcam.layers import candidate_layers, resolve_layers
     from xcam.methods import get_method, list_methods, register_method
+    from xcam.methods.ablationcam import AblationCAM
     from xcam.methods.base import BaseCAM
     from xcam.methods.cam import CAM
+    from xcam.methods.eigencam import EigenCAM
+    from xcam.methods.eigengradcam import EigenGradCAM
+    from xcam.methods.fullgrad import FullGrad
     from xcam.methods.gradcam import GradCAM
+    from xcam.methods.gradcampp import GradCAMPlusPlus
+    from xcam.methods.guided import GuidedBackprop, GuidedGradCAM
+    from xcam.methods.hirescam import HiResCAM
+    from xcam.methods.layercam import LayerCAM
+    from xcam.methods.reciprocam import ReciproCAM
+    from xcam.methods.scorecam import ScoreCAM
+    from xcam.methods.xgradcam import XGradCAM
     from xcam.models import load_model
     from xcam.result import CamResult
 

@@ -72,9 +72,19 @@ def explain_files(
     """Explain each image of ``paths`` and write ``<stem>_<method>.png`` / ``.npy`` to ``out``.
 
     The ``.npy`` map is float32 in ``[0, 1]`` at the image's own size, aligned with the
-    overlay. ``predictions.json`` lists every image's top classes, target and files.
+    overlay. A method whose maps are input-shaped attributions ``[B, C, H, W]`` (Guided
+    Backprop, Guided Grad-CAM) writes instead the attribution's picture
+    (:func:`xcam.viz.attribution_image`) and the raw float32 ``[C, H_img, W_img]``
+    attribution, resized bilinearly; each item's ``kind`` is ``"attribution"`` or
+    ``"heatmap"``. ``predictions.json`` lists every image's top classes, target and files.
     """
-    from xcam.viz import overlay, save_png
+    from xcam.viz import (
+        attribution_image,
+        overlay,
+        resize_attribution,
+        resize_map,
+        save_png,
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     report = JobReport(out)
@@ -92,11 +102,17 @@ def explain_files(
             result = method(x.to(device), targets=targets).cpu()
             for i, (p, im) in enumerate(loaded):
                 stem = f"{_unique_stem(p, taken)}_{method.name}"
-                from xcam.viz import resize_map
-
-                cam = resize_map(result.maps[i], (im.height, im.width))
-                np.save(out / f"{stem}.npy", cam.astype(np.float32))
-                save_png(overlay(im, cam, alpha=alpha, colormap=colormap), out / f"{stem}.png")
+                size = (im.height, im.width)
+                if result.maps.dim() == 4:  # an input-shaped attribution (Guided Backprop)
+                    kind = "attribution"
+                    attr = resize_attribution(result.maps[i], size)
+                    np.save(out / f"{stem}.npy", attr.astype(np.float32))
+                    save_png(attribution_image(attr), out / f"{stem}.png")
+                else:
+                    kind = "heatmap"
+                    cam = resize_map(result.maps[i], size)
+                    np.save(out / f"{stem}.npy", cam.astype(np.float32))
+                    save_png(overlay(im, cam, alpha=alpha, colormap=colormap), out / f"{stem}.png")
                 target = (
                     int(result.targets[i]) if isinstance(result.targets, torch.Tensor) else None
                 )
@@ -107,6 +123,7 @@ def explain_files(
                         "target": target,
                         "target_name": None if target is None else info.class_name(target),
                         "score": float(result.scores[i]),
+                        "kind": kind,
                         "overlay": f"{stem}.png",
                         "map": f"{stem}.npy",
                         "degenerate": bool(result.degenerate[i]),

@@ -28,6 +28,51 @@ def resize_map(cam: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndar
     return out[0, 0].clamp(float(arr.min()), float(arr.max())).numpy()
 
 
+def _to_numpy_attribution(attr: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(attr, torch.Tensor):
+        arr = attr.detach().float().cpu().numpy()
+    else:
+        arr = np.asarray(attr, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ValueError(f"an attribution is [C, H, W] (or [H, W]), got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError("the attribution contains NaN or infinite values")
+    return arr.astype(np.float32)
+
+
+def resize_attribution(attr: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A raw ``[C, H, W]`` attribution resized (bilinear) to ``size`` = (H, W), not rescaled."""
+    arr = _to_numpy_attribution(attr)
+    if arr.shape[1:] == tuple(size):
+        return arr
+    t = torch.from_numpy(arr)[None]
+    out = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)
+    return out[0].numpy()
+
+
+def attribution_image(attr: torch.Tensor | np.ndarray, spread: float = 0.15):
+    """A raw ``[C, H, W]`` attribution (Guided Backprop…) as an RGB PIL image.
+
+    Standardised over all its values and shown as ``0.5 + spread · (a − mean) / std``,
+    clipped to ``[0, 1]``: grey is no attribution, a colour is the sign per channel.
+    Three channels are shown as RGB; any other number is averaged into one grey channel.
+    An all-constant attribution is plain grey.
+    """
+    from PIL import Image
+
+    arr = _to_numpy_attribution(attr)
+    if arr.shape[0] != 3:
+        arr = arr.mean(axis=0, keepdims=True)
+    std = float(arr.std())
+    scaled = 0.5 + spread * (arr - float(arr.mean())) / std if std > 0 else np.full_like(arr, 0.5)
+    pixels = (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+    if pixels.shape[2] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    return Image.fromarray(np.ascontiguousarray(pixels))
+
+
 def colorize(cam: torch.Tensor | np.ndarray, colormap: str = "jet") -> np.ndarray:
     """A map in ``[0, 1]`` to an ``[H, W, 3]`` uint8 RGB picture through a matplotlib colormap."""
     import matplotlib

@@ -49,4 +49,18 @@ def list_methods() -> list[str]:
 
 
 # built-in methods register themselves on import
-from xcam.methods import cam, gradcam  # noqa: E402, F401
+from xcam.methods import (  # noqa: E402, F401
+    ablationcam,
+    cam,
+    eigencam,
+    eigengradcam,
+    fullgrad,
+    gradcam,
+    gradcampp,
+    guided,
+    hirescam,
+    layercam,
+    reciprocam,
+    scorecam,
+    xgradcam,
+)

@@ -5,9 +5,11 @@ A method only says how to weight the channels of an activation (its ``weights``)
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,7 +27,13 @@ from xcam.targets import Resolved, Targets, flatten_logits, resolve_targets
 
 @dataclass
 class LayerContext:
-    """What a weighting rule may look at, for one layer."""
+    """What a weighting rule may look at, for one layer.
+
+    Gradient-free methods that re-run the model use ``forward`` (inputs -> logits, the whole
+    model on the method's backend, no gradients) or ``tail`` (this layer's activations and
+    the sample index of each row -> logits, the eager part of the model after the layer),
+    and ``score`` to read the explained score of each row from such logits.
+    """
 
     name: str
     activations: torch.Tensor  # A, [B, C, h, w]
@@ -34,6 +42,43 @@ class LayerContext:
     target: Resolved
     model: nn.Module | None  # None when explaining a loaded backend alone
     module: nn.Module | None
+    inputs: torch.Tensor | None = None  # x, [B, C_in, H, W]
+    targets: Targets = None  # what the caller asked for (a callable target is needed again)
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+    tail: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+
+    def score(self, logits: torch.Tensor, rows: torch.Tensor, probability: bool) -> torch.Tensor:
+        """The explained score of each row of ``logits``; row i belongs to sample ``rows[i]``.
+
+        ``probability``: the class's softmax probability (sigmoid of the signed logit for a
+        single-logit head) instead of the raw logit. A callable target is applied as is.
+        """
+        if self.target.classes is None:
+            return resolve_targets(logits, self.targets).scores.float()  # type: ignore[arg-type]
+        flat = flatten_logits(logits).float()
+        rows = rows.to(flat.device)
+        if self.target.sign is not None:
+            signed = flat[:, 0] * self.target.sign.to(flat.device)[rows]
+            return torch.sigmoid(signed) if probability else signed
+        if probability:
+            flat = flat.softmax(dim=1)
+        return flat.gather(1, self.target.classes.to(flat.device)[rows][:, None])[:, 0]
+
+
+def first_component(weighted: torch.Tensor) -> torch.Tensor:
+    """Projection of ``[B, C, h, w]`` on its first principal direction: ``[B, h, w]``.
+
+    Per sample, the ``hw x C`` matrix ``M = U S V^T`` (float32 SVD whatever the dtype, not
+    centred, as in Eigen-CAM) gives ``M v_1``. An SVD's sign is arbitrary: it is chosen so
+    that the projection agrees with the channel sum ``sum_c M_c``, the un-weighted map.
+    """
+    b, _, h, w = weighted.shape
+    flat = weighted.float().flatten(2).transpose(1, 2)  # [B, hw, C]
+    _, _, vh = torch.linalg.svd(flat, full_matrices=False)
+    proj = flat @ vh[:, 0, :, None]  # [B, hw, 1]
+    agree = (proj[:, :, 0] * flat.sum(dim=2)).sum(dim=1)
+    sign = torch.where(agree < 0, -1.0, 1.0).to(proj)
+    return (proj[:, :, 0] * sign[:, None]).reshape(b, h, w)
 
 
 def check_input(x: object) -> torch.Tensor:
@@ -90,6 +135,15 @@ class BaseCAM:
 
     name: ClassVar[str] = ""
     needs_gradients: ClassVar[bool] = True
+    # flips x scales for aug_smooth; (False, 1.0), the input itself, comes first
+    augmentations: ClassVar[tuple[tuple[bool, float], ...]] = (
+        (False, 1.0),
+        (True, 1.0),
+        (False, 1.25),
+        (True, 1.25),
+        (False, 0.8),
+        (True, 0.8),
+    )
 
     def __init__(
         self,
@@ -99,9 +153,13 @@ class BaseCAM:
         *,
         output: OutputSelector = None,
         export_options: dict[str, Any] | None = None,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
     ):
         from xcam.backends import BACKENDS, Backend
 
+        self.aug_smooth = aug_smooth
+        self.eigen_smooth = eigen_smooth
         self.output = output
         self.export_options = dict(export_options or {})
         self.backend: Backend | None = None
@@ -156,6 +214,11 @@ class BaseCAM:
         """Channel weights ``[B, C]`` (or per-position weights ``[B, C, h, w]``)."""
         raise NotImplementedError
 
+    def layer_map(self, ctx: LayerContext) -> torch.Tensor:
+        """The layer's map ``[B, h, w]``: ``ReLU(sum_c w_c A_c)``, or with ``eigen_smooth``
+        the ReLU of the first principal component of the weighted activations ``w_c A_c``."""
+        return self.combine(ctx.activations, self.weights(ctx), ctx.name, self.eigen_smooth)
+
     def _resolve(self, x: torch.Tensor) -> list[tuple[str, nn.Module | None]]:
         if self._layers is None:
             assert self.model is not None
@@ -177,6 +240,28 @@ class BaseCAM:
     def __call__(self, x: torch.Tensor, targets: Targets = None) -> CamResult:
         x = check_input(x)
         self._check_model_input(x)
+        result = self._explain(x, targets)
+        return self._augmented(x, result) if self.aug_smooth else result
+
+    def _augmented(self, x: torch.Tensor, result: CamResult) -> CamResult:
+        """Test-time augmentation: explain flipped and rescaled copies of ``x`` (same classes
+        as ``result``), map each back to ``x``'s coordinates and average."""
+        size = tuple(x.shape[-2:])
+        same = result.targets  # the classes found on x itself, or the callable
+        maps = [result.maps]
+        for flip, scale in self.augmentations[1:]:
+            xt = x.flip(-1) if flip else x
+            if scale != 1.0:
+                scaled = [max(1, round(s * scale)) for s in size]
+                xt = F.interpolate(xt, size=scaled, mode="bilinear", align_corners=False)
+            m = self._explain(xt, same).maps  # type: ignore[arg-type]
+            if scale != 1.0:
+                m = F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+            maps.append(m.flip(-1) if flip else m)
+        fused, degenerate = normalize(torch.stack(maps).mean(dim=0))
+        return replace(result, maps=fused, degenerate=degenerate)
+
+    def _explain(self, x: torch.Tensor, targets: Targets) -> CamResult:
         layers = self._resolve(x)
         backend = self.backend or self._exported(x, [n for n, _ in layers])
         if backend is None:
@@ -298,9 +383,42 @@ class BaseCAM:
         target = resolve_targets(logits.detach(), targets if wanted is None else wanted)
         return logits, acts, target, grads
 
+    def _forward_fn(self, backend: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Inputs -> logits through the whole model on this method's backend, no gradients."""
+        if backend is not None:
+            return lambda xb: backend.run(xb)["logits"]
+        assert self.model is not None
+        model = self.model
+
+        def forward(xb: torch.Tensor) -> torch.Tensor:
+            with preserved_state(model), torch.no_grad():
+                return select_output(model(xb), self.output)
+
+        return forward
+
+    def _run_tail(
+        self, name: str, x: torch.Tensor, acts: torch.Tensor, rows: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits from activations of ``name`` (row i from sample ``rows[i]`` of ``x``) by
+        the eager tail of the model after that layer."""
+        from xcam.tail import InjectedTail
+
+        if self.model is None:
+            raise XCamError(
+                f"{type(self).__name__} re-runs the model after layer {name!r}, which needs the "
+                "eager model: Method(model, layers, backend=xcam.load(path))"
+            )
+        tail = self._tail(name)
+        device = next(self.model.parameters()).device
+        if isinstance(tail, InjectedTail):
+            tail.example = x.to(device)[rows.to(device)]
+        with preserved_state(self.model), torch.no_grad():
+            return select_output(tail(acts.to(device)), self.output)
+
     def _finish(self, x, layers, logits, acts, target, grads, targets, backend) -> CamResult:
         flat = _flat_or_raw(logits.detach())
         layer_maps: dict[str, torch.Tensor] = {}
+        forward = self._forward_fn(backend)
         with torch.no_grad():
             for i, (name, module) in enumerate(layers):
                 a = acts[i].detach()
@@ -312,8 +430,12 @@ class BaseCAM:
                     target=target,
                     model=self.model,
                     module=module,
+                    inputs=x,
+                    targets=targets,
+                    forward=forward,
+                    tail=functools.partial(self._run_tail, name, x),
                 )
-                layer_maps[name] = self.combine(a, self.weights(ctx), name)
+                layer_maps[name] = self.layer_map(ctx)
             maps, degenerate = self.fuse(list(layer_maps.values()), x.shape[-2:])
         return CamResult(
             maps=maps,
@@ -340,11 +462,17 @@ class BaseCAM:
         return [torch.zeros_like(a) if g is None else g for a, g in zip(acts, grads, strict=True)]
 
     @staticmethod
-    def combine(acts: torch.Tensor, weights: torch.Tensor, name: str = "") -> torch.Tensor:
-        """``ReLU(sum_c w_c A_c)``: ``[B, h, w]``. ``weights`` is ``[B, C]`` or ``[B, C, h, w]``."""
+    def combine(
+        acts: torch.Tensor, weights: torch.Tensor, name: str = "", eigen: bool = False
+    ) -> torch.Tensor:
+        """``ReLU(sum_c w_c A_c)``: ``[B, h, w]``. ``weights`` is ``[B, C]`` or ``[B, C, h, w]``.
+
+        ``eigen``: the first principal component of ``w_c A_c`` instead of the channel sum.
+        """
         if weights.dim() == 2:
             weights = weights[:, :, None, None]
-        cam = F.relu((weights * acts).sum(dim=1))
+        weighted = weights * acts
+        cam = F.relu(first_component(weighted) if eigen else weighted.sum(dim=1))
         if not bool(torch.isfinite(cam).all()):
             raise FloatingPointError(
                 f"the map of layer {name!r} is not finite (overflow in activations or gradients)"

@@ -1,0 +1,36 @@
+"""EigenGrad-CAM — Eigen-CAM (Muhammad & Yeasin, IJCNN 2020) applied to the gradient-weighted
+activations, as popularised by the pytorch-grad-cam library:
+
+    L = ReLU((G ⊙ A) v_1)      with G = dS/dA and (G ⊙ A) as ``hw x C`` = U S V^T
+
+Class-discriminative like Grad-CAM (through ``G``), and as smooth as Eigen-CAM.
+
+Example::
+
+    >>> import torch, xcam
+    >>> from xcam.demo import load_demo_model
+    >>> result = xcam.EigenGradCAM(load_demo_model(), "block3")(torch.rand(1, 3, 64, 64))
+    >>> tuple(result.maps.shape)
+    (1, 64, 64)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from xcam.methods import register_method
+from xcam.methods.base import BaseCAM, LayerContext
+
+
+@register_method
+class EigenGradCAM(BaseCAM):
+    """First principal component of gradient ⊙ activation."""
+
+    name = "eigengradcam"
+
+    def weights(self, ctx: LayerContext) -> torch.Tensor:
+        assert ctx.gradients is not None
+        return ctx.gradients
+
+    def layer_map(self, ctx: LayerContext) -> torch.Tensor:
+        return self.combine(ctx.activations, self.weights(ctx), ctx.name, eigen=True)

@@ -1,0 +1,170 @@
+"""Guided Backprop and Guided Grad-CAM: input-resolution attributions.
+
+Guided Backprop — Springenberg, Dosovitskiy, Brox, Riedmiller, "Striving for Simplicity:
+The All Convolutional Net", ICLR workshop 2015. The gradient of the score S with respect
+to the input x, where every ReLU passes back only positive gradients at positive inputs::
+
+    R_in = (x_relu > 0) · ReLU(R_out)        (a plain ReLU: R_in = (x_relu > 0) · R_out)
+    G(x) = dS/dx computed with that rule at every nn.ReLU module
+
+Guided Grad-CAM — Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via
+Gradient-based Localization", ICCV 2017. The guided gradient weighted, pixel by pixel, by the
+Grad-CAM map L (normalised to [0, 1], upsampled bilinearly to the input)::
+
+    GGC_c,ij = G(x)_c,ij · L_ij
+
+Both return ``maps`` shaped like the input, ``[B, C, H, W]``: raw attributions, not
+normalised (see :func:`xcam.viz.attribution_image` for a picture). They run on the eager
+model only; the model is never modified (the ReLUs are guided by hooks scoped to the call,
+see :func:`xcam.capture.guided_relus`).
+
+Example::
+
+    >>> import torch
+    >>> from xcam.demo import load_demo_model
+    >>> from xcam.methods.guided import GuidedBackprop, GuidedGradCAM
+    >>> model = load_demo_model()
+    >>> x = torch.rand(2, 3, 64, 64)
+    >>> tuple(GuidedBackprop(model)(x).maps.shape)
+    (2, 3, 64, 64)
+    >>> result = GuidedGradCAM(model, "block3")(x, targets=1)
+    >>> tuple(result.maps.shape), result.layers
+    ((2, 3, 64, 64), ['block3'])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from xcam.cammodel import OutputSelector, select_output
+from xcam.capture import guided_relus, preserved_state
+from xcam.errors import XCamError
+from xcam.layers import Layers
+from xcam.methods import register_method
+from xcam.methods.base import BaseCAM, _flat_or_raw, check_input
+from xcam.methods.gradcam import GradCAM
+from xcam.result import CamResult
+from xcam.targets import Targets, resolve_targets
+
+
+def _degenerate(maps: torch.Tensor) -> torch.Tensor:
+    """``[B]`` bool: True where a sample's attribution is zero everywhere."""
+    return (maps.flatten(1) == 0).all(dim=1)
+
+
+class _EagerOnly(BaseCAM):
+    def _require_eager(self) -> None:
+        if self.model is None or self.backend is not None or self._export_format is not None:
+            raise XCamError(
+                f"{type(self).__name__} differentiates the eager model down to its input and "
+                "runs on eager PyTorch only; give it the nn.Module with backend='eager' "
+                "(--backend eager on the command line)"
+            )
+
+
+@register_method
+class GuidedBackprop(_EagerOnly):
+    """``dS/dx`` with guided ReLUs: ``maps`` is ``[B, C, H, W]``, the raw attribution.
+
+    ``layers`` is accepted (for a uniform signature) and not used: ``result.layers == []``.
+    Activations other than ``nn.ReLU`` modules (SiLU, GELU, a functional ``F.relu``…)
+    pass the plain gradient; a ``UserWarning`` names them.
+    """
+
+    name = "guidedbackprop"
+
+    def __init__(
+        self,
+        model: Any,
+        layers: Layers = None,
+        backend: Any = "eager",
+        *,
+        output: OutputSelector = None,
+        export_options: dict[str, Any] | None = None,
+    ):
+        super().__init__(model, layers, backend, output=output, export_options=export_options)
+        self._require_eager()
+
+    @property
+    def layers(self) -> list[str]:
+        return []
+
+    def __call__(self, x: torch.Tensor, targets: Targets = None) -> CamResult:
+        self._require_eager()
+        x = check_input(x)
+        self._check_model_input(x)
+        assert self.model is not None
+        leaf = x.detach().requires_grad_(True)
+        with preserved_state(self.model), torch.enable_grad():
+            with guided_relus(self.model, stacklevel=2) as report:
+                out = self.model(leaf)
+                report.exclude_outputs(out)
+            logits = select_output(out, self.output)
+            target = resolve_targets(logits, targets)
+            grad = None
+            if target.scores.requires_grad:
+                (grad,) = torch.autograd.grad(target.scores.sum(), leaf, allow_unused=True)
+        maps = torch.zeros_like(x) if grad is None else grad.detach()
+        if not bool(torch.isfinite(maps).all()):
+            raise FloatingPointError("the guided gradient is not finite (overflow in the model)")
+        return CamResult(
+            maps=maps,
+            logits=_flat_or_raw(logits.detach()),
+            targets=target.classes if target.classes is not None else targets,  # type: ignore[arg-type]
+            scores=target.scores.detach(),
+            layer_maps={},
+            degenerate=_degenerate(maps),
+            method=self.name,
+            layers=[],
+            backend="eager",
+        )
+
+
+@register_method
+class GuidedGradCAM(_EagerOnly):
+    """Guided Backprop times the upsampled Grad-CAM map of ``layers``: ``[B, C, H, W]``.
+
+    ``layer_maps`` and ``layers`` are Grad-CAM's; both parts explain the same targets.
+    """
+
+    name = "guidedgradcam"
+
+    def __init__(
+        self,
+        model: Any,
+        layers: Layers = None,
+        backend: Any = "eager",
+        *,
+        output: OutputSelector = None,
+        export_options: dict[str, Any] | None = None,
+    ):
+        super().__init__(model, layers, backend, output=output, export_options=export_options)
+        self._require_eager()
+        self._guided = GuidedBackprop(model, output=output)
+        self._gradcam = GradCAM(model, layers, output=output)
+
+    @property
+    def layers(self) -> list[str] | None:
+        return self._gradcam.layers
+
+    def __call__(self, x: torch.Tensor, targets: Targets = None) -> CamResult:
+        self._require_eager()
+        x = check_input(x)
+        guided = self._guided(x, targets)
+        # Grad-CAM explains the classes guided backprop resolved (the same top-1 / decision)
+        fixed = guided.targets if isinstance(guided.targets, torch.Tensor) else targets
+        cam = self._gradcam(x, fixed)
+        maps = guided.maps * cam.maps[:, None].to(guided.maps.dtype)
+        return CamResult(
+            maps=maps,
+            logits=guided.logits,
+            targets=guided.targets,
+            scores=guided.scores,
+            layer_maps=cam.layer_maps,
+            degenerate=_degenerate(maps),
+            method=self.name,
+            layers=cam.layers,
+            backend="eager",
+        )

@@ -1,0 +1,106 @@
+"""Score-CAM — Wang et al., "Score-CAM: Score-Weighted Visual Explanations for Convolutional
+Neural Networks", CVPR Workshops 2020.
+
+Each channel, upsampled to the input and min-max scaled, masks the input; the channel's
+weight is the target's probability for that masked input:
+
+    H_c = s(Up(A_c)),   s(m) = (m - min m) / (max m - min m)
+    w_c = softmax(f(x ⊙ H_c))_target                     L = ReLU(sum_c w_c A_c)
+
+(for a single-logit head the sigmoid of the explained logit; for a callable target its raw
+score). ``channel_softmax=True`` gives the variant of the pytorch-grad-cam library instead:
+the raw target logit of each masked input, then a softmax across the channels.
+
+One forward per channel and sample: the masked inputs go through the model in batches of
+``batch_size`` (default: as many as fit ``memory_budget`` bytes, estimated at 40x the
+input's size per sample), on the method's backend — ``backend="onnxruntime"`` makes this
+the fast path. A channel that is constant over the map masks the input to zero: those share
+one forward.
+
+Example::
+
+    >>> import torch, xcam
+    >>> from xcam.demo import load_demo_model
+    >>> result = xcam.ScoreCAM(load_demo_model(), "block3")(torch.rand(1, 3, 64, 64))
+    >>> tuple(result.maps.shape)
+    (1, 64, 64)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from xcam.errors import XCamError
+from xcam.layers import Layers
+from xcam.methods import register_method
+from xcam.methods.base import BaseCAM, LayerContext
+
+
+def chunk_size(x: torch.Tensor, batch_size: int | None, memory_budget: int) -> int:
+    """Rows per forward: ``batch_size``, else what fits ``memory_budget`` bytes (1..256)."""
+    if batch_size is not None:
+        return batch_size
+    per_sample = x[0].numel() * x.element_size() * 40  # the input and a forward's activations
+    return int(max(1, min(256, memory_budget // per_sample)))
+
+
+def check_batching(batch_size: int | None, memory_budget: int) -> None:
+    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+        raise XCamError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    if memory_budget < 1:
+        raise XCamError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
+
+
+@register_method
+class ScoreCAM(BaseCAM):
+    """Channel weight = the target's probability when the channel masks the input."""
+
+    name = "scorecam"
+    needs_gradients = False
+
+    def __init__(
+        self,
+        model: Any,
+        layers: Layers = None,
+        backend: Any = "eager",
+        *,
+        batch_size: int | None = None,
+        memory_budget: int = 1 << 30,
+        channel_softmax: bool = False,
+        **options: Any,
+    ):
+        check_batching(batch_size, memory_budget)
+        super().__init__(model, layers, backend, **options)
+        self.batch_size = batch_size
+        self.memory_budget = memory_budget
+        self.channel_softmax = channel_softmax
+
+    def weights(self, ctx: LayerContext) -> torch.Tensor:
+        assert ctx.inputs is not None and ctx.forward is not None
+        x, a = ctx.inputs, ctx.activations
+        b, c = a.shape[:2]
+        flat = a.flatten(2)
+        live = (flat.amax(dim=2) > flat.amin(dim=2)).flatten().cpu()
+        rows = torch.arange(b * c)
+        scores = torch.empty(b * c)
+        probability = not self.channel_softmax
+        for chunk in rows[live].split(chunk_size(x, self.batch_size, self.memory_budget)):
+            sample, channel = chunk // c, chunk % c
+            m = a[sample.to(a.device), channel.to(a.device)][:, None].float()
+            m = F.interpolate(m, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
+            lo = m.amin(dim=(2, 3), keepdim=True)
+            m = (m - lo) / (m.amax(dim=(2, 3), keepdim=True) - lo).clamp(min=1e-12)
+            masked = x[sample.to(x.device)] * m.to(x)
+            scores[chunk] = ctx.score(ctx.forward(masked), sample, probability).float().cpu()
+        dead = rows[~live]
+        if len(dead):  # a constant channel masks every input to zero: one forward for all
+            out = ctx.forward(torch.zeros_like(x[:1]))
+            out = out.expand(len(dead), *out.shape[1:])
+            scores[dead] = ctx.score(out, dead // c, probability).float().cpu()
+        weights = scores.view(b, c)
+        if self.channel_softmax:
+            weights = weights.softmax(dim=1)
+        return weights.to(device=a.device, dtype=a.dtype)
