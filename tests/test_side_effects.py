@@ -126,3 +126,47 @@ def test_shared_module_called_twice_is_a_clear_error() -> None:
     with pytest.raises(xcam.InputError, match="more than once"):
         xcam.GradCAM(model, "conv")(torch.randn(1, 3, 8, 8))
     assert_same_snapshot(before, snapshot(model))
+
+
+class SmallNet(nn.Module):
+    """conv-BN-ReLU(inplace) x2, GAP, Linear: small enough to run every method quickly."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1),
+            nn.BatchNorm2d(6),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(6, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(inplace=True),
+        )
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x).mean(dim=(2, 3)))
+
+
+def _every_method(model: nn.Module, name: str):
+    cls = xcam.get_method(name)
+    return cls(model, "body") if cls.uses_layers else cls(model)
+
+
+@pytest.mark.parametrize("name", xcam.list_methods())
+def test_every_method_leaves_the_model_as_it_was(name: str) -> None:
+    torch.manual_seed(0)
+    model = SmallNet().train()
+    model.body[0].weight.requires_grad_(False)
+    model.fc.weight.grad = torch.ones_like(model.fc.weight)
+    before = snapshot(model)
+    result = _every_method(model, name)(torch.randn(2, 3, 12, 12))
+    assert torch.isfinite(result.maps).all()
+    assert_same_snapshot(before, snapshot(model))
+
+    def bad_target(logits: torch.Tensor) -> torch.Tensor:
+        raise Boom("target failed")
+
+    if name != "cam":  # CAM reads class weights and never calls a target
+        with pytest.raises(Boom):
+            _every_method(model, name)(torch.randn(2, 3, 12, 12), targets=bad_target)
+        assert_same_snapshot(before, snapshot(model))

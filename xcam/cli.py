@@ -68,6 +68,16 @@ def _load(spec: str, weights: str | None, device: str, input_size: str | None):
     return info
 
 
+class _MethodOption(click.Option):
+    """``--method``: its help lists the registered methods (imported only for --help)."""
+
+    def get_help_record(self, ctx: click.Context):
+        from xcam.methods import list_methods
+
+        self.help = "Method: " + ", ".join(list_methods()) + "."
+        return super().get_help_record(ctx)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="xcam")
 def main() -> None:
@@ -116,8 +126,23 @@ def layers(model: str, weights: str | None, input_size: str | None) -> None:
 @main.command()
 @click.argument("model")
 @click.argument("images", nargs=-1, required=True)
-@click.option("--method", "-m", default="gradcam", show_default=True, help="Method name.")
+@click.option(
+    "--method",
+    "-m",
+    cls=_MethodOption,
+    default="gradcam",
+    show_default=True,
+    help="Method: one of the registered names.",
+)
 @click.option("--layer", "-l", "layer", multiple=True, help="Target layer (repeat to fuse).")
+@click.option(
+    "--aug-smooth", is_flag=True, help="Average over flipped and rescaled copies of each image."
+)
+@click.option(
+    "--eigen-smooth",
+    is_flag=True,
+    help="First principal component of the weighted activations instead of their sum.",
+)
 @click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Output dir.")
 @click.option(
     "--class",
@@ -149,6 +174,8 @@ def explain(
     images,
     method,
     layer,
+    aug_smooth,
+    eigen_smooth,
     out,
     target,
     weights,
@@ -181,14 +208,15 @@ def explain(
     paths = find_images(images)
     if not paths:
         _fail("no images found in " + ", ".join(images))
+    if layer and not method_cls.uses_layers:
+        _fail(f"{method_cls.name} has no target layer; leave out --layer")
     try:
-        explainer = method_cls(
-            info.model,
-            list(layer) or info.default_layer,
-            backend=backend,
-            output=_parse_output(output),
-            export_options={"aoti": False} if backend == "pt2" else None,
-        )
+        options = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth}
+        if method_cls.uses_layers:
+            options["layers"] = list(layer) or info.default_layer
+        if backend != "eager":
+            options["export_options"] = {"aoti": False} if backend == "pt2" else None
+        explainer = method_cls(info.model, backend=backend, output=_parse_output(output), **options)
         with click.progressbar(length=len(paths), label="explaining", file=sys.stderr) as bar:
             report = explain_files(
                 info,
@@ -338,6 +366,130 @@ def export(
     except XCamError as e:
         _fail(str(e))
     click.echo(str(report))
+
+
+def _parse_channels(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        chans = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a comma-separated list of channel indices", param_hint="--channels"
+        ) from None
+    if not chans:
+        raise click.BadParameter("no channel index given", param_hint="--channels")
+    return chans
+
+
+def _file_part(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--layer", "-l", required=True, help="Layer to show (a dotted module name).")
+@click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Output dir.")
+@click.option(
+    "--image",
+    "-i",
+    "image",
+    multiple=True,
+    help="Image (or folder) whose feature maps to show; repeatable.",
+)
+@click.option("--channels", help="Channels to maximise, e.g. 0,1,2 (activation maximisation).")
+@click.option(
+    "--steps",
+    type=click.IntRange(0),
+    default=100,
+    show_default=True,
+    help="Optimisation steps of the activation maximisation.",
+)
+@click.option(
+    "--max-filters",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="At most this many kernels / feature maps.",
+)
+@click.option("--weights", type=click.Path(dir_okay=False), help="State dict for the model.")
+@click.option("--input-size", help="Image / maximisation size H or H,W (default: the model's).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+def filters(
+    model, layer, out, image, channels, steps, max_filters, weights, input_size, device
+) -> None:
+    """Show what a layer of MODEL has learnt: kernels, feature maps, maximising inputs.
+
+    \b
+    Writes to OUT:
+      kernels_<layer>.png            the layer's kernels (when it is a Conv2d)
+      features_<layer>_<image>.png   its feature maps for each --image
+      maximise_<layer>.png           inputs that maximise each of --channels
+    """
+    from torch import nn
+
+    from xcam import filters as xf
+    from xcam.errors import LayerTypeError, XCamError
+    from xcam.images import find_images, load_image, preprocess
+    from xcam.layers import resolve_layer
+    from xcam.viz import save_png
+
+    chans = _parse_channels(channels)
+    info = _load(model, weights, device, input_size)
+    if not isinstance(info.model, nn.Module):
+        _fail(f"{model} is an exported file; filters need the PyTorch model it came from")
+    try:
+        name, _ = resolve_layer(info.model, layer)
+    except XCamError as e:
+        _fail(str(e))
+    out_dir = Path(out)
+    stem = _file_part(name)
+    paths = find_images(image) if image else []
+    if image and not paths:
+        _fail("no images found in " + ", ".join(image))
+    errors: list[str] = []
+    try:
+        try:
+            picture = xf.kernel_grid(info.model, name, max_filters=max_filters)
+        except LayerTypeError as e:
+            if not paths and chans is None:
+                _fail(f"{e}; give --image or --channels to see this layer")
+            click.echo(f"note: no kernels: {e}", err=True)
+        else:
+            click.echo(f"wrote {save_png(picture, out_dir / f'kernels_{stem}.png')}")
+        for path in paths:
+            try:
+                pil = load_image(path)
+            except XCamError as e:
+                errors.append(str(e))
+                click.echo(f"error: {e}", err=True)
+                continue
+            x = preprocess([pil], info.input_size, info.mean, info.std).to(device)
+            shown = pil.resize((info.input_size[1], info.input_size[0]))
+            picture = xf.feature_map_grid(
+                info.model, name, x, max_channels=max_filters, image=shown
+            )
+            target = out_dir / f"features_{stem}_{path.stem}.png"
+            click.echo(f"wrote {save_png(picture, target)}")
+        if chans is not None:
+            click.echo(
+                f"maximising {len(chans)} channel(s) of {name} ({steps} steps) ...", err=True
+            )
+            images = xf.activation_maximisation(
+                info.model,
+                name,
+                chans,
+                steps=steps,
+                size=info.input_size,
+                mean=info.mean,
+                std=info.std,
+            )
+            picture = xf.maximisation_grid(images, chans)
+            click.echo(f"wrote {save_png(picture, out_dir / f'maximise_{stem}.png')}")
+    except XCamError as e:
+        _fail(str(e))
+    if errors:
+        _fail(f"{len(errors)} image(s) could not be read")
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -135,6 +135,7 @@ class BaseCAM:
 
     name: ClassVar[str] = ""
     needs_gradients: ClassVar[bool] = True
+    uses_layers: ClassVar[bool] = True  # False: the method has no target layer (FullGrad, ...)
     # flips x scales for aug_smooth; (False, 1.0), the input itself, comes first
     augmentations: ClassVar[tuple[tuple[bool, float], ...]] = (
         (False, 1.0),

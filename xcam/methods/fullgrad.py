@@ -69,6 +69,7 @@ class FullGrad(BaseCAM):
     """Input gradient ⊙ input plus bias gradient ⊙ bias at every biased layer."""
 
     name = "fullgrad"
+    uses_layers = False
 
     def __init__(self, model: Any, layers: Layers = None, backend: Any = "eager", **options: Any):
         if layers is not None:

@@ -74,6 +74,7 @@ class GuidedBackprop(_EagerOnly):
     """
 
     name = "guidedbackprop"
+    uses_layers = False
 
     def __init__(
         self,
@@ -83,7 +84,14 @@ class GuidedBackprop(_EagerOnly):
         *,
         output: OutputSelector = None,
         export_options: dict[str, Any] | None = None,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
     ):
+        if aug_smooth or eigen_smooth:
+            raise XCamError(
+                f"{type(self).__name__} gives pixel attributions: aug_smooth and eigen_smooth "
+                "are options of the class activation maps"
+            )
         super().__init__(model, layers, backend, output=output, export_options=export_options)
         self._require_eager()
 
@@ -139,7 +147,14 @@ class GuidedGradCAM(_EagerOnly):
         *,
         output: OutputSelector = None,
         export_options: dict[str, Any] | None = None,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
     ):
+        if aug_smooth or eigen_smooth:
+            raise XCamError(
+                f"{type(self).__name__} gives pixel attributions: aug_smooth and eigen_smooth "
+                "are options of the class activation maps"
+            )
         super().__init__(model, layers, backend, output=output, export_options=export_options)
         self._require_eager()
         self._guided = GuidedBackprop(model, output=output)
