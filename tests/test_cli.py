@@ -195,7 +195,12 @@ def test_demo_command(runner, tmp_path) -> None:
     res = runner.invoke(main, ["demo", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "held-out accuracy" in res.output
-    for name in ("grid_layers.png", "grid_methods.png", "predictions.json"):
+    for name in (
+        "grid_layers.png",
+        "grid_methods.png",
+        "grid_methods_layers.png",
+        "predictions.json",
+    ):
         assert (out / name).is_file() and str(out / name) in res.output
     assert len(list(out.glob("*_gradcam.png"))) == len(sample_images())
 

@@ -60,3 +60,26 @@ def test_panel_layers_side_by_side(tmp_path) -> None:
     assert p.width == 3 * (48 + 4) + 4  # image + two overlays, no row labels
     with pytest.raises(ValueError, match="3 maps for 2 images"):
         panel(imgs, {"x": torch.rand(3, 4, 4)})
+
+
+def test_method_layer_grid_resnet18_layers_by_methods(resnet18) -> None:
+    """The layer1..layer4 x methods view of a resnet18: one cell per (method, layer)."""
+    from PIL import Image
+
+    import xcam
+    from xcam.viz import method_layer_grid
+
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    img = Image.fromarray((x[0].permute(1, 2, 0).numpy() * 255).astype("uint8"))
+    layers = ["layer1", "layer2", "layer3", "layer4"]
+    maps = {
+        name: {layer: xcam.get_method(name)(resnet18, layer)(x).maps[0] for layer in layers}
+        for name in ("gradcam", "layercam", "hirescam")
+    }
+    picture = method_layer_grid(img, maps, cell_size=64)
+    # a column per layer and a row per method, with label margins (64 // 2 left, 64 // 7 top)
+    assert picture.size == (32 + 4 * 68 + 4, 9 + 3 * 68 + 4)
+    cell = np.asarray(picture)[9 + 4 : 9 + 4 + 64, 32 + 4 : 32 + 4 + 64]
+    assert cell.std() > 0  # an overlay, not a blank cell
+    with pytest.raises(ValueError, match="layer4"):
+        method_layer_grid(img, {"a": {"layer4": maps["gradcam"]["layer4"]}, "b": {}})

@@ -28,3 +28,7 @@ class HeadError(XCamError):
 
 class ModelSpecError(XCamError):
     """A model spec (``demo``, ``torchvision:NAME``, ``pkg.mod:factory``) can't be loaded."""
+
+
+class LayerTypeError(XCamError):
+    """A layer exists but is not of the kind asked for (e.g. kernels of a non-Conv2d layer)."""

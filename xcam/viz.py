@@ -161,3 +161,24 @@ def panel(
         for i, img in enumerate(images)
     ]
     return grid(rows, ["image", *maps], cell_size=cell_size)
+
+
+def method_layer_grid(
+    image,
+    maps: dict[str, dict[str, torch.Tensor | np.ndarray]],
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    cell_size: int = 160,
+):
+    """One image, one row per method and one column per layer: ``maps[method][layer]`` is an
+    ``[H, W]`` map (e.g. layer1..layer4 of a resnet for Grad-CAM, Layer-CAM, Score-CAM)."""
+    layers: list[str] = []
+    for per_layer in maps.values():
+        layers += [name for name in per_layer if name not in layers]
+    rows = []
+    for method, per_layer in maps.items():
+        missing = [name for name in layers if name not in per_layer]
+        if missing:
+            raise ValueError(f"{method!r} has no map for layer(s) {', '.join(missing)}")
+        rows.append([overlay(image, per_layer[n], alpha, colormap) for n in layers])
+    return grid(rows, layers, list(maps), cell_size=cell_size)
