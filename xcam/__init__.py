@@ -19,6 +19,7 @@ _LAZY = {
     "candidate_layers": "xcam.layers",
     "TargetError": "xcam.errors",
     "InputError": "xcam.errors",
+    "LayerTypeError": "xcam.errors",
     "HeadError": "xcam.errors",
     "XCamError": "xcam.errors",
     "get_method": "xcam.methods",
@@ -63,6 +64,7 @@ __all__ = [
     "InputError",
     "LayerCAM",
     "LayerNotFoundError",
+    "LayerTypeError",
     "ReciproCAM",
     "ScoreCAM",
     "TargetError",
@@ -81,7 +83,14 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from xcam.backends import Backend, load
     from xcam.cammodel import CamModel
-    from xcam.errors import HeadError, InputError, LayerNotFoundError, TargetError, XCamError
+    from xcam.errors import (
+        HeadError,
+        InputError,
+        LayerNotFoundError,
+        LayerTypeError,
+        TargetError,
+        XCamError,
+    )
     from xcam.layers import candidate_layers, resolve_layers
     from xcam.methods import get_method, list_methods, register_method
     from xcam.methods.ablationcam import AblationCAM
