@@ -505,3 +505,35 @@ def test_gradient_free_methods_run_on_the_file_alone(demo_model, demo_onnx, name
 def test_tail_methods_need_the_eager_model_with_a_file(demo_onnx, name) -> None:
     with pytest.raises(xcam.XCamError, match="eager model"):
         xcam.get_method(name)(demo_onnx, "block3")(torch.rand(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("fmt,suffix", [("torchscript", ".ts"), ("pt2", ".pt2")])
+def test_gradient_free_methods_through_torchscript_and_pt2(demo_model, tmp_path, fmt, suffix):
+    import exporters
+
+    path = tmp_path / f"demo{suffix}"
+    example = torch.rand(1, 3, 64, 64)
+    exporters.export(demo_model, ["block3"], example, path, format=fmt, aoti=False)
+    backend = xcam.load(path)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(15))
+    for name in ("scorecam", "ablationcam", "reciprocam", "eigencam"):
+        eager = xcam.get_method(name)(demo_model, "block3")(x)
+        other = xcam.get_method(name)(demo_model, "block3", backend=backend)(x)
+        assert torch.allclose(other.maps, eager.maps, atol=1e-4), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_other_dtypes_give_finite_float32_eigen_maps(demo_model, dtype) -> None:
+    import copy
+
+    model = copy.deepcopy(demo_model).to(dtype)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(16)).to(dtype)
+    ref = xcam.EigenCAM(demo_model, "block3")(x.float())
+    for cls in (xcam.EigenCAM, xcam.EigenGradCAM):
+        result = cls(model, "block3")(x)
+        assert torch.isfinite(result.maps).all()
+        assert float(result.maps.min()) >= 0 and float(result.maps.max()) <= 1
+    got = xcam.EigenCAM(model, "block3")(x)
+    assert got.maps.dtype == torch.float32  # the SVD and the map are float32
+    tol = 1e-5 if dtype == torch.float64 else 0.1  # bfloat16 keeps ~3 significant digits
+    assert float((got.maps - ref.maps).abs().max()) <= tol

@@ -22,39 +22,19 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from xcam.layers import Layers
 from xcam.methods import register_method
-from xcam.methods.base import BaseCAM, LayerContext
-from xcam.methods.scorecam import check_batching
+from xcam.methods.base import BatchedCAM, LayerContext
 
 _EPS = 1e-7
 
 
 @register_method
-class AblationCAM(BaseCAM):
+class AblationCAM(BatchedCAM):
     """Channel weight = relative drop of the score when the channel is zeroed."""
 
     name = "ablationcam"
-    needs_gradients = False
-
-    def __init__(
-        self,
-        model: Any,
-        layers: Layers = None,
-        backend: Any = "eager",
-        *,
-        batch_size: int | None = None,
-        memory_budget: int = 1 << 30,
-        **options: Any,
-    ):
-        check_batching(batch_size, memory_budget)
-        super().__init__(model, layers, backend, **options)
-        self.batch_size = batch_size
-        self.memory_budget = memory_budget
 
     def weights(self, ctx: LayerContext) -> torch.Tensor:
         assert ctx.tail is not None
@@ -66,8 +46,7 @@ class AblationCAM(BaseCAM):
         live = (a.flatten(2).abs().amax(dim=2) > 0).flatten().cpu()
         rows = torch.arange(b * c)
         dropped = y.repeat_interleave(c)  # dead channels: no change, weight 0
-        per_row = a[0].numel() * a.element_size() * 8  # the activation and the tail's work
-        n = self.batch_size or int(max(1, min(512, self.memory_budget // per_row)))
+        n = self.rows_per_batch(a[0].numel() * a.element_size() * 8, cap=512)  # A + tail
         for chunk in rows[live].split(n):
             sample, channel = chunk // c, chunk % c
             ablated = a[sample.to(a.device)].clone()

@@ -505,3 +505,37 @@ def _check_tail(out: torch.Tensor, logits: torch.Tensor, name: str, backend: Any
             f"the eager tail after {name!r} does not reproduce {backend.path.name}'s logits "
             f"(relative error {err:.2g}): the export and the eager model differ"
         )
+
+
+class BatchedCAM(BaseCAM):
+    """A gradient-free method that re-runs the model, or its tail after the layer, on many
+    variants of each sample: in batches of ``batch_size`` rows, by default as many as fit
+    ``memory_budget`` bytes."""
+
+    needs_gradients = False
+
+    def __init__(
+        self,
+        model: Any,
+        layers: Layers = None,
+        backend: Any = "eager",
+        *,
+        batch_size: int | None = None,
+        memory_budget: int = 1 << 30,
+        **options: Any,
+    ):
+        if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+            raise XCamError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        if memory_budget < 1:
+            raise XCamError(
+                f"memory_budget must be a positive number of bytes, got {memory_budget}"
+            )
+        super().__init__(model, layers, backend, **options)
+        self.batch_size = batch_size
+        self.memory_budget = memory_budget
+
+    def rows_per_batch(self, row_bytes: int, cap: int) -> int:
+        """``batch_size``, else as many rows of ``row_bytes`` as fit the budget (1 to ``cap``)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return int(max(1, min(cap, self.memory_budget // max(row_bytes, 1))))

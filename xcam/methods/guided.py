@@ -34,6 +34,7 @@ Example::
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -55,6 +56,27 @@ def _degenerate(maps: torch.Tensor) -> torch.Tensor:
 
 
 class _EagerOnly(BaseCAM):
+    """Pixel attributions: the eager model differentiated down to its input."""
+
+    def __init__(
+        self,
+        model: Any,
+        layers: Layers = None,
+        backend: Any = "eager",
+        *,
+        output: OutputSelector = None,
+        export_options: dict[str, Any] | None = None,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+    ):
+        if aug_smooth or eigen_smooth:
+            raise XCamError(
+                f"{type(self).__name__} gives pixel attributions: aug_smooth and eigen_smooth "
+                "are options of the class activation maps"
+            )
+        super().__init__(model, layers, backend, output=output, export_options=export_options)
+        self._require_eager()
+
     def _require_eager(self) -> None:
         if self.model is None or self.backend is not None or self._export_format is not None:
             raise XCamError(
@@ -75,25 +97,6 @@ class GuidedBackprop(_EagerOnly):
 
     name = "guidedbackprop"
     uses_layers = False
-
-    def __init__(
-        self,
-        model: Any,
-        layers: Layers = None,
-        backend: Any = "eager",
-        *,
-        output: OutputSelector = None,
-        export_options: dict[str, Any] | None = None,
-        aug_smooth: bool = False,
-        eigen_smooth: bool = False,
-    ):
-        if aug_smooth or eigen_smooth:
-            raise XCamError(
-                f"{type(self).__name__} gives pixel attributions: aug_smooth and eigen_smooth "
-                "are options of the class activation maps"
-            )
-        super().__init__(model, layers, backend, output=output, export_options=export_options)
-        self._require_eager()
 
     @property
     def layers(self) -> list[str]:
@@ -139,24 +142,9 @@ class GuidedGradCAM(_EagerOnly):
 
     name = "guidedgradcam"
 
-    def __init__(
-        self,
-        model: Any,
-        layers: Layers = None,
-        backend: Any = "eager",
-        *,
-        output: OutputSelector = None,
-        export_options: dict[str, Any] | None = None,
-        aug_smooth: bool = False,
-        eigen_smooth: bool = False,
-    ):
-        if aug_smooth or eigen_smooth:
-            raise XCamError(
-                f"{type(self).__name__} gives pixel attributions: aug_smooth and eigen_smooth "
-                "are options of the class activation maps"
-            )
-        super().__init__(model, layers, backend, output=output, export_options=export_options)
-        self._require_eager()
+    def __init__(self, model: Any, layers: Layers = None, backend: Any = "eager", **options: Any):
+        super().__init__(model, layers, backend, **options)
+        output = options.get("output")
         self._guided = GuidedBackprop(model, output=output)
         self._gradcam = GradCAM(model, layers, output=output)
 
@@ -172,14 +160,11 @@ class GuidedGradCAM(_EagerOnly):
         fixed = guided.targets if isinstance(guided.targets, torch.Tensor) else targets
         cam = self._gradcam(x, fixed)
         maps = guided.maps * cam.maps[:, None].to(guided.maps.dtype)
-        return CamResult(
+        return replace(
+            guided,
             maps=maps,
-            logits=guided.logits,
-            targets=guided.targets,
-            scores=guided.scores,
             layer_maps=cam.layer_maps,
             degenerate=_degenerate(maps),
             method=self.name,
             layers=cam.layers,
-            backend="eager",
         )

@@ -32,8 +32,7 @@ import torch.nn.functional as F
 
 from xcam.layers import Layers
 from xcam.methods import register_method
-from xcam.methods.base import BaseCAM, LayerContext
-from xcam.methods.scorecam import check_batching
+from xcam.methods.base import BatchedCAM, LayerContext
 
 _GAUSS = torch.tensor([1.0, 2.0, 1.0])
 
@@ -48,11 +47,10 @@ def position_masks(h: int, w: int, gaussian: bool = True) -> torch.Tensor:
 
 
 @register_method
-class ReciproCAM(BaseCAM):
+class ReciproCAM(BatchedCAM):
     """Map = the target's probability with the activations kept around each position."""
 
     name = "reciprocam"
-    needs_gradients = False
 
     def __init__(
         self,
@@ -61,15 +59,10 @@ class ReciproCAM(BaseCAM):
         backend: Any = "eager",
         *,
         gaussian: bool = True,
-        batch_size: int | None = None,
-        memory_budget: int = 1 << 30,
         **options: Any,
     ):
-        check_batching(batch_size, memory_budget)
         super().__init__(model, layers, backend, **options)
         self.gaussian = gaussian
-        self.batch_size = batch_size
-        self.memory_budget = memory_budget
 
     def layer_map(self, ctx: LayerContext) -> torch.Tensor:
         assert ctx.tail is not None
@@ -78,8 +71,7 @@ class ReciproCAM(BaseCAM):
         masks = position_masks(h, w, self.gaussian).to(a)  # [hw, h, w]
         rows = torch.arange(b * h * w)
         scores = torch.empty(b * h * w)
-        per_row = a[0].numel() * a.element_size() * 8
-        n = self.batch_size or int(max(1, min(512, self.memory_budget // per_row)))
+        n = self.rows_per_batch(a[0].numel() * a.element_size() * 8, cap=512)  # A + tail
         for chunk in rows.split(n):
             sample, pos = chunk // (h * w), chunk % (h * w)
             masked = a[sample.to(a.device)] * masks[pos.to(a.device)][:, None]

@@ -33,33 +33,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from xcam.errors import XCamError
 from xcam.layers import Layers
 from xcam.methods import register_method
-from xcam.methods.base import BaseCAM, LayerContext
-
-
-def chunk_size(x: torch.Tensor, batch_size: int | None, memory_budget: int) -> int:
-    """Rows per forward: ``batch_size``, else what fits ``memory_budget`` bytes (1..256)."""
-    if batch_size is not None:
-        return batch_size
-    per_sample = x[0].numel() * x.element_size() * 40  # the input and a forward's activations
-    return int(max(1, min(256, memory_budget // per_sample)))
-
-
-def check_batching(batch_size: int | None, memory_budget: int) -> None:
-    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
-        raise XCamError(f"batch_size must be a positive int or None, got {batch_size!r}")
-    if memory_budget < 1:
-        raise XCamError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
+from xcam.methods.base import BatchedCAM, LayerContext
 
 
 @register_method
-class ScoreCAM(BaseCAM):
+class ScoreCAM(BatchedCAM):
     """Channel weight = the target's probability when the channel masks the input."""
 
     name = "scorecam"
-    needs_gradients = False
 
     def __init__(
         self,
@@ -67,15 +50,10 @@ class ScoreCAM(BaseCAM):
         layers: Layers = None,
         backend: Any = "eager",
         *,
-        batch_size: int | None = None,
-        memory_budget: int = 1 << 30,
         channel_softmax: bool = False,
         **options: Any,
     ):
-        check_batching(batch_size, memory_budget)
         super().__init__(model, layers, backend, **options)
-        self.batch_size = batch_size
-        self.memory_budget = memory_budget
         self.channel_softmax = channel_softmax
 
     def weights(self, ctx: LayerContext) -> torch.Tensor:
@@ -87,7 +65,9 @@ class ScoreCAM(BaseCAM):
         rows = torch.arange(b * c)
         scores = torch.empty(b * c)
         probability = not self.channel_softmax
-        for chunk in rows[live].split(chunk_size(x, self.batch_size, self.memory_budget)):
+        # a row costs about its input and a forward's activations: ~40x the input
+        n = self.rows_per_batch(x[0].numel() * x.element_size() * 40, cap=256)
+        for chunk in rows[live].split(n):
             sample, channel = chunk // c, chunk % c
             m = a[sample.to(a.device), channel.to(a.device)][:, None].float()
             m = F.interpolate(m, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
