@@ -205,9 +205,20 @@ def test_demo_command(runner, tmp_path) -> None:
     assert len(list(out.glob("*_gradcam.png"))) == len(sample_images())
 
 
-def test_bench_placeholder_says_not_implemented(runner) -> None:
-    res = runner.invoke(main, ["bench", "demo"])
-    assert res.exit_code != 0 and "not implemented yet" in res.output
+def test_bench_demo_small(runner, tmp_path) -> None:
+    out = tmp_path / "b.json"
+    args = ["bench", "--models", "demo", "--backends", "eager", "--batch", "1,2"]
+    res = runner.invoke(
+        main, [*args, "--methods", "gradcam", "--repeats", "1", "--no-peers", "--json", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["batch"], r["method"]) for r in rows] == [
+        (1, "inference"),
+        (1, "gradcam"),
+        (2, "inference"),
+        (2, "gradcam"),
+    ]
 
 
 @pytest.mark.parametrize("fmt,suffix", [("onnx", ".onnx"), ("torchscript", ".ts"), ("pt2", ".pt2")])

@@ -492,13 +492,95 @@ def filters(
         _fail(f"{len(errors)} image(s) could not be read")
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def bench() -> None:
-    """Latency of methods x backends x devices x batch sizes.
+def _csv(value: str | None, cast=str) -> list | None:
+    if value is None:
+        return None
+    try:
+        return [cast(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list") from None
 
-    Not implemented in this version.
+
+@main.command()
+@click.option("--quick", is_flag=True, help="Smoke preset: about a minute on 2 CPU cores.")
+@click.option("--models", help="Comma-separated MODEL specs (full preset: torchvision:resnet50).")
+@click.option("--methods", help="Comma-separated method names (full: gradcam,gradcam++,layercam).")
+@click.option(
+    "--backends",
+    help="Comma-separated: eager,torchscript,onnxruntime,pt2,ingraph (full: all but pt2).",
+)
+@click.option("--devices", help="Comma-separated: cpu,cuda (default: cpu).")
+@click.option("--batch", "batches", help="Comma-separated batch sizes (full: 1,32).")
+@click.option("--input-size", type=click.IntRange(8), help="Square input size (full: 224).")
+@click.option("--repeats", type=click.IntRange(1), help="Timed rounds per arm (default 5).")
+@click.option("--layer", help="Target layer (default: the model's last spatial layer).")
+@click.option("--threads", type=click.IntRange(1), help="torch and ONNX Runtime threads.")
+@click.option(
+    "--peers/--no-peers", default=None, help="Also time pytorch-grad-cam, torchcam, captum."
+)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the rows as JSON.")
+@click.option("--markdown", type=click.Path(dir_okay=False), help="Write a Markdown table.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG plot of the ratios.")
+def bench(
+    quick,
+    models,
+    methods,
+    backends,
+    devices,
+    batches,
+    input_size,
+    repeats,
+    layer,
+    threads,
+    peers,
+    json_out,
+    markdown,
+    plot,
+) -> None:
+    """What an explanation costs: methods x backends x devices x batch sizes, next to plain
+    inference on the same backend (and, with --peers, the peer libraries).
+
+    \b
+    Every arm is timed after a warm-up, interleaved in a rotating order with the others;
+    rows give the median, p10-p90, the ratio to plain inference and images/s. Without
+    --quick the full preset runs (resnet50, 224, batch 1 and 32: several minutes on CPU);
+    any option overrides the preset.
     """
-    _fail("`xcam bench` is not implemented yet in this version")
+    import shlex
+
+    from xcam.bench import PRESETS, BenchConfig, run_bench, to_markdown, to_terminal
+    from xcam.bench import plot as make_plot
+    from xcam.errors import XCamError
+
+    preset = dict(PRESETS["quick" if quick else "full"])
+    given = {
+        "models": _csv(models),
+        "methods": _csv(methods),
+        "backends": _csv(backends),
+        "devices": _csv(devices),
+        "batches": _csv(batches, int),
+        "input_size": input_size,
+        "repeats": repeats,
+        "peers": peers,
+    }
+    preset.update({k: v for k, v in given.items() if v is not None})
+    cfg = BenchConfig(**preset, layer=layer, threads=threads)
+    try:
+        report = run_bench(cfg, echo=lambda line: click.echo(line, err=True))
+    except XCamError as e:
+        _fail(str(e))
+    click.echo(to_terminal(report))
+    command = "xcam bench " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else "xcam bench"
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(report.to_json())
+        click.echo(f"wrote {json_out}")
+    if markdown:
+        Path(markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(markdown).write_text(to_markdown(report, command))
+        click.echo(f"wrote {markdown}")
+    if plot:
+        click.echo(f"wrote {make_plot(report, plot)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

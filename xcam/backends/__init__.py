@@ -29,7 +29,7 @@ def detect_format(path: Path) -> str:
 
 
 def load(path: str | Path, device: str = "cpu", **options) -> Backend:
-    """A backend for an exported file: ONNX (``options``: ``strict``, ``threads``),
+    """A backend for an exported file: ONNX (``options``: ``strict``, ``threads``, ``spin``),
     TorchScript, or .pt2."""
     path = Path(path)
     if not path.is_file():

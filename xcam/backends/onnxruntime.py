@@ -33,7 +33,12 @@ class OnnxRuntimeBackend(Backend):
     format = "onnx"
 
     def __init__(
-        self, path: str | Path, device: str = "cpu", strict: bool = True, threads: int | None = None
+        self,
+        path: str | Path,
+        device: str = "cpu",
+        strict: bool = True,
+        threads: int | None = None,
+        spin: bool = False,
     ):
         import onnxruntime as ort
 
@@ -41,6 +46,9 @@ class OnnxRuntimeBackend(Backend):
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
+        # ORT's idle workers spin by default; beside torch (the eager tail, the map) they
+        # would take the cores torch's next op needs
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         dev = torch.device(device)
         if dev.type == "cuda":
             providers = [
