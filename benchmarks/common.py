@@ -7,55 +7,23 @@ import json
 import platform
 import statistics
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import onnxruntime as ort
 import torch
 
+from xcam.bench import export_plain, ort_session
+from xcam.bench import measure as bench_measure
+
+__all__ = ["RESULTS", "environment", "export_plain", "main", "measure", "ort_session"]
+
 RESULTS = Path(__file__).parent / "results"
 
 
-def ort_session(path: Path, threads: int) -> ort.InferenceSession:
-    """A CPU session as xcam's backend makes it: pinned threads, no spinning workers (they
-    would steal the cores from torch between calls)."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def export_plain(model: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
-    """The baseline: the model alone, logits only, same exporter and dynamic batch."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            dynamo=True,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
-        )
-    return path
-
-
 def measure(arms: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median milliseconds per arm after one warm-up call each. Arms are interleaved round
-    by round in a rotating order: whichever arm follows a torch arm pays for torch's OpenMP
-    threads still spinning, so no arm may always sit in that place."""
-    for fn in arms.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in arms}
-    keys = list(arms)
-    for r in range(rounds):
-        for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
-            start = time.perf_counter()
-            arms[key]()
-            times[key].append(time.perf_counter() - start)
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    """Median milliseconds per arm (xcam.bench.measure: warm-up, then rotating rounds)."""
+    return {k: statistics.median(v) for k, v in bench_measure(arms, rounds).items()}
 
 
 def environment(threads: int) -> dict[str, object]:
