@@ -122,9 +122,14 @@ class BenchReport:
     goals: list[dict[str, Any]]
 
     def to_json(self) -> str:
+        context = {
+            "versions": self.env.get("versions"),
+            "machine": {k: self.env.get(k) for k in ("machine", "cpu", "cpu_count", "gpu")},
+            "threads": self.env.get("threads"),
+        }
         payload = {
             "env": self.env,
-            "rows": [asdict(r) for r in self.rows],
+            "rows": [{**asdict(r), **context} for r in self.rows],
             "goals": self.goals,
             "notes": self.notes,
         }
@@ -369,6 +374,21 @@ def _method_arms(cfg, model, layer, backend_name, loaded) -> dict[str, Callable]
     return arms
 
 
+def _lite_arms(cfg: BenchConfig, loaded: Any, x: torch.Tensor) -> dict[str, tuple]:
+    """The torch-free path for a file with gradients: :class:`xcam.lite.OnnxExplainer`."""
+    from xcam.lite import METHODS, OnnxExplainer
+
+    explainer = OnnxExplainer(
+        loaded.path, providers=["CPUExecutionProvider"], threads=cfg.threads, spin=False
+    )  # the same session settings as the floor
+    xn = x.numpy()
+    return {
+        f"lite:{m}": (m, "xcam.lite", lambda m=m: explainer(xn, method=m))
+        for m in cfg.methods
+        if m in METHODS
+    }
+
+
 def run_bench(cfg: BenchConfig, echo: Callable[[str], None] = print) -> BenchReport:
     """Time every arm of ``cfg``; ``echo`` gets one progress line per group of arms."""
     import exporters
@@ -452,6 +472,8 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None] = print) -> BenchRep
                                 "xcam",
                                 lambda f=method, x=x, c=classes: f(x, c),
                             )
+                        if backend_name == "ingraph" and device == "cpu":
+                            arms.update(_lite_arms(cfg, loaded, x))
                         if cfg.peers and backend_name == "eager":
                             for lib in PEERS:
                                 for m in cfg.methods:
@@ -548,7 +570,7 @@ def goals(report: BenchReport) -> list[dict[str, Any]]:
             "in-graph Grad-CAM <= 1.10x plain ONNX Runtime",
             r.ratio_to_inference,
             1.10,
-            f"{r.model} {r.layer} {r.device} batch {r.batch}: {r.ratio_to_inference}x",
+            f"{r.library}, {r.model} {r.layer} {r.device} batch {r.batch}: {r.ratio_to_inference}x",
         )
     for peer in _find(rows, method="scorecam", library="pytorch-grad-cam"):
         ours = _find(rows, method="scorecam", library="xcam", model=peer.model, batch=peer.batch)

@@ -114,6 +114,7 @@ class OnnxExplainer:
         providers: Sequence | None = None,
         method: str = "gradcam",
         threads: int | None = None,
+        spin: bool = True,
     ):
         import onnxruntime as ort
 
@@ -123,6 +124,8 @@ class OnnxExplainer:
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
+        # ORT's default: idle workers spin (fastest when nothing else shares the cores)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.session = ort.InferenceSession(
             str(self.path), options, providers=list(providers or ["CPUExecutionProvider"])
         )

@@ -33,6 +33,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Held-out accuracy and Grad-CAM pointing game (map peak inside the object's mask)."""
     from xcam.methods.gradcam import GradCAM
+    from xcam.quality import pointing_game
 
     model.eval()
     x, y = to_tensor(images), torch.from_numpy(labels)
@@ -41,10 +42,7 @@ def evaluate(
     for i in range(0, len(x), 250):
         res = cam(x[i : i + 250], targets=y[i : i + 250])
         correct += int((res.logits.argmax(1) == y[i : i + 250]).sum())
-        flat = res.maps.flatten(1).argmax(1)
-        w = res.maps.shape[-1]
-        m = torch.from_numpy(masks[i : i + 250])
-        hits += int(m[torch.arange(len(flat)), flat // w, flat % w].sum())
+        hits += int(pointing_game(res.maps, torch.from_numpy(masks[i : i + 250])).sum())
     return {"accuracy": correct / len(x), "pointing_game": hits / len(x)}
 
 
