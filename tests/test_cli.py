@@ -229,10 +229,12 @@ def test_export_then_explain_from_the_file(runner, images, tmp_path, fmt, suffix
     assert res.exit_code == 0, res.output
     assert "parity with eager: ok" in res.output and "output block3" in res.output
     assert path.is_file()
-    res = runner.invoke(main, ["layers", str(path)])
+    trust = ["--trust-torchscript"] if fmt == "torchscript" else []
+    res = runner.invoke(main, ["layers", str(path), *trust])
     assert res.exit_code == 0 and "block3" in res.output and "logits" in res.output
     # gradient methods need the eager tail: a clear error says how to get it
-    res = runner.invoke(main, ["explain", str(path), str(images), "-o", str(tmp_path / "f")])
+    out = str(tmp_path / "f")
+    res = runner.invoke(main, ["explain", str(path), str(images), "-o", out, *trust])
     assert res.exit_code != 0 and "--backend" in res.output and "Traceback" not in res.output
 
 

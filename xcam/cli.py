@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -47,9 +48,39 @@ def _parse_output(value: str | None) -> int | str | None:
     return int(value) if value.lstrip("-").isdigit() else value
 
 
+def _trust_options(command):
+    """``--trust-weights`` and ``--trust-torchscript``: explicit opt-ins for files that run code."""
+
+    @functools.wraps(command)
+    def wrapper(*args, trust_weights: bool, trust_torchscript: bool, **kwargs):
+        meta = click.get_current_context().meta
+        meta["xcam.trust_weights"] = trust_weights
+        meta["xcam.trust_torchscript"] = trust_torchscript
+        return command(*args, **kwargs)
+
+    wrapper = click.option(
+        "--trust-weights",
+        is_flag=True,
+        help="Load a --weights checkpoint that needs code to unpickle (runs that code).",
+    )(wrapper)
+    return click.option(
+        "--trust-torchscript",
+        is_flag=True,
+        help="Allow a TorchScript MODEL file: loading one runs the program inside it.",
+    )(wrapper)
+
+
 def _load(spec: str, weights: str | None, device: str, input_size: str | None):
     from xcam.errors import XCamError
     from xcam.models import load_model
+
+    meta = click.get_current_context().meta
+    if spec.lower().endswith((".ts", ".pt", ".jit")) and not meta.get("xcam.trust_torchscript"):
+        _fail(
+            f"{spec} is a TorchScript archive, which is a program: loading it runs its code and "
+            "unpickles its constants, so a file from an untrusted source can do anything. Pass "
+            "--trust-torchscript if you trust where it came from, or use an ONNX export"
+        )
 
     if device == "cuda":
         import torch
@@ -57,7 +88,12 @@ def _load(spec: str, weights: str | None, device: str, input_size: str | None):
         if not torch.cuda.is_available():
             _fail("--device cuda was asked for but no CUDA device is available")
     try:
-        info = load_model(spec, weights=weights, device=device)
+        info = load_model(
+            spec,
+            weights=weights,
+            device=device,
+            trust_weights=meta.get("xcam.trust_weights", False),
+        )
     except XCamError as e:
         _fail(str(e))
     size = _parse_size(input_size)
@@ -85,6 +121,7 @@ def main() -> None:
 
 
 @main.command()
+@_trust_options
 @click.argument("model")
 @click.option("--weights", type=click.Path(dir_okay=False), help="State dict for the model.")
 @click.option("--input-size", help="Probe input size H or H,W (default: the model's).")
@@ -124,6 +161,7 @@ def layers(model: str, weights: str | None, input_size: str | None) -> None:
 
 
 @main.command()
+@_trust_options
 @click.argument("model")
 @click.argument("images", nargs=-1, required=True)
 @click.option(
@@ -260,6 +298,7 @@ def demo(out: str) -> None:
 
 
 @main.command()
+@_trust_options
 @click.argument("model")
 @click.option(
     "--layer",
@@ -387,6 +426,7 @@ def _file_part(name: str) -> str:
 
 
 @main.command()
+@_trust_options
 @click.argument("model")
 @click.option("--layer", "-l", required=True, help="Layer to show (a dotted module name).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Output dir.")

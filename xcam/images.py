@@ -24,9 +24,34 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def load_image(path: str | Path):
-    """An RGB ``PIL.Image``; any failure to read it is an :class:`InputError` naming the file."""
-    from PIL import Image, UnidentifiedImageError
+# transparent pixels are composited on this colour (RGBA, LA, palette with transparency)
+BACKGROUND = (255, 255, 255)
+# Pillow's own decompression-bomb threshold; images above it are refused unless raised
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+def load_image(
+    path: str | Path,
+    *,
+    background: tuple[int, int, int] = BACKGROUND,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+):
+    """An RGB ``PIL.Image`` (uint8) the way a camera or viewer shows the file.
+
+    - EXIF orientation is applied (the overlay is drawn on this same, upright image);
+      width and height are never swapped otherwise.
+    - Grayscale, palette, CMYK (Pillow's conversion; no ICC profile is applied) and other
+      modes become RGB; anything with transparency is composited on ``background``.
+    - 16- and 32-bit integer images are scaled from their full range to 0..255 (not
+      clipped; a 32-bit image whose values fit 16 bits, as Pillow opens some 16-bit PNGs,
+      counts as 16-bit); float images in [0, 1] are taken as they are, others min-max scaled.
+    - ``max_pixels`` (width x height) guards against decompression bombs; None lifts it.
+
+    Any failure is an :class:`InputError` naming the file and the reason.
+    """
+    import warnings
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.exists():
@@ -34,11 +59,62 @@ def load_image(path: str | Path):
     if path.is_dir():
         raise InputError(f"{path}: is a folder, not an image")
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        if path.stat().st_size == 0:
+            raise InputError(f"{path}: empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if max_pixels is not None and w * h > max_pixels:
+                    raise InputError(
+                        f"{path}: {w}x{h} = {w * h} pixels is above the limit of {max_pixels} "
+                        "(a guard against decompression bombs; raise max_pixels to allow it)"
+                    )
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                return _to_rgb(im, background)
+    except InputError:
+        raise
+    except PermissionError:
+        raise InputError(f"{path}: cannot be read (permission denied)") from None
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as e:
         raise InputError(f"{path}: not a readable image ({e})") from None
+
+
+def _to_rgb(im, background: tuple[int, int, int]):
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(im)
+        if arr.dtype.kind == "f":
+            arr = arr.astype(np.float64)
+            if not np.isfinite(arr).all():
+                raise ValueError("the float image contains NaN or infinite values")
+            lo, hi = float(arr.min()), float(arr.max())
+            if lo < 0.0 or hi > 1.0:
+                arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+        else:
+            top = 65535.0 if im.mode.startswith("I;16") or arr.max() <= 65535 else 2.0**32 - 1
+            if arr.min() < 0:  # signed 32-bit data: shift into range first
+                arr = arr.astype(np.float64) - float(arr.min())
+            arr = arr.astype(np.float64) / top
+        grey = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        im.mode == "P" and "transparency" in im.info
+    )
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return im.convert("RGB")
 
 
 def preprocess(

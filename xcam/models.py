@@ -39,16 +39,27 @@ class ModelInfo:
         return str(k)
 
 
-def _load_state_dict(model: nn.Module, weights: str | Path) -> None:
+def _load_state_dict(model: nn.Module, weights: str | Path, trust: bool = False) -> None:
+    """Load a checkpoint with ``weights_only=True``: tensors and plain containers only, so a
+    malicious pickle cannot run. One that needs code is refused unless ``trust``."""
     path = Path(weights)
     if not path.is_file():
         raise ModelSpecError(f"weights file {str(path)!r} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ModelSpecError(
-            f"could not read {str(path)!r} as a state dict (loaded with weights_only=True): {e}"
-        ) from None
+        if "weights only load failed" not in str(e).lower():
+            raise ModelSpecError(
+                f"could not read {str(path)!r} as a state dict (loaded with weights_only=True): {e}"
+            ) from None
+        if not trust:
+            raise ModelSpecError(
+                f"{str(path)!r} needs code to load (it pickles objects that are not tensors or "
+                "plain containers), and unpickling it would run that code. Save a plain state "
+                "dict (torch.save(model.state_dict(), path)), or, if you trust the file, pass "
+                "trust_weights=True (--trust-weights on the command line)"
+            ) from None
+        state = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -67,8 +78,13 @@ def load_model(
     weights: str | Path | None = None,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    *,
+    trust_weights: bool = False,
 ) -> ModelInfo:
-    """Resolve a model spec. Without ``weights``, torchvision models get seeded random weights."""
+    """Resolve a model spec. Without ``weights``, torchvision models get seeded random weights.
+
+    ``weights`` load with ``weights_only=True``; ``trust_weights`` allows a checkpoint that
+    needs code to unpickle (it runs that code)."""
     if isinstance(spec, nn.Module):
         return ModelInfo(spec.to(device), type(spec).__name__)
     if not isinstance(spec, str) or not spec:
@@ -78,23 +94,25 @@ def load_model(
 
         model = demo.load_demo_model(device)
         if weights is not None:
-            _load_state_dict(model, weights)
+            _load_state_dict(model, weights, trust_weights)
         return ModelInfo(
             model, "demo", demo.INPUT_SIZE, demo.MEAN, demo.STD, list(demo.CLASSES), "block3"
         )
     if spec.lower().endswith(EXPORTED_SUFFIXES):
         return _exported(spec, device)
     if spec.startswith("torchvision:"):
-        return _torchvision(spec, spec.split(":", 1)[1], weights, device, seed)
+        return _torchvision(spec, spec.split(":", 1)[1], weights, device, seed, trust_weights)
     if ":" in spec:
-        return _factory(spec, weights, device)
+        return _factory(spec, weights, device, trust_weights)
     raise ModelSpecError(
         f"unknown model spec {spec!r}: use 'demo', 'torchvision:NAME', 'package.module:factory' "
         "or an exported file"
     )
 
 
-def _torchvision(spec: str, name: str, weights, device, seed: int) -> ModelInfo:
+def _torchvision(
+    spec: str, name: str, weights, device, seed: int, trust_weights: bool
+) -> ModelInfo:
     import torchvision
 
     available = torchvision.models.list_models(module=torchvision.models)
@@ -112,11 +130,11 @@ def _torchvision(spec: str, name: str, weights, device, seed: int) -> ModelInfo:
     if weights is None:
         notes.append(f"{name}: random weights (seed {seed}); pass --weights FILE for real ones")
     else:
-        _load_state_dict(model, weights)
+        _load_state_dict(model, weights, trust_weights)
     return ModelInfo(model.eval().to(device), spec, notes=notes)
 
 
-def _factory(spec: str, weights, device) -> ModelInfo:
+def _factory(spec: str, weights, device, trust_weights: bool) -> ModelInfo:
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -131,7 +149,7 @@ def _factory(spec: str, weights, device) -> ModelInfo:
     if not isinstance(model, nn.Module):
         raise ModelSpecError(f"{spec!r} gave a {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:
-        _load_state_dict(model, weights)
+        _load_state_dict(model, weights, trust_weights)
     return ModelInfo(model.eval().to(device), spec)
 
 

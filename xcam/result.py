@@ -13,7 +13,9 @@ class CamResult:
     """An explanation of a batch.
 
     Attributes:
-        maps: ``[B, H, W]`` float in ``[0, 1]``, at the input's size (layers fused).
+        maps: ``[B, H, W]`` float in ``[0, 1]``, at the input's size (layers fused); for the
+            pixel-space methods (Guided Backprop, Guided Grad-CAM) the raw attribution
+            ``[B, C, H, W]`` instead.
         logits: the model's output, ``[B, K]``.
         targets: the class explained per sample (``[B]`` long; for a single-logit head 1 =
             positive, 0 = negative decision), or the callable that gave the scores.

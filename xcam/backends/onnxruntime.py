@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from exporters.metadata import METADATA_KEY, ExportMetadata
 from xcam.backends.base import Backend
-from xcam.errors import XCamError
+from xcam.errors import ModelSpecError, XCamError
 
 _NP_DTYPES = {
     "tensor(float)": np.float32,
@@ -21,6 +22,47 @@ _NP_DTYPES = {
 
 class ProviderError(XCamError):
     """The execution provider asked for is not the one ONNX Runtime gave."""
+
+
+def _tensors(graph) -> Iterator:
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
+
+
+def check_external_data(path: str | Path) -> None:
+    """Refuse an ONNX file whose external tensor data lies outside the file's folder.
+
+    An ONNX file names the files its weights are read from; an untrusted one could point at
+    ``../../etc/passwd`` or an absolute path and have the runtime read it. Every location
+    must be a relative path that resolves inside the model's folder."""
+    import onnx
+
+    path = Path(path)
+    folder = path.resolve().parent
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise ModelSpecError(f"{path.name}: not a readable ONNX model ({e})") from None
+    for tensor in _tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        entries = {e.key: e.value for e in tensor.external_data}
+        location = entries.get("location", "")
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise ModelSpecError(
+                f"{path.name}: tensor {tensor.name!r} reads its data from {location!r}, outside "
+                f"the model's folder {str(folder)!r}; refused (an ONNX file may only use "
+                "external data stored beside it)"
+            )
 
 
 class OnnxRuntimeBackend(Backend):
@@ -43,6 +85,7 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         path = Path(path)
+        check_external_data(path)
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
