@@ -110,9 +110,13 @@ def test_bad_targets_are_clear_errors(demo_model, targets, match: str) -> None:
     [
         (torch.randn(3, 64, 64).numpy(), "torch.Tensor"),
         (torch.randn(64, 64), r"\[B, C, H, W\]"),
-        (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "float"),
         (torch.full((1, 3, 64, 64), float("nan")), "NaN"),
+        (torch.full((1, 3, 64, 64), float("inf")), "NaN or infinite"),
         (torch.zeros(0, 3, 64, 64), "empty"),
+        (torch.randn(3, 64, 64), r"3-D \(3, 64, 64\).*unsqueeze\(0\)"),
+        (torch.randn(1, 64, 64, 3), r"channels-last \(NHWC\).*permute\(0, 3, 1, 2\)"),
+        (torch.randn(1, 1, 64, 64), "has 1 channels; the model's first convolution takes 3"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.bool), "real number"),
     ],
 )
 def test_bad_inputs_are_clear_errors(demo_model, x, match: str) -> None:
@@ -120,9 +124,18 @@ def test_bad_inputs_are_clear_errors(demo_model, x, match: str) -> None:
         xcam.GradCAM(demo_model, "block3")(x)
 
 
-def test_three_d_input_is_a_batch_of_one(demo_model) -> None:
-    res = xcam.GradCAM(demo_model, "block3")(torch.randn(3, 64, 64))
-    assert res.maps.shape == (1, 64, 64)
+def test_float64_uint8_and_non_contiguous_inputs_are_handled(demo_model) -> None:
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    cam = xcam.GradCAM(demo_model, "block3")
+    ref = cam(x)
+    assert torch.allclose(cam(x.double()).maps, ref.maps, atol=1e-5)  # cast to the model's dtype
+    strided = torch.rand(2, 3, 64, 128)[..., ::2]  # a non-contiguous view
+    assert not strided.is_contiguous()
+    assert torch.allclose(cam(strided).maps, cam(strided.contiguous()).maps)
+    raw = (x * 255).to(torch.uint8)
+    with pytest.warns(UserWarning, match="not rescaled"):
+        got = cam(raw)
+    assert torch.allclose(got.maps, cam(raw.float()).maps)
 
 
 def test_multi_layer_fusion(resnet18) -> None:
@@ -148,11 +161,55 @@ def test_layer_given_as_module(resnet18) -> None:
     assert by_obj.layers == ["layer4"]
 
 
-def test_device_and_dtype_mismatch_are_clear_errors(demo_model) -> None:
-    with pytest.raises(
-        xcam.InputError, match=r"float64 but the model's weights are torch\.float32"
-    ):
-        xcam.GradCAM(demo_model, "block3")(torch.randn(1, 3, 64, 64, dtype=torch.float64))
-    if torch.cuda.is_available():
-        with pytest.raises(xcam.InputError, match="is on cuda"):
-            xcam.GradCAM(demo_model, "block3")(torch.randn(1, 3, 64, 64, device="cuda"))
+@pytest.mark.gpu
+def test_inputs_follow_the_model_device(demo_model) -> None:
+    x = torch.rand(1, 3, 64, 64)
+    res = xcam.GradCAM(demo_model, "block3")(x.cuda())  # a CUDA input to a CPU model
+    assert res.maps.device.type == "cpu"
+    assert torch.allclose(res.maps, xcam.GradCAM(demo_model, "block3")(x).maps)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["gradcam", "scorecam", "layercam"])
+def test_half_precision_models_give_finite_float32_maps(demo_model, dtype, name) -> None:
+    import copy
+
+    model = copy.deepcopy(demo_model).to(dtype)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    res = xcam.get_method(name)(model, "block3")(x)  # a float32 input is cast to the model's
+    assert res.maps.dtype == torch.float32 and torch.isfinite(res.maps).all()
+    ref = xcam.get_method(name)(demo_model, "block3")(x)
+    assert float((res.maps - ref.maps).abs().mean()) < 0.05  # same picture, lower precision
+
+
+def test_train_mode_model_is_explained_in_eval_mode_and_restored(demo_model) -> None:
+    import copy
+
+    model = copy.deepcopy(demo_model).train()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    res = xcam.GradCAM(model, "block3")(x)
+    assert model.training and all(m.training for m in model.modules())
+    assert torch.allclose(res.maps, xcam.GradCAM(demo_model, "block3")(x).maps, atol=1e-6)
+
+
+def test_final_softmax_warns_and_pre_activation_explains_the_logit(demo_model) -> None:
+    model = torch.nn.Sequential(demo_model, torch.nn.Softmax(dim=1)).eval()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    with pytest.warns(UserWarning, match="ends in Softmax.*pre_activation=True"):
+        xcam.GradCAM(model, "0.block3")
+    pre = xcam.GradCAM(model, "0.block3", pre_activation=True)(x)
+    ref = xcam.GradCAM(demo_model, "block3")(x)
+    assert torch.allclose(pre.maps, ref.maps, atol=1e-6)
+    assert torch.allclose(pre.logits, ref.logits, atol=1e-6)  # the scores before the softmax
+    assert model(x).sum(1).allclose(torch.ones(2))  # the model itself is unchanged
+    with pytest.raises(xcam.XCamError, match="pre_activation"):
+        xcam.GradCAM(model, "0.block3", backend="onnxruntime", pre_activation=True)
+
+
+def test_data_parallel_is_unwrapped_with_a_note(demo_model) -> None:
+    wrapped = torch.nn.DataParallel(demo_model)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    with pytest.warns(UserWarning, match="DataParallel unwrapped"):
+        cam = xcam.GradCAM(wrapped, "module.block3")
+    assert cam.layers == ["block3"]
+    assert torch.allclose(cam(x).maps, xcam.GradCAM(demo_model, "block3")(x).maps)

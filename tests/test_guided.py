@@ -232,15 +232,20 @@ class Mixed(nn.Module):
 
 def test_warns_once_naming_unguided_activations() -> None:
     x = torch.randn(2, 3, 8, 8)
+    with pytest.warns(UserWarning, match="ends in Sigmoid"):  # saturation, at construction
+        method = GuidedBackprop(Mixed().eval())
     with pytest.warns(UserWarning) as record:
-        GuidedBackprop(Mixed().eval())(x)
-    assert len(record) == 1
+        method(x)
+    assert len(record) == 1, [f"{r.category.__name__}: {r.message}" for r in record]
     msg = str(record[0].message)
     assert "SiLU module 'silu'" in msg and "F.relu()" in msg and "outside an nn.ReLU" in msg
     assert "Sigmoid" not in msg  # the model's output activation has nothing after it to guide
     assert record[0].filename == __file__  # points at the caller
+    with pytest.warns(UserWarning, match="ends in Sigmoid") as record:
+        ggc = GuidedGradCAM(Mixed().eval(), "conv")
+    assert len(record) == 1
     with pytest.warns(UserWarning, match="F.relu") as record:
-        GuidedGradCAM(Mixed().eval(), "conv")(x)
+        ggc(x)
     assert len(record) == 1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -44,6 +45,9 @@ class Capture:
 
     The module's output is handed on as a clone, so an in-place op that follows the
     layer (``ReLU(inplace=True)``) changes the clone and never the captured values.
+
+    Hooks are module-wide, so a forward of the same model in another thread would see
+    them: they act only in the thread that entered the capture.
     """
 
     def __init__(self, layers: Sequence[tuple[str, nn.Module]], grad_handles: bool = False):
@@ -51,9 +55,12 @@ class Capture:
         self.grad_handles = grad_handles
         self.activations: dict[str, torch.Tensor] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._thread = threading.get_ident()
 
     def _hook(self, name: str):
-        def hook(_module: nn.Module, _inputs: object, output: object) -> torch.Tensor:
+        def hook(_module: nn.Module, _inputs: object, output: object) -> torch.Tensor | None:
+            if threading.get_ident() != self._thread:
+                return None  # another thread's forward of the same model
             if not isinstance(output, torch.Tensor):
                 raise InputError(
                     f"layer {name!r} returns {type(output).__name__}, not a tensor; "
@@ -74,6 +81,7 @@ class Capture:
 
     def __enter__(self) -> Capture:
         self.activations = {}
+        self._thread = threading.get_ident()
         try:
             for name, module in self.layers:
                 self._handles.append(module.register_forward_hook(self._hook(name)))
@@ -103,7 +111,10 @@ class Capture:
 @contextmanager
 def replaced_output(module: nn.Module, value: torch.Tensor) -> Iterator[None]:
     """Within the body, ``module``'s forward returns ``value`` instead of its own output."""
-    handle = module.register_forward_hook(lambda _m, _i, _o: value)
+    thread = threading.get_ident()
+    handle = module.register_forward_hook(
+        lambda _m, _i, _o: value if threading.get_ident() == thread else None
+    )
     try:
         yield
     finally:
@@ -296,11 +307,15 @@ def guided_relus(
     """
     report = GuidedReport()
     handles: list[torch.utils.hooks.RemovableHandle] = []
+    thread = threading.get_ident()  # the hooks act only in this thread (see Capture)
 
     def enter(_module: nn.Module, _inputs: object) -> None:
-        report._depth += 1
+        if threading.get_ident() == thread:
+            report._depth += 1
 
     def leave_relu(_module: nn.Module, _inputs: object, output: object) -> object:
+        if threading.get_ident() != thread:
+            return None
         report._depth -= 1
         if not isinstance(output, torch.Tensor):
             return None
@@ -309,6 +324,8 @@ def guided_relus(
 
     def leave_other(name: str):
         def hook(module: nn.Module, _inputs: object, output: object) -> None:
+            if threading.get_ident() != thread:
+                return
             report._depth -= 1
             report._add(type(module).__name__, name, output)
 
@@ -333,3 +350,17 @@ def guided_relus(
         message = report.message()
         if message is not None:
             warnings.warn(message, UserWarning, stacklevel=2 + stacklevel)
+
+
+@contextmanager
+def bypassed(module: nn.Module) -> Iterator[None]:
+    """Within the body (in this thread), ``module`` passes its input through unchanged: a
+    final Softmax / Sigmoid is skipped so the score explained is the pre-activation."""
+    thread = threading.get_ident()
+    handle = module.register_forward_hook(
+        lambda _m, inputs, _o: inputs[0] if threading.get_ident() == thread else None
+    )
+    try:
+        yield
+    finally:
+        handle.remove()

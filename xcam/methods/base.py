@@ -5,8 +5,10 @@ A method only says how to weight the channels of an activation (its ``weights``)
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xcam.cammodel import CamModel, OutputSelector, select_output
-from xcam.capture import preserved_state
+from xcam.capture import bypassed, preserved_state
 from xcam.errors import InputError, TargetError, XCamError
 from xcam.layers import Layers, default_layer, resolve_layers
 from xcam.result import CamResult
@@ -82,20 +84,50 @@ def first_component(weighted: torch.Tensor) -> torch.Tensor:
 
 
 def check_input(x: object) -> torch.Tensor:
-    """A float ``[B, C, H, W]`` tensor (``[C, H, W]`` is taken as a batch of one), finite."""
+    """A finite ``[B, C, H, W]`` tensor (float, or an integer type the model's dtype is cast
+    from); anything else is an :class:`InputError` that says what it got."""
     if not isinstance(x, torch.Tensor):
         raise InputError(f"the input must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() == 3:
-        x = x.unsqueeze(0)
+        raise InputError(
+            f"the input is 3-D {tuple(x.shape)}: xcam takes a batch [B, C, H, W] (NCHW); for "
+            "one image use x.unsqueeze(0)"
+        )
     if x.dim() != 4:
-        raise InputError(f"the input must be [B, C, H, W] (or [C, H, W]), got {tuple(x.shape)}")
+        raise InputError(f"the input must be [B, C, H, W] (NCHW), got {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise InputError("the input batch is empty")
-    if not x.dtype.is_floating_point:
-        raise InputError(f"the input must be a float tensor, got {x.dtype}")
-    if not bool(torch.isfinite(x).all()):
+    if x.dtype == torch.bool or x.dtype.is_complex:
+        raise InputError(f"the input must be a real number tensor, got {x.dtype}")
+    if x.dtype.is_floating_point and not bool(torch.isfinite(x).all()):
         raise InputError("the input contains NaN or infinite values")
     return x
+
+
+FINAL_ACTIVATIONS = (nn.Softmax, nn.Sigmoid, nn.LogSoftmax)
+
+
+def final_activation(model: nn.Module) -> nn.Module | None:
+    """The model's last leaf module when it is a Softmax / Sigmoid / LogSoftmax, else None."""
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    return leaves[-1] if leaves and isinstance(leaves[-1], FINAL_ACTIVATIONS) else None
+
+
+def _unprefixed(layers: Layers) -> Layers:
+    """DataParallel layer names (``module.layer4``) as names in the wrapped model."""
+
+    def strip(ref):
+        return ref[len("module.") :] if isinstance(ref, str) and ref.startswith("module.") else ref
+
+    if isinstance(layers, list | tuple):
+        return [strip(r) for r in layers]
+    return strip(layers)
+
+
+def first_conv_channels(model: nn.Module) -> int | None:
+    """The input channels of the model's first ``Conv2d`` (its stem), if it has one."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return None if conv is None else conv.in_channels
 
 
 def normalize(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,11 +188,13 @@ class BaseCAM:
         export_options: dict[str, Any] | None = None,
         aug_smooth: bool = False,
         eigen_smooth: bool = False,
+        pre_activation: bool = False,
     ):
         from xcam.backends import BACKENDS, Backend
 
         self.aug_smooth = aug_smooth
         self.eigen_smooth = eigen_smooth
+        self._lock = threading.Lock()  # one explainer may serve many threads
         self.output = output
         self.export_options = dict(export_options or {})
         self.backend: Backend | None = None
@@ -177,8 +211,32 @@ class BaseCAM:
             raise TypeError(
                 f"model must be a torch.nn.Module or a loaded backend, got {type(model).__name__}"
             )
+        if isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
+            warnings.warn(
+                f"{type(model).__name__} unwrapped: xcam explains its .module (layer names "
+                "without the 'module.' prefix)",
+                UserWarning,
+                stacklevel=3,
+            )
+            model = model.module
+            layers = _unprefixed(layers)
         self.model = model
         self._layers = resolve_layers(model, layers)
+        self.pre_activation = pre_activation
+        self._final = final_activation(model)
+        if self._final is not None and not pre_activation and self.needs_gradients:
+            warnings.warn(
+                f"{type(model).__name__} ends in {type(self._final).__name__}: the gradient of a "
+                "probability saturates (near 0 or 1 it vanishes), so maps can be flat or noisy. "
+                "Pass pre_activation=True to explain the score before it",
+                UserWarning,
+                stacklevel=3,
+            )
+        if pre_activation and backend not in (None, "eager"):
+            raise XCamError(
+                "pre_activation=True skips a module of the eager model; an exported model "
+                "already applies it: export the model without its final activation instead"
+            )
         if isinstance(backend, Backend):
             self.backend = backend
             if self._layers is None:
@@ -227,20 +285,37 @@ class BaseCAM:
         assert self._layers is not None
         return self._layers
 
-    def _check_model_input(self, x: torch.Tensor) -> None:
-        param = None if self.model is None else next(self.model.parameters(), None)
-        if param is None or self._export_format is not None or self.backend is not None:
-            return
-        if param.device != x.device:
+    def _check_model_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` checked against the eager model (channels, layout) and moved to its device
+        and dtype; integer inputs are cast with a warning (they are rarely normalised)."""
+        if self.model is None:
+            return x if x.dtype.is_floating_point else x.float()
+        expected = first_conv_channels(self.model)
+        if expected is not None and x.shape[1] != expected:
+            if x.shape[-1] == expected:
+                raise InputError(
+                    f"the input {tuple(x.shape)} looks channels-last (NHWC); the model takes "
+                    f"NCHW with {expected} channels: use x.permute(0, 3, 1, 2)"
+                )
             raise InputError(
-                f"the input is on {x.device} but the model is on {param.device}; move one of them"
+                f"the input has {x.shape[1]} channels; the model's first convolution takes "
+                f"{expected}"
             )
-        if param.dtype.is_floating_point and param.dtype != x.dtype:
-            raise InputError(f"the input is {x.dtype} but the model's weights are {param.dtype}")
+        param = next(self.model.parameters(), None)
+        if param is None or self._export_format is not None or self.backend is not None:
+            return x if x.dtype.is_floating_point else x.float()
+        if not x.dtype.is_floating_point:
+            warnings.warn(
+                f"the input is {x.dtype}; it is cast to {param.dtype} as it is (values are not "
+                "rescaled: normalise it as the model expects)",
+                UserWarning,
+                stacklevel=3,
+            )
+        dtype = param.dtype if param.dtype.is_floating_point else torch.float32
+        return x.to(device=param.device, dtype=dtype)
 
     def __call__(self, x: torch.Tensor, targets: Targets = None) -> CamResult:
-        x = check_input(x)
-        self._check_model_input(x)
+        x = self._check_model_input(check_input(x))
         result = self._explain(x, targets)
         return self._augmented(x, result) if self.aug_smooth else result
 
@@ -280,17 +355,27 @@ class BaseCAM:
             output=self.output,
         )
         grad_mode = torch.enable_grad() if self.needs_gradients else torch.no_grad()
-        with preserved_state(self.model), grad_mode:
+        with preserved_state(self.model), grad_mode, self._skip_final():
             logits, *acts = cam_model(x)
             target = resolve_targets(logits, targets)
             grads = self._gradients(target.scores, acts) if self.needs_gradients else None
         return logits, acts, target, grads
+
+    def _skip_final(self) -> contextlib.AbstractContextManager:
+        """With ``pre_activation``, the model's final Softmax/Sigmoid passes its input."""
+        if self.pre_activation and getattr(self, "_final", None) is not None:
+            return bypassed(self._final)
+        return contextlib.nullcontext()
 
     def _exported(self, x: torch.Tensor, names: list[str]):
         """Export the model for ``x``'s shape on first use; parity-checked, then cached."""
         if self._export_format is None:
             return None
         key = (tuple(x.shape[1:]), str(x.device), tuple(names))
+        with self._lock:
+            return self._export_for(key, x, names)
+
+    def _export_for(self, key: tuple, x: torch.Tensor, names: list[str]):
         if key not in self._exports:
             import exporters
             from xcam.backends import SUFFIX, load
@@ -305,6 +390,11 @@ class BaseCAM:
         return self._exports[key]
 
     def _tail(self, name: str) -> nn.Module:
+
+        with self._lock:
+            return self._tail_locked(name)
+
+    def _tail_locked(self, name: str) -> nn.Module:
         from xcam.tail import InjectedTail, split_tail
 
         if name not in self._tails:
@@ -392,7 +482,7 @@ class BaseCAM:
         model = self.model
 
         def forward(xb: torch.Tensor) -> torch.Tensor:
-            with preserved_state(model), torch.no_grad():
+            with preserved_state(model), torch.no_grad(), self._skip_final():
                 return select_output(model(xb), self.output)
 
         return forward
@@ -486,8 +576,10 @@ class BaseCAM:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Upsample each layer's map to ``size`` (bilinear), normalise, average, normalise."""
         ups = []
-        for cam in layer_maps:
-            up = F.interpolate(cam[:, None], size=tuple(size), mode="bilinear", align_corners=False)
+        for cam in layer_maps:  # float32 whatever the model's dtype (fp16/bf16 maps too)
+            up = F.interpolate(
+                cam[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False
+            )
             ups.append(normalize(up[:, 0])[0])
         return normalize(torch.stack(ups).mean(dim=0))
 

@@ -34,6 +34,7 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from typing import Any
 
@@ -104,8 +105,7 @@ class GuidedBackprop(_EagerOnly):
 
     def __call__(self, x: torch.Tensor, targets: Targets = None) -> CamResult:
         self._require_eager()
-        x = check_input(x)
-        self._check_model_input(x)
+        x = self._check_model_input(check_input(x))
         assert self.model is not None
         leaf = x.detach().requires_grad_(True)
         with preserved_state(self.model), torch.enable_grad():
@@ -145,8 +145,10 @@ class GuidedGradCAM(_EagerOnly):
     def __init__(self, model: Any, layers: Layers = None, backend: Any = "eager", **options: Any):
         super().__init__(model, layers, backend, **options)
         output = options.get("output")
-        self._guided = GuidedBackprop(model, output=output)
-        self._gradcam = GradCAM(model, layers, output=output)
+        with warnings.catch_warnings():  # this constructor already warned about the model
+            warnings.simplefilter("ignore")
+            self._guided = GuidedBackprop(model, output=output)
+            self._gradcam = GradCAM(model, layers, output=output)
 
     @property
     def layers(self) -> list[str] | None:
@@ -154,7 +156,7 @@ class GuidedGradCAM(_EagerOnly):
 
     def __call__(self, x: torch.Tensor, targets: Targets = None) -> CamResult:
         self._require_eager()
-        x = check_input(x)
+        x = self._check_model_input(check_input(x))
         guided = self._guided(x, targets)
         # Grad-CAM explains the classes guided backprop resolved (the same top-1 / decision)
         fixed = guided.targets if isinstance(guided.targets, torch.Tensor) else targets
