@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -12,6 +13,10 @@ from xcam import __version__
 
 
 def _fail(message: str) -> None:
+    """A user error: one line, no traceback (``xcam --debug`` prints the one behind it)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.meta.get("xcam.debug") and sys.exc_info()[0] is not None:
+        traceback.print_exc()
     raise click.ClickException(message)
 
 
@@ -116,8 +121,10 @@ class _MethodOption(click.Option):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="xcam")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Print the traceback behind an error message.")
+def main(debug: bool) -> None:
     """Explain PyTorch CNN decisions: Grad-CAM and family, from eager or exported models."""
+    click.get_current_context().meta["xcam.debug"] = debug
 
 
 @main.command()
@@ -207,6 +214,11 @@ def layers(model: str, weights: str | None, input_size: str | None) -> None:
     help="Heatmap weight in the overlay.",
 )
 @click.option("--colormap", default="jet", show_default=True, help="A matplotlib colormap.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace files in --out written by a different run (the same run always replaces).",
+)
 def explain(
     model,
     images,
@@ -224,6 +236,7 @@ def explain(
     batch_size,
     alpha,
     colormap,
+    overwrite,
 ) -> None:
     """Explain IMAGES (files or folders) with MODEL: overlay PNGs, .npy maps, predictions.json.
 
@@ -267,6 +280,7 @@ def explain(
                 colormap,
                 device,
                 on_progress=bar.update,
+                overwrite=overwrite,
             )
     except XCamError as e:
         _fail(str(e))

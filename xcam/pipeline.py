@@ -68,6 +68,7 @@ def explain_files(
     colormap: str = "jet",
     device: str | torch.device = "cpu",
     on_progress: Callable[[int], None] | None = None,
+    overwrite: bool = False,
 ) -> JobReport:
     """Explain each image of ``paths`` and write ``<stem>_<method>.png`` / ``.npy`` to ``out``.
 
@@ -77,7 +78,12 @@ def explain_files(
     (:func:`xcam.viz.attribution_image`) and the raw float32 ``[C, H_img, W_img]``
     attribution, resized bilinearly; each item's ``kind`` is ``"attribution"`` or
     ``"heatmap"``. ``predictions.json`` lists every image's top classes, target and files.
+
+    Files are written atomically. Files of an identical earlier run (same model, method,
+    layers, input size and target) are replaced; files of a *different* run in ``out`` are
+    an :class:`InputError` unless ``overwrite``, so one run never silently clobbers another.
     """
+    from xcam.files import atomic
     from xcam.viz import (
         attribution_image,
         overlay,
@@ -86,9 +92,19 @@ def explain_files(
         save_png,
     )
 
+    taken: set[str] = set()
+    stems = {p: f"{_unique_stem(p, taken)}_{method.name}" for p in paths}
+    run = {
+        "model": info.spec,
+        "method": method.name,
+        "layers": method.layers,
+        "input_size": list(info.input_size),
+        "target": None if callable(targets) else repr(targets),
+    }
+    if not overwrite:
+        _check_clobber(out, [f"{s}{ext}" for s in stems.values() for ext in (".png", ".npy")], run)
     out.mkdir(parents=True, exist_ok=True)
     report = JobReport(out)
-    taken: set[str] = set()
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         loaded = []
@@ -101,18 +117,19 @@ def explain_files(
             x = preprocess([im for _, im in loaded], info.input_size, info.mean, info.std)
             result = method(x.to(device), targets=targets).cpu()
             for i, (p, im) in enumerate(loaded):
-                stem = f"{_unique_stem(p, taken)}_{method.name}"
+                stem = stems[p]
                 size = (im.height, im.width)
                 if result.maps.dim() == 4:  # an input-shaped attribution (Guided Backprop)
                     kind = "attribution"
-                    attr = resize_attribution(result.maps[i], size)
-                    np.save(out / f"{stem}.npy", attr.astype(np.float32))
-                    save_png(attribution_image(attr), out / f"{stem}.png")
+                    arr = resize_attribution(result.maps[i], size)
+                    picture = attribution_image(arr)
                 else:
                     kind = "heatmap"
-                    cam = resize_map(result.maps[i], size)
-                    np.save(out / f"{stem}.npy", cam.astype(np.float32))
-                    save_png(overlay(im, cam, alpha=alpha, colormap=colormap), out / f"{stem}.png")
+                    arr = resize_map(result.maps[i], size)
+                    picture = overlay(im, arr, alpha=alpha, colormap=colormap)
+                with atomic(out / f"{stem}.npy") as tmp, open(tmp, "wb") as f:
+                    np.save(f, arr.astype(np.float32))
+                save_png(picture, out / f"{stem}.png")
                 target = (
                     int(result.targets[i]) if isinstance(result.targets, torch.Tensor) else None
                 )
@@ -137,8 +154,28 @@ def explain_files(
         "method": method.name,
         "layers": method.layers,
         "input_size": list(info.input_size),
+        "run": run,
         "images": report.items,
         "errors": report.errors,
     }
-    report.predictions.write_text(json.dumps(payload, indent=2) + "\n")
+    with atomic(report.predictions) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
     return report
+
+
+def _check_clobber(out: Path, names: list[str], run: dict[str, Any]) -> None:
+    """Refuse to replace files in ``out`` that a different run wrote."""
+    existing = [n for n in [*names, "predictions.json"] if (out / n).exists()]
+    if not existing:
+        return
+    try:
+        previous = json.loads((out / "predictions.json").read_text()).get("run")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    if previous == run:
+        return  # the same job again: its files are replaced
+    raise InputError(
+        f"{out} already holds {len(existing)} file(s) this run would replace (e.g. "
+        f"{existing[0]}), written by a different run or by something else; pass --overwrite "
+        "(overwrite=True) to replace them, or choose another --out"
+    )

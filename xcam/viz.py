@@ -134,9 +134,12 @@ def grid(
 
 
 def save_png(image, path: str | Path) -> Path:
+    """Write ``image`` as a PNG, atomically (no half-written file after an interrupt)."""
+    from xcam.files import atomic
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="PNG")
+    with atomic(path) as tmp:
+        image.save(tmp, format="PNG")
     return path
 
 
