@@ -213,3 +213,28 @@ def test_data_parallel_is_unwrapped_with_a_note(demo_model) -> None:
         cam = xcam.GradCAM(wrapped, "module.block3")
     assert cam.layers == ["block3"]
     assert torch.allclose(cam(x).maps, xcam.GradCAM(demo_model, "block3")(x).maps)
+
+
+def test_tuple_output_error_shows_the_structure(demo_model) -> None:
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = demo_model
+
+        def forward(self, x):
+            y = self.net(x)
+            return y, {"aux": y.sum()}
+
+    with pytest.raises(xcam.TargetError, match=r"0: Tensor\[1, 4\], 1: dict.*output=INDEX"):
+        xcam.GradCAM(Two(), "net.block3")(torch.rand(1, 3, 64, 64))
+    res = xcam.GradCAM(Two(), "net.block3", output=0)(torch.rand(1, 3, 64, 64))
+    assert res.maps.shape == (1, 64, 64)
+
+
+def test_googlenet_aux_outputs_in_train_mode() -> None:
+    from conftest import seeded
+
+    model = seeded("googlenet", aux_logits=True, init_weights=True).train()
+    assert isinstance(model(torch.rand(2, 3, 64, 64)), tuple)  # train mode: aux outputs
+    res = xcam.GradCAM(model, "inception5b")(torch.rand(1, 3, 64, 64))  # eval: logits only
+    assert res.maps.shape == (1, 64, 64) and model.training

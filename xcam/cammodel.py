@@ -12,21 +12,32 @@ from xcam.layers import Layers, resolve_layers
 OutputSelector = int | str | None
 
 
+def _structure(out: dict | tuple | list) -> str:
+    """``'logits': Tensor[2, 10], 'aux': tuple`` — what each entry of an output is."""
+    items = out.items() if isinstance(out, dict) else enumerate(out)
+
+    def what(v: object) -> str:
+        if isinstance(v, torch.Tensor):
+            return f"Tensor{list(v.shape)}"
+        return type(v).__name__
+
+    return ", ".join(f"{k!r}: {what(v)}" for k, v in items)
+
+
 def select_output(out: object, output: OutputSelector = None) -> torch.Tensor:
     """The logits tensor of a model output: as is, or ``out[output]`` for a tuple or dict."""
     if output is None:
         if isinstance(out, torch.Tensor):
             return out
         if isinstance(out, dict):
-            keys = ", ".join(map(repr, out))
             raise TargetError(
-                f"the model returns a dict ({keys}); choose the logits with output=KEY "
-                "(--output KEY on the command line)"
+                f"the model returns a dict {{{_structure(out)}}}; choose the logits with "
+                "output=KEY (--output KEY on the command line)"
             )
         if isinstance(out, tuple | list):
             raise TargetError(
-                f"the model returns a {type(out).__name__} of {len(out)}; choose the logits "
-                "with output=INDEX (--output INDEX on the command line)"
+                f"the model returns a {type(out).__name__} ({_structure(out)}); choose the "
+                "logits with output=INDEX (--output INDEX on the command line)"
             )
         raise TargetError(f"the model returns {type(out).__name__}, not a tensor")
     try:
