@@ -224,6 +224,7 @@ class BaseCAM:
         self._layers = resolve_layers(model, layers)
         self.pre_activation = pre_activation
         self._final = final_activation(model)
+        self._in_channels = first_conv_channels(model)  # checked against every input
         if self._final is not None and not pre_activation and self.needs_gradients:
             warnings.warn(
                 f"{type(model).__name__} ends in {type(self._final).__name__}: the gradient of a "
@@ -290,7 +291,7 @@ class BaseCAM:
         and dtype; integer inputs are cast with a warning (they are rarely normalised)."""
         if self.model is None:
             return x if x.dtype.is_floating_point else x.float()
-        expected = first_conv_channels(self.model)
+        expected = self._in_channels
         if expected is not None and x.shape[1] != expected:
             if x.shape[-1] == expected:
                 raise InputError(

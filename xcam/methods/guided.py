@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from xcam.cammodel import OutputSelector, select_output
+from xcam.cammodel import select_output
 from xcam.capture import guided_relus, preserved_state
 from xcam.errors import XCamError
 from xcam.layers import Layers
@@ -59,23 +59,13 @@ def _degenerate(maps: torch.Tensor) -> torch.Tensor:
 class _EagerOnly(BaseCAM):
     """Pixel attributions: the eager model differentiated down to its input."""
 
-    def __init__(
-        self,
-        model: Any,
-        layers: Layers = None,
-        backend: Any = "eager",
-        *,
-        output: OutputSelector = None,
-        export_options: dict[str, Any] | None = None,
-        aug_smooth: bool = False,
-        eigen_smooth: bool = False,
-    ):
-        if aug_smooth or eigen_smooth:
+    def __init__(self, model: Any, layers: Layers = None, backend: Any = "eager", **options: Any):
+        if options.get("aug_smooth") or options.get("eigen_smooth"):
             raise XCamError(
                 f"{type(self).__name__} gives pixel attributions: aug_smooth and eigen_smooth "
                 "are options of the class activation maps"
             )
-        super().__init__(model, layers, backend, output=output, export_options=export_options)
+        super().__init__(model, layers, backend, **options)
         self._require_eager()
 
     def _require_eager(self) -> None:
