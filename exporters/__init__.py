@@ -18,8 +18,12 @@ from torch import nn
 
 from exporters.errors import ExportError, ParityError, UnsupportedOpError
 from exporters.metadata import ExportMetadata, describe_outputs, versions
+from xcam.core.artifact import FORMATS as _FORMAT_TABLE
+from xcam.core.artifact import MAX_SIDE
+from xcam.core.files import staged
+from xcam.core.tracing import TRACE_LOCK
 
-FORMATS = ("onnx", "torchscript", "pt2")
+FORMATS = tuple(_FORMAT_TABLE)
 
 __all__ = [
     "FORMATS",
@@ -123,14 +127,15 @@ def export(
         raise ExportError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     example = check_input(example)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     if dynamic_batch and example.shape[0] == 1:
         example = example.expand(2, *example.shape[1:]).clone()
         notes.append("example batch of 1 repeated to 2 (0/1 specialisation of dynamic dims)")
     _check_batchnorm(model)
 
-    with preserved_state(model):
+    # one export at a time in the process; written into a private folder beside ``path`` and
+    # moved into place only once checked, so a failure leaves an existing file untouched
+    with TRACE_LOCK, preserved_state(model), staged(path) as target:
         if layers is None:
             layers = default_layer(model, example)
         cam_model = CamModel(model, layers, output=output).eval()
@@ -168,8 +173,8 @@ def export(
         if batch is not None:
             dims[0] = batch
         if dynamic_spatial:
-            dims[2] = torch.export.Dim("height", min=8, max=8192)
-            dims[3] = torch.export.Dim("width", min=8, max=8192)
+            dims[2] = torch.export.Dim("height", min=8, max=MAX_SIDE)
+            dims[3] = torch.export.Dim("width", min=8, max=MAX_SIDE)
         dynamic_shapes: tuple | None = None
         if dims:
             dynamic_shapes = (dims,) if len(args) == 1 else (dims, {0: batch} if batch else None)
@@ -204,18 +209,18 @@ def export(
             from exporters.onnx import export_onnx
 
             notes += export_onnx(
-                module, args, path, names, dynamic_shapes, opset, meta, input_names
+                module, args, target, names, dynamic_shapes, opset, meta, input_names
             )
         elif format == "torchscript":
             from exporters.torchscript import export_torchscript
 
             if dynamic_spatial:
                 notes.append("TorchScript traces are shape-polymorphic where the model is")
-            notes += export_torchscript(module, args, path, meta)
+            notes += export_torchscript(module, args, target, meta)
         else:
             from exporters.pt2 import export_pt2
 
-            notes += export_pt2(module, args, path, dynamic_shapes, meta, aoti)
+            notes += export_pt2(module, args, target, dynamic_shapes, meta, aoti)
         elapsed = time.perf_counter() - start
 
         report = ExportReport(
@@ -225,7 +230,7 @@ def export(
                 n: [None if (i == 0 and dynamic_batch) else int(s) for i, s in enumerate(o.shape)]
                 for n, o in zip(names, outs, strict=True)
             },
-            file_bytes=path.stat().st_size,
+            file_bytes=target.stat().st_size,
             export_seconds=elapsed,
             metadata=meta,
             notes=notes,
@@ -235,7 +240,7 @@ def export(
 
             start = time.perf_counter()
             device = str(example.device)
-            backend = load(path, device=device)
+            backend = load(target, device=device, trust_code=True)  # the file just written
             h, w = example.shape[-2:]
             sizes = [(h + 32, w + 16)] if dynamic_spatial else []
             report.max_errors = check_parity(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,6 +65,18 @@ def demo_model() -> nn.Module:
     from xcam.demo import load_demo_model
 
     return load_demo_model()
+
+
+@pytest.fixture()
+def images(tmp_path: Path) -> Path:
+    """A folder with three of the demo's sample images."""
+    from xcam.demo import sample_images
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in sample_images()[:3]:
+        shutil.copy(p, folder / p.name)
+    return folder
 
 
 def snapshot(model: nn.Module) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,15 +19,6 @@ from xcam.demo import sample_images
 @pytest.fixture()
 def runner() -> CliRunner:
     return CliRunner()
-
-
-@pytest.fixture()
-def images(tmp_path: Path) -> Path:
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for p in sample_images()[:3]:
-        shutil.copy(p, folder / p.name)
-    return folder
 
 
 def test_help_lists_commands(runner) -> None:
@@ -229,7 +219,7 @@ def test_export_then_explain_from_the_file(runner, images, tmp_path, fmt, suffix
     assert res.exit_code == 0, res.output
     assert "parity with eager: ok" in res.output and "output block3" in res.output
     assert path.is_file()
-    trust = ["--trust-torchscript"] if fmt == "torchscript" else []
+    trust = ["--trust-code"] if fmt != "onnx" else []
     res = runner.invoke(main, ["layers", str(path), *trust])
     assert res.exit_code == 0 and "block3" in res.output and "logits" in res.output
     # gradient methods need the eager tail: a clear error says how to get it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -77,3 +78,94 @@ def test_hundreds_of_calls_leave_no_hooks_and_flat_memory(demo_model) -> None:
     assert growth < 40, f"memory grew by {growth:.1f} MB over 400 calls"
     live = [o for o in gc.get_objects() if type(o) is torch.Tensor and o.requires_grad]
     assert len(live) < 50  # no autograd graphs kept alive
+
+
+# --- exports and tails shared by threads (issue 11) -------------------------------------------
+
+
+def test_two_explainers_export_from_two_threads_at_once(demo_model) -> None:
+    import copy
+
+    models = [copy.deepcopy(demo_model), copy.deepcopy(demo_model)]
+    explainers = [xcam.GradCAM(m, "block3", backend="onnxruntime") for m in models]
+    xs = _inputs()[:2]
+    with ThreadPoolExecutor(2) as pool:  # both first calls, so both export, at once
+        maps = list(pool.map(lambda e, x: e(x).maps, explainers, xs))
+    for x, got in zip(xs, maps, strict=True):
+        assert torch.allclose(got, xcam.GradCAM(demo_model, "block3")(x).maps, atol=1e-4)
+
+
+class _Branchy(torch.nn.Module):
+    """Branches on the input's values: no exporter can record that."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.conv(x)
+        if a.mean() > 0:
+            a = a * 2
+        return a.mean(dim=(2, 3))
+
+
+def test_a_failed_export_leaves_the_process_able_to_export(demo_model, tmp_path: Path) -> None:
+    import exporters
+
+    def bad(i: int) -> None:
+        with pytest.raises(exporters.ExportError):
+            exporters.export(
+                _Branchy(), ["conv"], torch.rand(1, 3, 16, 16), tmp_path / f"b{i}.onnx"
+            )
+
+    def good(i: int | str) -> None:
+        report = exporters.export(
+            demo_model, ["block3"], torch.rand(1, 3, 64, 64), tmp_path / f"{i}.onnx"
+        )
+        assert report.check_seconds is not None  # exported and checked
+
+    with ThreadPoolExecutor(4) as pool:  # failures and successes interleaved across threads
+        list(pool.map(lambda i: (bad if i % 2 else good)(i), range(4)))
+    good("g99")  # and, single-threaded afterwards, the process still exports
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.onnx", "2.onnx", "g99.onnx"]
+
+
+class _AroundNet(torch.nn.Module):
+    """The output needs the input itself besides ``body``: the tail can't be cut, so the
+    fallback (the whole model with ``body``'s output replaced) runs."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.body = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.body(torch.relu(self.stem(x))))
+        return self.fc(a.mean(dim=(2, 3))) + x.mean(dim=(1, 2, 3))[:, None]
+
+
+@pytest.mark.parametrize("name", ["gradcam", "ablationcam"])
+def test_eight_threads_share_one_injected_tail(tmp_path: Path, name: str) -> None:
+    import exporters
+    from xcam.tail import InjectedTail
+
+    model = _AroundNet().eval()
+    path = tmp_path / "around.onnx"
+    exporters.export(model, ["body"], torch.rand(1, 3, 16, 16), path)
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(1 + i % 3, 3, 16, 16, generator=g) for i in range(THREADS * 2)]
+    with pytest.warns(RuntimeWarning, match="whole eager model"):
+        explainer = xcam.get_method(name)(model, "body", backend=xcam.load(path))
+        single = [explainer(x).maps for x in xs]
+    assert isinstance(explainer._tails["body"], InjectedTail)
+    with ThreadPoolExecutor(THREADS) as pool:
+        threaded = list(pool.map(lambda x: explainer(x).maps, xs))
+    for a, b in zip(single, threaded, strict=True):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+    with warnings.catch_warnings():  # each new eager Ablation-CAM warns about its tail
+        warnings.simplefilter("ignore", RuntimeWarning)
+        eager = [xcam.get_method(name)(model, "body")(x).maps for x in xs]
+    for a, b in zip(single, eager, strict=True):
+        assert torch.allclose(a, b, atol=1e-4)

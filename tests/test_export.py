@@ -39,7 +39,7 @@ def test_demo_export_load_parity(demo_model, tmp_path, fmt: str) -> None:
     assert all(e["max_rel"] <= 1e-4 for e in report.max_errors.values())
     assert report.check_seconds is not None
     assert list(tmp_path.iterdir()) == [report.path]  # self-contained: no sidecar files
-    backend = xcam.load(report.path)
+    backend = xcam.load(report.path, trust_code=True)
     assert backend.output_names == ["logits", "block2", "block3"]
     assert backend.layer_names == ["block2", "block3"]
     meta = backend.metadata
@@ -87,7 +87,7 @@ def test_example_batch_of_one_and_static_batch(demo_model, tmp_path) -> None:
     static = exporters.export(
         demo_model, "block3", torch.randn(3, 3, 64, 64), tmp_path / "s.onnx", dynamic_batch=False
     )
-    backend = xcam.load(static.path)
+    backend = xcam.load(static.path, trust_code=True)
     assert backend.metadata.input_shape == [3, 3, 64, 64]
     with pytest.raises(xcam.InputError, match="exported for input 3x3x64x64"):
         backend.run(torch.randn(2, 3, 64, 64))
@@ -97,7 +97,7 @@ def test_dynamic_spatial_onnx(demo_model, tmp_path) -> None:
     report = _export(
         demo_model, "block3", torch.randn(2, 3, 64, 64), tmp_path, "onnx", dynamic_spatial=True
     )
-    backend = xcam.load(report.path)
+    backend = xcam.load(report.path, trust_code=True)
     assert backend.metadata.input_shape == [None, 3, None, None]
     outs = backend.run(torch.randn(1, 3, 48, 80))
     assert outs["block3"].shape == (1, 64, 12, 20)
@@ -132,7 +132,8 @@ def test_dict_and_tuple_outputs_need_a_selector(tmp_path, fmt: str) -> None:
         report = _export(model, "body", x, tmp_path, fmt, output=sel)
         assert report.outputs["logits"] == [None, 3]
         ref = xcam.GradCAM(model, "body", output=sel)(x)
-        got = xcam.GradCAM(model, "body", backend=xcam.load(report.path), output=sel)(x)
+        backend = xcam.load(report.path, trust_code=True)
+        got = xcam.GradCAM(model, "body", backend=backend, output=sel)(x)
         torch.testing.assert_close(got.maps, ref.maps, atol=1e-5, rtol=1e-4)
 
 
@@ -220,7 +221,7 @@ def test_load_rejects_foreign_and_unknown_files(tmp_path) -> None:
     for name in ("bad.onnx", "bad.ts", "bad.pt2"):  # damaged files: one clear error each
         (tmp_path / name).write_text("garbage")
         with pytest.raises(xcam.XCamError, match=r"bad\.(onnx|ts|pt2)"):
-            xcam.load(tmp_path / name)
+            xcam.load(tmp_path / name, trust_code=True)
     (tmp_path / "m.bin").write_bytes(b"x")
     with pytest.raises(xcam.XCamError, match="can't tell the format"):
         xcam.load(tmp_path / "m.bin")
@@ -235,7 +236,7 @@ def test_pt2_aoti_package(demo_model, tmp_path) -> None:
     report = exporters.export(
         demo_model, "block3", torch.randn(2, 3, 64, 64), tmp_path / "m.pt2", format="pt2", aoti=True
     )
-    backend = xcam.load(report.path)
+    backend = xcam.load(report.path, trust_code=True)
     assert backend.aoti and backend.metadata.exporter.endswith("AOTInductor")
     x = torch.randn(3, 3, 64, 64)
     ref = xcam.GradCAM(demo_model, "block3")(x)
@@ -262,7 +263,7 @@ def test_torchvision_zoo_export_and_maps(name: str, fmt: str, tmp_path) -> None:
     x = torch.randn(2, 3, size, size)
     report = _export(model, layers, x, tmp_path, fmt)
     assert all(e["max_rel"] <= 1e-4 for e in report.max_errors.values()), report.max_errors
-    backend = xcam.load(report.path)
+    backend = xcam.load(report.path, trust_code=True)
     xb = torch.randn(3, 3, size, size)
     ref = xcam.GradCAM(model, layers)(xb)
     with warnings.catch_warnings():

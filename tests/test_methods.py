@@ -514,7 +514,7 @@ def test_gradient_free_methods_through_torchscript_and_pt2(demo_model, tmp_path,
     path = tmp_path / f"demo{suffix}"
     example = torch.rand(1, 3, 64, 64)
     exporters.export(demo_model, ["block3"], example, path, format=fmt, aoti=False)
-    backend = xcam.load(path)
+    backend = xcam.load(path, trust_code=True)
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(15))
     for name in ("scorecam", "ablationcam", "reciprocam", "eigencam"):
         eager = xcam.get_method(name)(demo_model, "block3")(x)

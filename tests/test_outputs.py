@@ -73,19 +73,19 @@ def test_writes_are_atomic(tmp_path: Path) -> None:
 
 
 def test_an_interrupted_job_leaves_no_half_written_file(images, tmp_path, monkeypatch) -> None:
-    import xcam.pipeline
+    import xcam.viz
 
     calls = {"n": 0}
-    real = np.save
+    real = xcam.viz._resized_strips  # the .npy is written a strip of rows at a time
 
-    def flaky(f, arr):
+    def flaky(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:
-            f.write(b"\x93NUMPY partial")
-            raise KeyboardInterrupt
-        real(f, arr)
+        for strip in real(*args, **kwargs):
+            yield strip  # written to the second .npy, then the job is interrupted
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
 
-    monkeypatch.setattr(xcam.pipeline.np, "save", flaky)
+    monkeypatch.setattr(xcam.viz, "_resized_strips", flaky)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         _explain_direct(images, out)

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 import xcam
 from xcam.backends.onnxruntime import check_external_data
 from xcam.cli import main
-from xcam.errors import ModelSpecError
+from xcam.errors import ModelSpecError, UntrustedFileError
 from xcam.models import load_model
 
 
@@ -63,10 +63,13 @@ def test_torchscript_on_the_command_line_needs_trust(tmp_path: Path, demo_model)
     path = tmp_path / "demo.ts"
     exporters.export(demo_model, ["block3"], torch.rand(1, 3, 64, 64), path, format="torchscript")
     res = CliRunner().invoke(main, ["layers", str(path)])
-    assert res.exit_code == 1 and "--trust-torchscript" in res.output and "program" in res.output
-    res = CliRunner().invoke(main, ["layers", str(path), "--trust-torchscript"])
+    assert res.exit_code == 1 and "--trust-code" in res.output and "program" in res.output
+    res = CliRunner().invoke(main, ["layers", str(path), "--trust-torchscript"])  # the old name
     assert res.exit_code == 0 and "block3" in res.output
-    assert xcam.load(path).format == "torchscript"  # a library call is the caller's decision
+    # the library is safe by default too (issue 11): the caller opts in explicitly
+    with pytest.raises(UntrustedFileError, match="trust_code=True"):
+        xcam.load(path)
+    assert xcam.load(path, trust_code=True).format == "torchscript"
 
 
 def _onnx_with_external(tmp_path: Path, location: str) -> Path:
@@ -104,3 +107,19 @@ def test_onnx_external_data_beside_the_model_is_fine(tmp_path: Path) -> None:
     path = _onnx_with_external(tmp_path, "weights.bin")
     (path.parent / "weights.bin").write_bytes(b"\0\0\0\0")
     check_external_data(path)  # no error
+
+
+def test_every_torchscript_suffix_is_one_format(tmp_path: Path, demo_model) -> None:
+    """The CLI and the loader read one table: no suffix passes the gate, and each loads with
+    the opt-in (``.pt`` used to be 'unknown model spec')."""
+    import exporters
+
+    src = tmp_path / "demo.ts"
+    exporters.export(demo_model, ["block3"], torch.rand(1, 3, 64, 64), src, format="torchscript")
+    for suffix in (".ts", ".torchscript", ".jit", ".pt"):
+        path = tmp_path / f"copy{suffix}"
+        path.write_bytes(src.read_bytes())
+        res = CliRunner().invoke(main, ["layers", str(path)])
+        assert res.exit_code == 1 and "--trust-code" in res.output, suffix
+        res = CliRunner().invoke(main, ["layers", str(path), "--trust-torchscript"])
+        assert res.exit_code == 0 and "block3" in res.output, (suffix, res.output)

@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from xcam.core.artifact import FORMATS, format_of
+from xcam.core.tracing import TRACE_LOCK
 from xcam.errors import XCamError
 
 BACKENDS = ("eager", "torchscript", "onnxruntime", "pt2", "ingraph")
@@ -85,6 +87,13 @@ class BenchConfig:
 
         for m in self.methods:
             get_method(m)  # an unknown name lists the available ones
+        files = [m for m in self.models if format_of(m) is not None]
+        if files:  # refused before anything reads them: an exported file may carry code
+            raise XCamError(
+                f"{', '.join(files)}: bench times a PyTorch model against its own exports "
+                "(--backends), so give the model's spec (demo, torchvision:NAME, "
+                "package.module:factory), not an exported file"
+            )
         bad = [b for b in self.backends if b not in BACKENDS]
         if bad:
             raise XCamError(f"unknown backend(s) {', '.join(bad)}; one of {', '.join(BACKENDS)}")
@@ -190,7 +199,7 @@ def ort_session(path: Path, threads: int | None, device: str = "cpu"):
 
 def export_plain(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
     """The model alone, logits only, by the exporter xcam uses, with a dynamic batch."""
-    with warnings.catch_warnings():
+    with TRACE_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
@@ -216,7 +225,7 @@ def _plain_floor(backend: str, model: nn.Module, example: torch.Tensor, tmp: Pat
 
         return eager
     if backend == "torchscript":
-        with torch.no_grad(), warnings.catch_warnings():
+        with TRACE_LOCK, torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             traced = torch.jit.freeze(torch.jit.trace(model, example))
 
@@ -227,7 +236,9 @@ def _plain_floor(backend: str, model: nn.Module, example: torch.Tensor, tmp: Pat
         return scripted
     if backend == "pt2":
         batch = torch.export.Dim("batch", min=1, max=1024)
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},)).module()
+        with TRACE_LOCK:
+            program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        program = program.module()
 
         def exported(x: torch.Tensor) -> object:
             with torch.inference_mode():
@@ -422,8 +433,7 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None] = print) -> BenchRep
                         fmt = {"ingraph": "onnx", "onnxruntime": "onnx"}.get(
                             backend_name, backend_name
                         )
-                        suffix = {"onnx": ".onnx", "torchscript": ".ts", "pt2": ".pt2"}[fmt]
-                        path = sub / f"model{suffix}"
+                        path = sub / f"model{FORMATS[fmt].suffix}"
                         exporters.export(
                             model,
                             [layer],
@@ -434,7 +444,8 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None] = print) -> BenchRep
                             aoti=False,
                         )
                         options = {"threads": cfg.threads} if fmt == "onnx" else {}
-                        loaded = load(path, device=device, **options)
+                        # bench's own export of the model: trusted
+                        loaded = load(path, device=device, trust_code=True, **options)
                     methods = _method_arms(cfg, model, layer, backend_name, loaded)
                     skipped = [m for m in cfg.methods if m not in methods]
                     if skipped:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
 import click
 
 from xcam import __version__
+from xcam.core.artifact import MAX_SIDE
 
 
 def _fail(message: str) -> None:
@@ -31,6 +35,11 @@ def _parse_size(value: str | None) -> tuple[int, int] | None:
         parts *= 2
     if len(parts) != 2 or min(parts) < 1:
         raise click.BadParameter(f"{value!r} is not H or H,W", param_hint="--input-size")
+    if max(parts) > MAX_SIDE:
+        raise click.BadParameter(
+            f"{value!r} is above the largest side xcam takes ({MAX_SIDE})",
+            param_hint="--input-size",
+        )
     return parts[0], parts[1]
 
 
@@ -54,13 +63,13 @@ def _parse_output(value: str | None) -> int | str | None:
 
 
 def _trust_options(command):
-    """``--trust-weights`` and ``--trust-torchscript``: explicit opt-ins for files that run code."""
+    """``--trust-weights`` and ``--trust-code``: explicit opt-ins for files that run code."""
 
     @functools.wraps(command)
-    def wrapper(*args, trust_weights: bool, trust_torchscript: bool, **kwargs):
+    def wrapper(*args, trust_weights: bool, trust_code: bool, **kwargs):
         meta = click.get_current_context().meta
         meta["xcam.trust_weights"] = trust_weights
-        meta["xcam.trust_torchscript"] = trust_torchscript
+        meta["xcam.trust_code"] = trust_code
         return command(*args, **kwargs)
 
     wrapper = click.option(
@@ -69,9 +78,11 @@ def _trust_options(command):
         help="Load a --weights checkpoint that needs code to unpickle (runs that code).",
     )(wrapper)
     return click.option(
+        "--trust-code",
         "--trust-torchscript",
+        "trust_code",
         is_flag=True,
-        help="Allow a TorchScript MODEL file: loading one runs the program inside it.",
+        help="Allow a MODEL file that runs code when it loads (TorchScript, .pt2).",
     )(wrapper)
 
 
@@ -80,13 +91,6 @@ def _load(spec: str, weights: str | None, device: str, input_size: str | None):
     from xcam.models import load_model
 
     meta = click.get_current_context().meta
-    if spec.lower().endswith((".ts", ".pt", ".jit")) and not meta.get("xcam.trust_torchscript"):
-        _fail(
-            f"{spec} is a TorchScript archive, which is a program: loading it runs its code and "
-            "unpickles its constants, so a file from an untrusted source can do anything. Pass "
-            "--trust-torchscript if you trust where it came from, or use an ONNX export"
-        )
-
     if device == "cuda":
         import torch
 
@@ -98,6 +102,7 @@ def _load(spec: str, weights: str | None, device: str, input_size: str | None):
             weights=weights,
             device=device,
             trust_weights=meta.get("xcam.trust_weights", False),
+            trust_code=meta.get("xcam.trust_code", False),
         )
     except XCamError as e:
         _fail(str(e))
@@ -124,7 +129,27 @@ class _MethodOption(click.Option):
 @click.option("--debug", is_flag=True, help="Print the traceback behind an error message.")
 def main(debug: bool) -> None:
     """Explain PyTorch CNN decisions: Grad-CAM and family, from eager or exported models."""
-    click.get_current_context().meta["xcam.debug"] = debug
+    ctx = click.get_current_context()
+    ctx.meta["xcam.debug"] = debug
+    ctx.with_resource(_terminate_cleanly())
+
+
+@contextlib.contextmanager
+def _terminate_cleanly():
+    """SIGTERM ends a command as Ctrl-C does: ``finally`` blocks run, so temporary files
+    go, the output folder's lock is released and the job's record is written."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @main.command()
@@ -217,7 +242,10 @@ def layers(model: str, weights: str | None, input_size: str | None) -> None:
 @click.option(
     "--overwrite",
     is_flag=True,
-    help="Replace files in --out written by a different run (the same run always replaces).",
+    help="Discard a different run's outputs in --out (the same run resumes instead).",
+)
+@click.option(
+    "--wait", is_flag=True, help="If another run is writing to --out, wait for it to finish."
 )
 def explain(
     model,
@@ -237,6 +265,7 @@ def explain(
     alpha,
     colormap,
     overwrite,
+    wait,
 ) -> None:
     """Explain IMAGES (files or folders) with MODEL: overlay PNGs, .npy maps, predictions.json.
 
@@ -281,6 +310,8 @@ def explain(
                 device,
                 on_progress=bar.update,
                 overwrite=overwrite,
+                wait=wait,
+                echo=lambda line: click.echo(line, err=True),
             )
     except XCamError as e:
         _fail(str(e))
@@ -288,7 +319,9 @@ def explain(
 
 
 def _summarise(report) -> None:
-    click.echo(f"wrote {len(report.items)} overlay(s) and map(s) to {report.out}")
+    done = len(report.items) - report.skipped
+    skipped = f" ({report.skipped} already there from an earlier run)" if report.skipped else ""
+    click.echo(f"wrote {done} overlay(s) and map(s) to {report.out}{skipped}")
     click.echo(f"predictions: {report.predictions}")
     for err in report.errors:
         click.echo(f"error: {err['error']}", err=True)
@@ -386,13 +419,12 @@ def export(
     import torch
 
     import exporters
+    from xcam.core.artifact import format_of
     from xcam.errors import XCamError
 
-    info = _load(model, weights, device, input_size)
-    from xcam.backends import Backend
-
-    if isinstance(info.model, Backend):
+    if format_of(model) is not None:  # refused before anything reads it
         _fail(f"{model} is already an exported file; export from the original model")
+    info = _load(model, weights, device, input_size)
     h, w = info.input_size
     example = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0)).to(device)
     click.echo(f"exporting {model} to {fmt} ...", err=True)
@@ -484,6 +516,7 @@ def filters(
 
     from xcam import filters as xf
     from xcam.errors import LayerTypeError, XCamError
+    from xcam.files import unique_stems
     from xcam.images import find_images, load_image, preprocess
     from xcam.layers import resolve_layer
     from xcam.viz import save_png
@@ -498,9 +531,10 @@ def filters(
         _fail(str(e))
     out_dir = Path(out)
     stem = _file_part(name)
-    paths = find_images(image) if image else []
+    paths = list(dict.fromkeys(p.resolve() for p in find_images(image))) if image else []
     if image and not paths:
         _fail("no images found in " + ", ".join(image))
+    names = unique_stems(paths)  # two images named a.png in two folders: a and a_2
     errors: list[str] = []
     try:
         try:
@@ -523,7 +557,7 @@ def filters(
             picture = xf.feature_map_grid(
                 info.model, name, x, max_channels=max_filters, image=shown
             )
-            target = out_dir / f"features_{stem}_{path.stem}.png"
+            target = out_dir / f"features_{stem}_{names[path]}.png"
             click.echo(f"wrote {save_png(picture, target)}")
         if chans is not None:
             click.echo(

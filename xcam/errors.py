@@ -32,3 +32,11 @@ class ModelSpecError(XCamError):
 
 class LayerTypeError(XCamError):
     """A layer exists but is not of the kind asked for (e.g. kernels of a non-Conv2d layer)."""
+
+
+class UntrustedFileError(ModelSpecError):
+    """A file whose format runs code at load (TorchScript, ``.pt2``) was not trusted."""
+
+
+class OutputError(XCamError):
+    """An output folder or file can't be used: locked by another run, or would be clobbered."""

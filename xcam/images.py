@@ -71,7 +71,7 @@ def load_image(
                         "(a guard against decompression bombs; raise max_pixels to allow it)"
                     )
                 im.load()
-                im = ImageOps.exif_transpose(im)
+                ImageOps.exif_transpose(im, in_place=True)  # not a copy when there's no tag
                 return _to_rgb(im, background)
     except InputError:
         raise
@@ -88,33 +88,68 @@ def load_image(
         raise InputError(f"{path}: not a readable image ({e})") from None
 
 
+# rows converted at a time where a conversion needs full-size temporaries
+_STRIP_PIXELS = 1 << 20
+
+
+def _strips(height: int, width: int) -> list[tuple[int, int]]:
+    step = max(1, _STRIP_PIXELS // max(width, 1))
+    return [(r0, min(r0 + step, height)) for r0 in range(0, height, step)]
+
+
 def _to_rgb(im, background: tuple[int, int, int]):
+    """``im`` itself when it is RGB already (no copy); otherwise an RGB conversion, made a
+    strip of rows at a time where it needs full-size temporaries."""
     from PIL import Image
 
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        arr = np.asarray(im)
-        if arr.dtype.kind == "f":
-            arr = arr.astype(np.float64)
-            if not np.isfinite(arr).all():
-                raise ValueError("the float image contains NaN or infinite values")
-            lo, hi = float(arr.min()), float(arr.max())
-            if lo < 0.0 or hi > 1.0:
-                arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-        else:
-            top = 65535.0 if im.mode.startswith("I;16") or arr.max() <= 65535 else 2.0**32 - 1
-            if arr.min() < 0:  # signed 32-bit data: shift into range first
-                arr = arr.astype(np.float64) - float(arr.min())
-            arr = arr.astype(np.float64) / top
-        grey = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
+        return Image.fromarray(_deep_to_grey(im)).convert("RGB")
     has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         im.mode == "P" and "transparency" in im.info
     )
     if has_alpha:
-        rgba = im.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (*background, 255))
-        return Image.alpha_composite(canvas, rgba).convert("RGB")
-    return im.convert("RGB")
+        out = Image.new("RGB", im.size)
+        for r0, r1 in _strips(im.height, im.width):
+            part = im.crop((0, r0, im.width, r1))
+            rgba = part if part.mode == "RGBA" else part.convert("RGBA")
+            canvas = Image.new("RGBA", rgba.size, (*background, 255))
+            out.paste(Image.alpha_composite(canvas, rgba).convert("RGB"), (0, r0))
+        return out
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def _deep_to_grey(im) -> np.ndarray:
+    """A 16-bit, 32-bit or float image to uint8 grey ``[H, W]`` (see :func:`load_image`),
+    in float64 a strip of rows at a time: one byte a pixel beyond the image."""
+    w, h = im.size
+    strips = _strips(h, w)
+
+    def rows(r0: int, r1: int) -> np.ndarray:
+        return np.asarray(im.crop((0, r0, w, r1)))
+
+    lo = hi = None
+    for r0, r1 in strips:
+        part = rows(r0, r1)
+        if part.dtype.kind == "f" and not np.isfinite(part).all():
+            raise ValueError("the float image contains NaN or infinite values")
+        p_lo, p_hi = part.min(), part.max()
+        lo = p_lo if lo is None else min(lo, p_lo)
+        hi = p_hi if hi is None else max(hi, p_hi)
+    lo, hi = float(lo), float(hi)
+    grey = np.empty((h, w), np.uint8)
+    is_float = im.mode == "F"
+    top = 65535.0 if im.mode.startswith("I;16") or hi <= 65535 else 2.0**32 - 1
+    for r0, r1 in strips:
+        arr = rows(r0, r1).astype(np.float64)
+        if is_float:
+            if lo < 0.0 or hi > 1.0:
+                arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+        else:
+            if lo < 0:  # signed 32-bit data: shift into range first
+                arr -= lo
+            arr /= top
+        grey[r0:r1] = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return grey
 
 
 def preprocess(

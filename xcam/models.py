@@ -13,11 +13,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from xcam.core.artifact import format_of
+from xcam.core.files import sha256_file
 from xcam.errors import ModelSpecError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-EXPORTED_SUFFIXES = (".onnx", ".pt2", ".ts", ".torchscript", ".jit")
 
 
 @dataclass
@@ -32,6 +33,8 @@ class ModelInfo:
     classes: list[str] | None = None
     default_layer: str | None = None
     notes: list[str] = field(default_factory=list)
+    # SHA-256 of the file the weights came from (a state dict, an exported file), if any
+    fingerprint: str | None = None
 
     def class_name(self, k: int) -> str:
         if self.classes is not None and 0 <= k < len(self.classes):
@@ -80,11 +83,28 @@ def load_model(
     seed: int = 0,
     *,
     trust_weights: bool = False,
+    trust_code: bool = False,
 ) -> ModelInfo:
     """Resolve a model spec. Without ``weights``, torchvision models get seeded random weights.
 
     ``weights`` load with ``weights_only=True``; ``trust_weights`` allows a checkpoint that
-    needs code to unpickle (it runs that code)."""
+    needs code to unpickle (it runs that code). An exported file is read by
+    :func:`xcam.load`: ``trust_code`` allows the formats that run code at load
+    (TorchScript, ``.pt2``). ``fingerprint`` is the SHA-256 of the file the weights came
+    from (the state dict, the exported file, the demo's bundled weights)."""
+    info = _resolve(spec, weights, device, seed, trust_weights, trust_code)
+    if weights is not None:
+        info.fingerprint = sha256_file(weights)
+    elif isinstance(spec, str) and format_of(spec) is not None:
+        info.fingerprint = sha256_file(spec)
+    elif spec == "demo":
+        from xcam import demo
+
+        info.fingerprint = sha256_file(demo.weights_path())
+    return info
+
+
+def _resolve(spec, weights, device, seed: int, trust_weights: bool, trust_code: bool) -> ModelInfo:
     if isinstance(spec, nn.Module):
         return ModelInfo(spec.to(device), type(spec).__name__)
     if not isinstance(spec, str) or not spec:
@@ -98,8 +118,13 @@ def load_model(
         return ModelInfo(
             model, "demo", demo.INPUT_SIZE, demo.MEAN, demo.STD, list(demo.CLASSES), "block3"
         )
-    if spec.lower().endswith(EXPORTED_SUFFIXES):
-        return _exported(spec, device)
+    if format_of(spec) is not None:
+        if weights is not None:
+            raise ModelSpecError(
+                f"{spec} is an exported file with its weights inside; --weights is for a model "
+                "spec (demo, torchvision:NAME, package.module:factory)"
+            )
+        return _exported(spec, device, trust_code)
     if spec.startswith("torchvision:"):
         return _torchvision(spec, spec.split(":", 1)[1], weights, device, seed, trust_weights)
     if ":" in spec:
@@ -153,11 +178,11 @@ def _factory(spec: str, weights, device, trust_weights: bool) -> ModelInfo:
     return ModelInfo(model.eval().to(device), spec)
 
 
-def _exported(spec: str, device) -> ModelInfo:
+def _exported(spec: str, device, trust_code: bool) -> ModelInfo:
     """An exported file: its backend, with preprocessing read from the file's metadata."""
     from xcam.backends import load
 
-    backend = load(spec, device=str(device))
+    backend = load(spec, device=str(device), trust_code=trust_code)
     meta = backend.metadata
     h, w = meta.input_shape[2:4] if len(meta.input_shape) == 4 else (None, None)
     info = ModelInfo(

@@ -6,19 +6,18 @@ the rest of the job finishes.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from xcam.errors import InputError
+from xcam.errors import InputError, OutputError
 from xcam.images import load_image, preprocess
 from xcam.methods.base import BaseCAM
 from xcam.models import ModelInfo
+from xcam.record import SUMMARY, Record, differences, image_key, image_stamp
 from xcam.targets import Targets
 
 
@@ -30,15 +29,7 @@ class JobReport:
     items: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)
     predictions: Path | None = None
-
-
-def _unique_stem(path: Path, taken: set[str]) -> str:
-    stem, n = path.stem, 1
-    while stem in taken:
-        n += 1
-        stem = f"{path.stem}_{n}"
-    taken.add(stem)
-    return stem
+    skipped: int = 0  # images already explained by an earlier, identical run
 
 
 def top_predictions(logits: torch.Tensor, info: ModelInfo, k: int = 5) -> list[dict[str, Any]]:
@@ -57,6 +48,25 @@ def top_predictions(logits: torch.Tensor, info: ModelInfo, k: int = 5) -> list[d
     ]
 
 
+def run_settings(info: ModelInfo, method: BaseCAM, targets: Targets, **extra: Any) -> dict:
+    """Every option that changes a job's outputs, as plain data: two jobs with equal
+    settings write identical files (the model's weights enter by their hash)."""
+    if callable(targets) and not isinstance(targets, torch.Tensor):
+        target = f"callable {getattr(targets, '__qualname__', type(targets).__name__)}"
+    else:
+        target = repr(targets.tolist() if isinstance(targets, torch.Tensor) else targets)
+    return {
+        "model": info.spec,
+        "model_sha256": info.fingerprint,
+        **method.settings(),
+        "input_size": list(info.input_size),
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "target": target,
+        **extra,
+    }
+
+
 def explain_files(
     info: ModelInfo,
     paths: Sequence[Path],
@@ -69,6 +79,8 @@ def explain_files(
     device: str | torch.device = "cpu",
     on_progress: Callable[[int], None] | None = None,
     overwrite: bool = False,
+    wait: bool = False,
+    echo: Callable[[str], None] | None = None,
 ) -> JobReport:
     """Explain each image of ``paths`` and write ``<stem>_<method>.png`` / ``.npy`` to ``out``.
 
@@ -79,103 +91,154 @@ def explain_files(
     attribution, resized bilinearly; each item's ``kind`` is ``"attribution"`` or
     ``"heatmap"``. ``predictions.json`` lists every image's top classes, target and files.
 
-    Files are written atomically. Files of an identical earlier run (same model, method,
-    layers, input size and target) are replaced; files of a *different* run in ``out`` are
-    an :class:`InputError` unless ``overwrite``, so one run never silently clobbers another.
-    """
-    from xcam.files import atomic
-    from xcam.viz import (
-        attribution_image,
-        overlay,
-        resize_attribution,
-        resize_map,
-        save_png,
-    )
+    Safety of the folder (see :mod:`xcam.record`):
 
-    taken: set[str] = set()
-    stems = {p: f"{_unique_stem(p, taken)}_{method.name}" for p in paths}
-    run = {
-        "model": info.spec,
-        "method": method.name,
-        "layers": method.layers,
-        "input_size": list(info.input_size),
-        "target": None if callable(targets) else repr(targets),
-    }
-    if not overwrite:
-        _check_clobber(out, [f"{s}{ext}" for s in stems.values() for ext in (".png", ".npy")], run)
-    out.mkdir(parents=True, exist_ok=True)
-    report = JobReport(out)
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        loaded = []
-        for p in chunk:
-            try:
-                loaded.append((p, load_image(p)))
-            except InputError as e:
-                report.errors.append({"image": str(p), "error": str(e)})
-        if loaded:
-            x = preprocess([im for _, im in loaded], info.input_size, info.mean, info.std)
-            result = method(x.to(device), targets=targets).cpu()
-            for i, (p, im) in enumerate(loaded):
-                stem = stems[p]
-                size = (im.height, im.width)
-                if result.maps.dim() == 4:  # an input-shaped attribution (Guided Backprop)
-                    kind = "attribution"
-                    arr = resize_attribution(result.maps[i], size)
-                    picture = attribution_image(arr)
-                else:
-                    kind = "heatmap"
-                    arr = resize_map(result.maps[i], size)
-                    picture = overlay(im, arr, alpha=alpha, colormap=colormap)
-                with atomic(out / f"{stem}.npy") as tmp, open(tmp, "wb") as f:
-                    np.save(f, arr.astype(np.float32))
-                save_png(picture, out / f"{stem}.png")
-                target = (
-                    int(result.targets[i]) if isinstance(result.targets, torch.Tensor) else None
-                )
-                report.items.append(
-                    {
-                        "image": str(p),
-                        "predictions": top_predictions(result.logits[i], info),
-                        "target": target,
-                        "target_name": None if target is None else info.class_name(target),
-                        "score": float(result.scores[i]),
-                        "kind": kind,
-                        "overlay": f"{stem}.png",
-                        "map": f"{stem}.npy",
-                        "degenerate": bool(result.degenerate[i]),
-                    }
-                )
-        if on_progress is not None:
-            on_progress(len(chunk))
-    report.predictions = out / "predictions.json"
-    payload = {
-        "model": info.spec,
-        "method": method.name,
-        "layers": method.layers,
-        "input_size": list(info.input_size),
-        "run": run,
-        "images": report.items,
-        "errors": report.errors,
-    }
-    with atomic(report.predictions) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    - one job at a time per folder: another gets an :class:`OutputError` (or, with
+      ``wait``, waits);
+    - every option that changes an output is the *run*; a folder holds one run. The same
+      run again resumes: images already done are skipped, new ones are added (a run over
+      some of the images keeps the others' entries). A different run, or files the record
+      doesn't list, are an :class:`OutputError` unless ``overwrite``, which discards the
+      previous run's record and files;
+    - files are written atomically and the record as images finish, so an interrupted job
+      leaves whole files and resumes where it stopped.
+    """
+    from xcam.files import locked_folder, unique_stems
+    from xcam.record import image_key
+
+    say = echo or (lambda _line: None)
+    unique: dict[str, Path] = {}
+    for p in map(Path, paths):
+        key = image_key(p)
+        if key in unique:
+            say(f"note: {p} is given more than once; explained once")
+        unique.setdefault(key, p)
+    run = run_settings(info, method, targets, alpha=alpha, colormap=colormap)
+    with locked_folder(out, wait):
+        record = _record_for(out, run, overwrite)
+        known = {k: i["stem"] for k, i in record.items.items()}
+        fresh = [p for k, p in unique.items() if k not in known]
+        new = unique_stems(fresh, taken=known.values())
+        stems = {**known, **{image_key(p): s for p, s in new.items()}}
+        _refuse_foreign(out, record, [f"{s}_{method.name}" for s in new.values()], overwrite)
+        record.open()
+        todo = [p for k, p in unique.items() if not _done(record, k, p)]
+        report = JobReport(out, skipped=len(unique) - len(todo))
+        if report.skipped:
+            say(f"resuming: {report.skipped} of {len(unique)} image(s) already explained")
+        complete = False
+        try:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                _explain_chunk(info, chunk, method, record, stems, targets, alpha, colormap, device)
+                if on_progress is not None:
+                    on_progress(len(chunk))
+            complete = True
+        finally:
+            payload = {
+                "model": info.spec,
+                "method": method.name,
+                "layers": method.layers,
+                "input_size": list(info.input_size),
+            }
+            report.predictions = record.close(payload, complete)
+    keys = set(unique)
+    report.items = [i for k, i in record.items.items() if k in keys]
+    report.errors = [
+        {"image": e["image"], "error": e["error"]} for k, e in record.errors.items() if k in keys
+    ]
     return report
 
 
-def _check_clobber(out: Path, names: list[str], run: dict[str, Any]) -> None:
-    """Refuse to replace files in ``out`` that a different run wrote."""
-    existing = [n for n in [*names, "predictions.json"] if (out / n).exists()]
-    if not existing:
-        return
+def _done(record: Record, key: str, path: Path) -> bool:
     try:
-        previous = json.loads((out / "predictions.json").read_text()).get("run")
-    except (OSError, ValueError, AttributeError):
-        previous = None
-    if previous == run:
-        return  # the same job again: its files are replaced
-    raise InputError(
-        f"{out} already holds {len(existing)} file(s) this run would replace (e.g. "
-        f"{existing[0]}), written by a different run or by something else; pass --overwrite "
-        "(overwrite=True) to replace them, or choose another --out"
-    )
+        return record.done(key, image_stamp(path))
+    except OSError:
+        return False
+
+
+def _record_for(out: Path, run: dict[str, Any], overwrite: bool) -> Record:
+    """The record to continue (the same run), or a new one. Another run's record is an
+    :class:`OutputError` unless ``overwrite``, which removes it and the files it lists."""
+    old = Record.read(out)
+    if old is not None and old.run == run:
+        return old
+    if old is not None:
+        if not overwrite:
+            diff = "; ".join(differences(old.run, run))
+            raise OutputError(
+                f"{out} holds the outputs of a different run ({diff}); pass --overwrite "
+                "(overwrite=True) to replace them, or choose another --out"
+            )
+        for name in old.files():
+            (out / name).unlink(missing_ok=True)
+    elif (out / SUMMARY).exists() and not overwrite:  # a record without its journal
+        raise OutputError(
+            f"{out} already holds a {SUMMARY} written by a different run or by something "
+            "else; pass --overwrite (overwrite=True) to replace it, or choose another --out"
+        )
+    return Record(out, run)
+
+
+def _refuse_foreign(out: Path, record: Record, stems: list[str], overwrite: bool) -> None:
+    """Files this run would write that its record doesn't list are someone else's."""
+    listed = set(record.files())
+    names = [f"{s}{ext}" for s in stems for ext in (".png", ".npy")]
+    foreign = [n for n in names if n not in listed and (out / n).exists()]
+    if foreign and not overwrite:
+        raise OutputError(
+            f"{out} already holds {len(foreign)} file(s) this run would replace (e.g. "
+            f"{foreign[0]}), written by a different run or by something else; pass --overwrite "
+            "(overwrite=True) to replace them, or choose another --out"
+        )
+
+
+def _explain_chunk(info, chunk, method, record, stems, targets, alpha, colormap, device) -> None:
+    """Explain one batch of image files; each image's outputs, then its journal line."""
+    loaded = []
+    for p in chunk:
+        try:
+            im = load_image(p)  # first: it names a missing or unreadable file best
+            loaded.append((p, image_stamp(p), im))
+        except (InputError, OSError) as e:
+            msg = str(e) if isinstance(e, InputError) else f"{p}: {e}"
+            record.add({"key": image_key(p), "image": str(p), "error": msg})
+    if not loaded:
+        return
+    x = preprocess([im for _, _, im in loaded], info.input_size, info.mean, info.std)
+    result = method(x.to(device), targets=targets).cpu()
+    for i, (p, stamp, im) in enumerate(loaded):
+        stem = f"{stems[image_key(p)]}_{method.name}"
+        kind = _write_outputs(record.out, stem, im, result.maps[i], alpha, colormap)
+        target = int(result.targets[i]) if isinstance(result.targets, torch.Tensor) else None
+        record.add(
+            {
+                "key": image_key(p),
+                "stamp": stamp,
+                "stem": stems[image_key(p)],
+                "image": str(p),
+                "predictions": top_predictions(result.logits[i], info),
+                "target": target,
+                "target_name": None if target is None else info.class_name(target),
+                "score": float(result.scores[i]),
+                "kind": kind,
+                "overlay": f"{stem}.png",
+                "map": f"{stem}.npy",
+                "degenerate": bool(result.degenerate[i]),
+            }
+        )
+
+
+def _write_outputs(out: Path, stem: str, image, cam: torch.Tensor, alpha, colormap) -> str:
+    """Write ``<stem>.npy`` and ``<stem>.png`` at the image's size, a strip of rows at a
+    time (a 6000² image costs ~4 bytes a pixel, not a full-size float copy of each step);
+    ``image`` is drawn over. Returns the kind."""
+    from xcam.viz import attribution_into, overlay_into, save_png, save_resized
+
+    attribution = cam.dim() == 3  # an input-shaped attribution (Guided Backprop)
+    save_resized(cam, (image.height, image.width), out / f"{stem}.npy", clamp=not attribution)
+    if attribution:
+        save_png(attribution_into(image, cam), out / f"{stem}.png")
+        return "attribution"
+    save_png(overlay_into(image, cam, alpha=alpha, colormap=colormap), out / f"{stem}.png")
+    return "heatmap"

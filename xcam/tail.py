@@ -20,6 +20,7 @@ import torch
 from torch import fx, nn
 
 from xcam.capture import replaced_output
+from xcam.core.tracing import TRACE_LOCK
 
 
 class _LeafTracer(fx.Tracer):
@@ -34,7 +35,8 @@ class _LeafTracer(fx.Tracer):
 def split_tail(model: nn.Module, layer: str) -> tuple[nn.Module | None, str]:
     """``(tail, "")`` with ``tail(A) == model(x)``'s output, or ``(None, reason)``."""
     try:
-        graph = _LeafTracer(layer).trace(model)
+        with TRACE_LOCK:
+            graph = _LeafTracer(layer).trace(model)
     except Exception as e:
         return None, f"torch.fx can't trace {type(model).__name__} ({type(e).__name__}: {e})"
     cut = [n for n in graph.nodes if n.op == "call_module" and n.target == layer]
@@ -66,16 +68,27 @@ def split_tail(model: nn.Module, layer: str) -> tuple[nn.Module | None, str]:
 
 
 class InjectedTail(nn.Module):
-    """Fallback tail: the full model, with ``layer``'s output replaced by the given tensor."""
+    """Fallback tail: the full model run on ``example`` (the model input, given with each
+    call: one tail is shared by every thread), with ``layer``'s output replaced by the
+    given tensor."""
 
     def __init__(self, model: nn.Module, layer: str):
         super().__init__()
         self.model = model
         self.layer = layer
-        self.example: torch.Tensor | None = None  # the model input to drive the forward
 
-    def forward(self, activation: torch.Tensor) -> object:
-        if self.example is None:
-            raise RuntimeError("InjectedTail needs .example set to the model input")
+    def forward(self, activation: torch.Tensor, example: torch.Tensor) -> object:
         with replaced_output(self.model.get_submodule(self.layer), activation):
-            return self.model(self.example)
+            return self.model(example)
+
+
+class SplitTail(nn.Module):
+    """A tail cut from the graph: ``example`` is accepted, for one calling convention with
+    :class:`InjectedTail`, and not needed."""
+
+    def __init__(self, graph_module: nn.Module):
+        super().__init__()
+        self.graph_module = graph_module
+
+    def forward(self, activation: torch.Tensor, example: torch.Tensor | None = None) -> object:
+        return self.graph_module(activation)

@@ -8,33 +8,33 @@ from __future__ import annotations
 from pathlib import Path
 
 from xcam.backends.base import Backend
-from xcam.errors import ModelSpecError, XCamError
+from xcam.core.artifact import BACKEND_FORMAT, FORMATS, format_of, untrusted_message
+from xcam.errors import ModelSpecError, UntrustedFileError, XCamError
 
-BACKENDS = ("eager", "torchscript", "onnxruntime", "pt2")
-FORMAT_OF_BACKEND = {"torchscript": "torchscript", "onnxruntime": "onnx", "pt2": "pt2"}
-SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "pt2": ".pt2"}
+BACKENDS = ("eager", *BACKEND_FORMAT)
 
 
 def detect_format(path: Path) -> str:
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        return "onnx"
-    if suffix == ".pt2":
-        return "pt2"
-    if suffix in (".ts", ".torchscript", ".jit", ".pt"):
-        return "torchscript"
-    raise ModelSpecError(
-        f"can't tell the format of {path.name}: use .onnx, .pt2, or .ts for TorchScript"
-    )
+    found = format_of(path)
+    if found is None:
+        known = ", ".join(f"{s} ({f.name})" for f in FORMATS.values() for s in f.suffixes)
+        raise ModelSpecError(f"can't tell the format of {path.name}: use one of {known}")
+    return found.name
 
 
-def load(path: str | Path, device: str = "cpu", **options) -> Backend:
+def load(path: str | Path, device: str = "cpu", trust_code: bool = False, **options) -> Backend:
     """A backend for an exported file: ONNX (``options``: ``strict``, ``threads``, ``spin``),
-    TorchScript, or .pt2."""
+    TorchScript, or .pt2.
+
+    TorchScript and ``.pt2`` files run code when they load (see
+    :mod:`xcam.core.artifact`): they are refused with an :class:`UntrustedFileError`
+    unless ``trust_code=True``. ONNX files carry no code and always load."""
     path = Path(path)
     if not path.is_file():
         raise ModelSpecError(f"{str(path)!r}: no such file")
     fmt = detect_format(path)
+    if FORMATS[fmt].carries_code and not trust_code:
+        raise UntrustedFileError(untrusted_message(path, FORMATS[fmt]))
     if device.startswith("cuda"):
         import torch
 

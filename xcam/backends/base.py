@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from exporters.metadata import ExportMetadata
-from xcam.errors import InputError
+from xcam.core.artifact import check_input_shape
+from xcam.errors import InputError, ModelSpecError
 
 
 class Backend:
@@ -20,10 +21,20 @@ class Backend:
 
     format = ""
 
-    def __init__(self, path: str | Path, metadata: ExportMetadata, device: str = "cpu"):
+    def __init__(
+        self,
+        path: str | Path,
+        metadata: ExportMetadata,
+        device: str = "cpu",
+        graph_input_shape: list[int | None] | None = None,
+    ):
         self.path = Path(path)
         self.metadata = metadata
         self.device = torch.device(device)
+        try:  # never trust a size the file claims: it decides how large images are made
+            check_input_shape(self.path.name, metadata.input_shape, graph_input_shape)
+        except ValueError as e:
+            raise ModelSpecError(str(e)) from None
 
     @property
     def layer_names(self) -> list[str]:

@@ -65,6 +65,14 @@ def check_external_data(path: str | Path) -> None:
             )
 
 
+def _metadata(path: Path, text: str) -> ExportMetadata:
+    try:
+        return ExportMetadata.from_json(text)
+    except (ValueError, TypeError) as e:
+        msg = f"{path.name}: its '{METADATA_KEY}' metadata is unreadable ({e})"
+        raise ModelSpecError(msg) from None
+
+
 class OnnxRuntimeBackend(Backend):
     """One ``InferenceSession``, shared safely across threads (``run`` is thread-safe and
     every call makes its own IO binding). On CUDA, inputs and outputs are bound to device
@@ -115,8 +123,9 @@ class OnnxRuntimeBackend(Backend):
         props = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in props:
             raise XCamError(f"{path.name} was not exported by xcam (no '{METADATA_KEY}' metadata)")
-        super().__init__(path, ExportMetadata.from_json(props[METADATA_KEY]), str(dev))
         inp = self.session.get_inputs()[0]
+        meta = _metadata(path, props[METADATA_KEY])
+        super().__init__(path, meta, str(dev), graph_input_shape=list(inp.shape))
         self.input_name = inp.name
         self.input_dtype = _NP_DTYPES.get(inp.type, np.float32)
 

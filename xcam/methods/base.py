@@ -246,9 +246,9 @@ class BaseCAM:
         elif backend in (None, "eager"):
             pass
         elif backend in BACKENDS:
-            from xcam.backends import FORMAT_OF_BACKEND
+            from xcam.core.artifact import BACKEND_FORMAT
 
-            self._export_format = FORMAT_OF_BACKEND[backend]
+            self._export_format = BACKEND_FORMAT[backend].name
         else:
             raise XCamError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
 
@@ -269,6 +269,30 @@ class BaseCAM:
     @property
     def layers(self) -> list[str] | None:
         return None if self._layers is None else [n for n, _ in self._layers]
+
+    # attributes of a subclass that change its maps (they enter :meth:`settings`)
+    output_options: ClassVar[tuple[str, ...]] = ()
+
+    def settings(self) -> dict[str, Any]:
+        """Every option that changes this explainer's maps, as plain data: the method part
+        of a job's run record (options of speed alone, like batch sizes, are left out)."""
+        if self.backend is not None:
+            backend = f"{self.backend.format}:{self.backend.path.name}"
+        else:
+            backend = {None: "eager", "onnx": "onnxruntime"}.get(
+                self._export_format, self._export_format
+            )
+        found = {
+            "method": self.name,
+            "layers": self.layers,
+            "backend": backend,
+            "output": self.output,
+            "aug_smooth": self.aug_smooth,
+            "eigen_smooth": self.eigen_smooth,
+            "pre_activation": getattr(self, "pre_activation", False),
+        }
+        found.update({k: getattr(self, k) for k in self.output_options})
+        return found
 
     def weights(self, ctx: LayerContext) -> torch.Tensor:
         """Channel weights ``[B, C]`` (or per-position weights ``[B, C, h, w]``)."""
@@ -379,15 +403,18 @@ class BaseCAM:
     def _export_for(self, key: tuple, x: torch.Tensor, names: list[str]):
         if key not in self._exports:
             import exporters
-            from xcam.backends import SUFFIX, load
+            from xcam.backends import load
+            from xcam.core.artifact import FORMATS
 
             assert self.model is not None
             if self._tmp is None:
                 self._tmp = tempfile.TemporaryDirectory(prefix="xcam-")
-            path = Path(self._tmp.name) / f"model{len(self._exports)}{SUFFIX[self._export_format]}"
+            suffix = FORMATS[self._export_format].suffix
+            path = Path(self._tmp.name) / f"model{len(self._exports)}{suffix}"
             options = {"output": self.output, **self.export_options}
             exporters.export(self.model, names, x, path, format=self._export_format, **options)
-            self._exports[key] = load(path, device=str(x.device))
+            # xcam's own export of the caller's model, in a private folder: trusted
+            self._exports[key] = load(path, device=str(x.device), trust_code=True)
         return self._exports[key]
 
     def _tail(self, name: str) -> nn.Module:
@@ -396,12 +423,14 @@ class BaseCAM:
             return self._tail_locked(name)
 
     def _tail_locked(self, name: str) -> nn.Module:
-        from xcam.tail import InjectedTail, split_tail
+        from xcam.tail import InjectedTail, SplitTail, split_tail
 
         if name not in self._tails:
             assert self.model is not None
-            tail, reason = split_tail(self.model, name)
-            if tail is None:
+            cut, reason = split_tail(self.model, name)
+            if cut is not None:
+                tail: nn.Module = SplitTail(cut)
+            else:
                 warnings.warn(
                     f"gradients for {name!r} come from the whole eager model with the layer's "
                     f"output replaced by the backend's activations: {reason}",
@@ -441,12 +470,10 @@ class BaseCAM:
         with preserved_state(self.model), torch.enable_grad():
             for (name, _), a in zip(layers, acts, strict=True):
                 tail = self._tail(name)
-                if hasattr(tail, "example"):
-                    tail.example = x.to(device)
                 leaf = a.detach().to(device).requires_grad_(True)
                 # a clone, so an in-place op right after the layer (densenet's final
                 # F.relu(inplace=True)) acts on it and never on the leaf
-                out = select_output(tail(leaf.clone()), self.output)
+                out = select_output(tail(leaf.clone(), x.to(device)), self.output)
                 _check_tail(out, logits, name, backend)
                 target = resolve_targets(out, per_layer)
                 grads.append(self._gradients(target.scores, [leaf])[0].to(a.device))
@@ -493,8 +520,6 @@ class BaseCAM:
     ) -> torch.Tensor:
         """Logits from activations of ``name`` (row i from sample ``rows[i]`` of ``x``) by
         the eager tail of the model after that layer."""
-        from xcam.tail import InjectedTail
-
         if self.model is None:
             raise XCamError(
                 f"{type(self).__name__} re-runs the model after layer {name!r}, which needs the "
@@ -502,10 +527,9 @@ class BaseCAM:
             )
         tail = self._tail(name)
         device = next(self.model.parameters()).device
-        if isinstance(tail, InjectedTail):
-            tail.example = x.to(device)[rows.to(device)]
+        example = x.to(device)[rows.to(device)]
         with preserved_state(self.model), torch.no_grad():
-            return select_output(tail(acts.to(device)), self.output)
+            return select_output(tail(acts.to(device), example), self.output)
 
     def _finish(self, x, layers, logits, acts, target, grads, targets, backend) -> CamResult:
         flat = _flat_or_raw(logits.detach())

@@ -51,6 +51,7 @@ class ReciproCAM(BatchedCAM):
     """Map = the target's probability with the activations kept around each position."""
 
     name = "reciprocam"
+    output_options = ("gaussian",)
 
     def __init__(
         self,

@@ -43,6 +43,7 @@ class ScoreCAM(BatchedCAM):
     """Channel weight = the target's probability when the channel masks the input."""
 
     name = "scorecam"
+    output_options = ("channel_softmax",)
 
     def __init__(
         self,

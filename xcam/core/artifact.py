@@ -1,0 +1,108 @@
+"""What an exported file is, as data (torch-free): the one table of formats.
+
+Every command, :func:`xcam.load`, the exporters and the benchmarks read this table, so a
+suffix, a loader or the "carries code" flag is written once. A format *carries code* when
+loading it runs something the file's author wrote: a TorchScript archive runs its program
+(``__setstate__`` and friends) at load, an AOTInductor ``.pt2`` package loads the shared
+library inside it, and an ExportedProgram ``.pt2`` unpickles its constants. Such files are
+refused unless the caller says it trusts them (``trust_code=True``, ``--trust-code``), as
+``torch.load`` itself refuses pickled code by default (``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Format:
+    """One kind of exported file."""
+
+    name: str  # the exporter's name: ``exporters.export(format=name)``
+    suffixes: tuple[str, ...]  # the first is the one xcam writes
+    backend: str  # the ``backend=`` name of the runtime that reads it
+    carries_code: bool
+    risk: str  # what loading an untrusted file of this kind can do
+
+    @property
+    def suffix(self) -> str:
+        return self.suffixes[0]
+
+
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format("onnx", (".onnx",), "onnxruntime", False, ""),
+        Format(
+            "torchscript",
+            (".ts", ".torchscript", ".jit", ".pt"),
+            "torchscript",
+            True,
+            "a TorchScript archive is a program: loading it runs its code",
+        ),
+        Format(
+            "pt2",
+            (".pt2",),
+            "pt2",
+            True,
+            "a .pt2 package runs code at load: an AOTInductor package loads the compiled "
+            "library inside it, an ExportedProgram unpickles its contents",
+        ),
+    )
+}
+# the largest input side xcam exports for or accepts from a file's metadata: 8192² x 3
+# floats are 0.8 GB of input alone, and a hostile file claiming 100000² would ask for 120 GB
+MAX_SIDE = 8192
+MAX_CHANNELS = 4096
+
+BACKEND_FORMAT: dict[str, Format] = {f.backend: f for f in FORMATS.values()}
+EXPORTED_SUFFIXES: tuple[str, ...] = tuple(s for f in FORMATS.values() for s in f.suffixes)
+
+
+def format_of(path: str | Path) -> Format | None:
+    """The format of a file name by its suffix, or None."""
+    suffix = Path(path).suffix.lower()
+    return next((f for f in FORMATS.values() if suffix in f.suffixes), None)
+
+
+def untrusted_message(path: str | Path, fmt: Format) -> str:
+    """Why a code-carrying file is refused, and how to opt in."""
+    return (
+        f"{Path(path).name} is a {fmt.name} file and {fmt.risk}, so a file from an untrusted "
+        "source can do anything on this machine. Load it only if you trust where it came "
+        "from: trust_code=True in Python, --trust-code on the command line. Or use an ONNX "
+        "export, which carries no code"
+    )
+
+
+def check_input_shape(
+    name: str, claimed: object, graph: list[int | None] | None = None
+) -> list[int | None]:
+    """The metadata's ``input_shape`` (``[B, C, H, W]``, None = dynamic), checked: four
+    ints or None, within :data:`MAX_SIDE` / :data:`MAX_CHANNELS`, and equal to the graph's
+    own input shape wherever both are fixed. Returns it; raises ValueError saying what's
+    wrong (the caller names the file)."""
+    if not isinstance(claimed, list) or len(claimed) != 4:
+        raise ValueError(f"{name}: its metadata's input_shape {claimed!r} is not [B, C, H, W]")
+    if not all(d is None or (isinstance(d, int) and not isinstance(d, bool)) for d in claimed):
+        raise ValueError(f"{name}: its metadata's input_shape {claimed!r} holds non-integers")
+    if any(d is not None and d < 1 for d in claimed):
+        raise ValueError(f"{name}: its metadata's input_shape {claimed!r} has a size below 1")
+    if graph is not None:
+        fixed = [g if isinstance(g, int) and not isinstance(g, bool) else None for g in graph]
+        if len(fixed) != 4 or any(
+            g is not None and d is not None and g != d for g, d in zip(fixed, claimed, strict=True)
+        ):
+            show = "x".join("?" if g is None else str(g) for g in fixed)
+            raise ValueError(
+                f"{name}: its metadata claims input_shape {claimed} but its graph takes "
+                f"{show}; the file is inconsistent (damaged or tampered with)"
+            )
+    c, h, w = claimed[1:]
+    if (c is not None and c > MAX_CHANNELS) or any(d is not None and d > MAX_SIDE for d in (h, w)):
+        raise ValueError(
+            f"{name}: its metadata claims an input of {claimed[1:]} (C, H, W), above the "
+            f"limit of {MAX_CHANNELS} channels and {MAX_SIDE} pixels a side; refused"
+        )
+    return claimed

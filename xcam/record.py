@@ -1,0 +1,144 @@
+"""The record of an explain job in its output folder.
+
+``predictions.jsonl`` is a journal: its first line is the run (every option that changes an
+output), then one line per image as soon as that image's files are written, or per image
+that failed. ``predictions.json`` is rendered from it at the end of a run, also after an
+interrupt (``"complete": false``). Because the journal survives an interrupt, the same
+command run again resumes: images already done (same file, same size and modification
+time, both outputs present) are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from xcam.core.files import atomic
+
+JOURNAL = "predictions.jsonl"
+SUMMARY = "predictions.json"
+
+
+def image_key(path: Path) -> str:
+    """The journal's key of an image: its absolute path."""
+    return str(Path(os.path.abspath(path)))
+
+
+def image_stamp(path: Path) -> list[int]:
+    """What says an image file is unchanged since it was explained: size and mtime (ns)."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _clean(value: Any) -> Any:
+    """JSON without NaN or Infinity (strict parsers reject them): such numbers become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for each option that differs between two runs."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            out.append(f"{key}: {str(old.get(key))[:60]} -> {str(new.get(key))[:60]}")
+    return out
+
+
+@dataclass
+class Record:
+    """A job's journal: the run, and per image (by :func:`image_key`) its entry or error."""
+
+    out: Path
+    run: dict[str, Any]
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)
+    errors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _journal: IO[str] | None = None
+
+    @classmethod
+    def read(cls, out: Path) -> Record | None:
+        """The record in ``out``, or None. A torn last line (a kill mid-write) is ignored."""
+        path = out / JOURNAL
+        try:
+            lines = path.read_text().splitlines()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        rows = []
+        for line in lines:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+        if not rows or not isinstance(rows[0], dict) or "run" not in rows[0]:
+            return None
+        record = cls(out, rows[0]["run"])
+        for row in rows[1:]:
+            if isinstance(row, dict) and "key" in row:
+                record._apply(row)
+        return record
+
+    def _apply(self, row: dict[str, Any]) -> None:
+        key = row["key"]
+        if "error" in row:
+            self.items.pop(key, None)
+            self.errors[key] = row
+        else:
+            self.errors.pop(key, None)
+            self.items[key] = row
+
+    def files(self) -> list[str]:
+        """The output files this record lists."""
+        return [item[k] for item in self.items.values() for k in ("overlay", "map") if k in item]
+
+    def done(self, key: str, stamp: list[int]) -> bool:
+        """Whether the image ``key`` was explained in this run from an identical file."""
+        item = self.items.get(key)
+        return (
+            item is not None
+            and item.get("stamp") == stamp
+            and all((self.out / item[k]).is_file() for k in ("overlay", "map"))
+        )
+
+    def open(self) -> None:
+        """(Re)write the journal, the run and what it holds, then keep it open to append."""
+        with atomic(self.out / JOURNAL) as tmp, open(tmp, "w") as f:
+            for row in [{"run": self.run}, *self.items.values(), *self.errors.values()]:
+                f.write(json.dumps(_clean(row)) + "\n")
+        self._journal = open(self.out / JOURNAL, "a")  # noqa: SIM115 - closed by close()
+
+    def add(self, row: dict[str, Any]) -> None:
+        """One image done (or failed): in memory and, flushed at once, in the journal."""
+        self._apply(row)
+        if self._journal is not None:
+            self._journal.write(json.dumps(_clean(row)) + "\n")
+            self._journal.flush()
+
+    def close(self, payload: dict[str, Any], complete: bool) -> Path:
+        """Close the journal and write ``predictions.json`` (atomically)."""
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        summary = {
+            **payload,
+            "run": self.run,
+            "complete": complete,
+            "images": [_public(i) for i in self.items.values()],
+            "errors": [_public(e) for e in self.errors.values()],
+        }
+        path = self.out / SUMMARY
+        with atomic(path) as tmp:
+            tmp.write_text(json.dumps(_clean(summary), indent=2, allow_nan=False) + "\n")
+        return path
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in ("key", "stamp")}
