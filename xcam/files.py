@@ -34,7 +34,7 @@ def locked_folder(out: str | Path, wait: bool = False) -> Iterator[Path]:
     lock = FileLock(out / LOCK_NAME, timeout=-1 if wait else 0, thread_local=False)
     try:
         lock.acquire()
-    except Timeout:
+    except (Timeout, RuntimeError):  # RuntimeError: this very thread holds it already
         raise OutputError(
             f"another xcam run is writing to {out} (it holds {out / LOCK_NAME}); wait for it "
             "to finish, pass --wait (wait=True) to start when it does, or choose another --out"

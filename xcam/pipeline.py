@@ -104,7 +104,6 @@ def explain_files(
       leaves whole files and resumes where it stopped.
     """
     from xcam.files import locked_folder, unique_stems
-    from xcam.record import image_key
 
     say = echo or (lambda _line: None)
     unique: dict[str, Path] = {}
@@ -126,6 +125,8 @@ def explain_files(
         report = JobReport(out, skipped=len(unique) - len(todo))
         if report.skipped:
             say(f"resuming: {report.skipped} of {len(unique)} image(s) already explained")
+            if on_progress is not None:
+                on_progress(report.skipped)
         complete = False
         try:
             for start in range(0, len(todo), batch_size):
