@@ -417,3 +417,30 @@ def test_absurd_sizes_are_refused(demo_model, tmp_path, shape, message) -> None:
 def test_an_absurd_input_size_on_the_command_line(tmp_path) -> None:
     res = _explain(sample_images()[0], tmp_path / "o", "--input-size", "100000")
     assert res.exit_code == 2 and "largest side" in res.output
+
+
+def test_a_tampered_record_never_reaches_outside_the_folder(images, tmp_path) -> None:
+    out = tmp_path / "out"
+    assert _explain(images, out).exit_code == 0
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"precious")
+    journal = out / "predictions.jsonl"
+    lines = journal.read_text().splitlines()
+    row = json.loads(lines[1])
+    row.update(overlay="../victim.png", map=str(victim), stem="../victim")
+    journal.write_text("\n".join([lines[0], json.dumps(row), "not json", "[1, 2]", *lines[2:]]))
+    # --overwrite removes the previous run's files: only those inside the folder
+    res = _explain(images, out, "--class", "1", "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert victim.read_bytes() == b"precious"
+    assert len(_summary(out)["images"]) == 3
+
+
+def test_hidden_image_names_resume_like_any_other(tmp_path) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    shutil.copy(sample_images()[0], folder / ".hidden.png")
+    out = tmp_path / "out"
+    assert _explain(folder, out).exit_code == 0
+    res = _explain(folder, out)
+    assert res.exit_code == 0 and "1 already there" in res.output, res.output

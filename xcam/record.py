@@ -82,7 +82,7 @@ class Record:
             return None
         record = cls(out, rows[0]["run"])
         for row in rows[1:]:
-            if isinstance(row, dict) and "key" in row:
+            if isinstance(row, dict) and isinstance(row.get("key"), str) and _sane(row):
                 record._apply(row)
         return record
 
@@ -138,6 +138,24 @@ class Record:
         with atomic(path) as tmp:
             tmp.write_text(json.dumps(_clean(summary), indent=2, allow_nan=False) + "\n")
         return path
+
+
+def _plain_name(value: object) -> bool:
+    """A file name inside the folder: no separator, not ``.`` or ``..``."""
+    return (
+        isinstance(value, str)
+        and value not in ("", ".", "..")
+        and Path(value).name == value
+        and "\\" not in value
+    )
+
+
+def _sane(row: dict[str, Any]) -> bool:
+    """A journal line xcam could have written: names it lists stay inside the folder (a
+    hand-edited or hostile journal never makes a run write or delete elsewhere)."""
+    if "error" in row:
+        return isinstance(row.get("image"), str)
+    return all(_plain_name(row.get(k)) for k in ("stem", "overlay", "map"))
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
