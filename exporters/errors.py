@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from xcam.errors import XCamError
 
 
@@ -29,7 +31,34 @@ class ParityError(ExportError):
         super().__init__(message)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def first_line(error: BaseException) -> str:
-    """The first line of an exception's message (its type name if the message is empty):
-    exporters' messages run to pages, the headline is what a user reads."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+    """The first line of an exception's message (its type name if the message is empty),
+    without terminal colour codes: exporters' messages run to pages, the headline is what a
+    user reads."""
+    text = _ANSI.sub("", str(error)).strip()
+    return (text.splitlines() or [type(error).__name__])[0]
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost exception behind ``error`` (``raise … from`` chains, then implicit
+    ones): wrappers such as torch.onnx's "step 1/3" say where, the cause says why."""
+    seen = {id(error)}
+    while (nxt := error.__cause__ or error.__context__) is not None and id(nxt) not in seen:
+        seen.add(id(nxt))
+        error = nxt
+    return error
+
+
+def explain_failure(error: BaseException) -> str:
+    """The root cause's first line, with a remedy where the cause is a known one."""
+    cause = root_cause(error)
+    line = first_line(cause)
+    if "DataDependent" in type(cause).__name__ or "data-dependent" in line:
+        line += (
+            " (the model branches on the values of a tensor, which no export can record: "
+            "rewrite the branch with torch.where)"
+        )
+    return line

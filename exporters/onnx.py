@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from exporters.errors import ExportError, UnsupportedOpError, first_line
+from exporters.errors import ExportError, UnsupportedOpError, explain_failure
 from exporters.metadata import METADATA_KEY, ExportMetadata
 
 _OP = re.compile(r"op='([\w.:]+)'|\b(aten(?:::|\.)\w+(?:\.\w+)?)")
@@ -59,8 +59,7 @@ def export_onnx(
         ):
             op = match.group(1) or match.group(2)
             raise UnsupportedOpError(op, "ONNX", type(e).__name__) from e
-        first = first_line(e)
-        raise ExportError(f"ONNX export failed: {first}") from e
+        raise ExportError(f"ONNX export failed: {explain_failure(e)}") from e
     del program
     if external:
         notes.append("weights over 1.8 GB: stored in a .data file beside the .onnx")

@@ -56,16 +56,22 @@ def check_parity(
     tolerance: float = DEFAULT_TOLERANCE,
     seed: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """Run ``backend`` and ``eager`` on fresh inputs (statistics like ``example``'s) at each
-    batch size (and each extra spatial size); the worst error per output, or ParityError."""
+    """Run ``backend`` and ``eager`` on fresh inputs at each batch size (and each extra
+    spatial size): statistics like ``example``'s, and at the first size also a bright,
+    high-contrast and a dark, low-contrast input, so that a file which recorded one
+    data-dependent branch of the model is caught. The worst error per output, or
+    ParityError."""
     gen = torch.Generator().manual_seed(seed)
     mean, std = float(example.mean()), float(example.std()) or 1.0
     worst: dict[str, dict[str, float]] = {}
     shapes = [(b, *example.shape[1:]) for b in batches]
     shapes += [(batches[-1], example.shape[1], h, w) for h, w in sizes]
+    # (scale of the spread, shift of the mean in stds) per input
+    looks = [(1.0, 0.0)] * len(shapes) + [(2.0, 2.0), (0.5, -2.0)]
+    shapes += [shapes[0]] * 2
     names = list(backend.output_names)
-    for shape in shapes:
-        x = torch.randn(*shape, generator=gen) * std + mean
+    for shape, (spread, shift) in zip(shapes, looks, strict=True):
+        x = torch.randn(*shape, generator=gen) * std * spread + mean + shift * std
         with torch.no_grad():
             want = eager(x.to(example.device))
         got = backend(x.to(example.device))

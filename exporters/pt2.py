@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from exporters.errors import ExportError, first_line
+from exporters.errors import ExportError, explain_failure, first_line
 from exporters.metadata import METADATA_KEY, ExportMetadata
 
 
@@ -29,8 +29,7 @@ def export_pt2(
         with torch.no_grad():
             program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes)
     except Exception as e:
-        first = first_line(e)
-        raise ExportError(f"torch.export failed: {first}") from e
+        raise ExportError(f"torch.export failed: {explain_failure(e)}") from e
     if aoti is None:
         aoti = compiler_available()
         if not aoti:

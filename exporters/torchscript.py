@@ -34,17 +34,32 @@ def export_torchscript(
     module: torch.nn.Module, args: tuple, path: Path, metadata: ExportMetadata
 ) -> list[str]:
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+            warnings.simplefilter("always")
             if isinstance(module, torch.fx.GraphModule):  # the gradient graph
                 traced = torch.jit.script(scriptable(module))
                 metadata.exporter = "torch.jit.script (of the make_fx gradient graph)"
             else:
                 traced = torch.jit.trace(module, args, check_trace=False, strict=False)
-            torch.jit.save(
-                traced, str(path), _extra_files={f"{METADATA_KEY}.json": metadata.to_json()}
-            )
     except Exception as e:
         first = first_line(e)
         raise ExportError(f"TorchScript tracing failed: {first}") from e
+    branch = next((w for w in caught if _is_data_branch(w)), None)
+    if branch is not None:  # the trace kept one branch: it would be wrong on other inputs
+        where = f" ({Path(branch.filename).name}:{branch.lineno})" if branch.filename else ""
+        raise ExportError(
+            "TorchScript tracing: the model branches on the values of a tensor"
+            f"{where}; a trace records only the branch this example took, so the file would "
+            "be silently wrong on other inputs. Use --format onnx or pt2 (they refuse such "
+            "code too), or rewrite the branch with torch.where"
+        )
+    try:
+        torch.jit.save(traced, str(path), _extra_files={f"{METADATA_KEY}.json": metadata.to_json()})
+    except Exception as e:
+        raise ExportError(f"TorchScript save failed: {first_line(e)}") from e
     return ["TorchScript is deprecated upstream; prefer onnx or pt2 for new deployments"]
+
+
+def _is_data_branch(w: warnings.WarningMessage) -> bool:
+    """A tracer warning that a tensor became a Python bool: an ``if`` on tensor data."""
+    return issubclass(w.category, torch.jit.TracerWarning) and "Python boolean" in str(w.message)

@@ -276,3 +276,51 @@ def test_torchvision_zoo_export_and_maps(name: str, fmt: str, tmp_path) -> None:
         torch.testing.assert_close(
             got.layer_maps[layer], ref.layer_maps[layer], atol=1e-4 * max(scale, 1e-6), rtol=1e-3
         )
+
+
+class _Branchy(nn.Module):
+    """Doubles its features on bright inputs: a branch on the input's values."""
+
+    def __init__(self, item: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 4)
+        self.item = item
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.conv(x))
+        bright = x.mean().item() > 0.5 if self.item else x.mean() > 0.5
+        if bright:
+            a = a * 3 - 1
+        return self.fc(a.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_branch_on_tensor_values_is_never_exported_silently(tmp_path, fmt) -> None:
+    """Issue 12.4: a TorchScript trace of ``if x.mean() > 0.5`` used to pass its check and be
+    wrong on bright inputs; every format refuses it now."""
+    with pytest.raises(exporters.ExportError, match=r"branch|data-dependent|control flow|cond"):
+        exporters.export(
+            _Branchy(),
+            ["conv"],
+            torch.randn(1, 3, 16, 16),
+            tmp_path / f"m{fmt}",
+            format=fmt,
+            aoti=False,
+        )
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_parity_check_uses_inputs_unlike_the_example(tmp_path) -> None:
+    """A branch the tracer can't see (through ``.item()``) is caught by the parity check,
+    whose inputs differ from the example in brightness and contrast, not only batch size."""
+    with pytest.raises(exporters.ParityError, match="does not match eager"):
+        exporters.export(
+            _Branchy(item=True),
+            ["conv"],
+            torch.randn(1, 3, 16, 16),
+            tmp_path / "m.ts",
+            format="torchscript",
+        )
+    assert not list(tmp_path.iterdir())
