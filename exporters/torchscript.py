@@ -54,7 +54,10 @@ def export_torchscript(
             "code too), or rewrite the branch with torch.where"
         )
     try:
-        torch.jit.save(traced, str(path), _extra_files={f"{METADATA_KEY}.json": metadata.to_json()})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.save is deprecated upstream
+            extra = {f"{METADATA_KEY}.json": metadata.to_json()}
+            torch.jit.save(traced, str(path), _extra_files=extra)
     except Exception as e:
         raise ExportError(f"TorchScript save failed: {first_line(e)}") from e
     return ["TorchScript is deprecated upstream; prefer onnx or pt2 for new deployments"]
