@@ -295,3 +295,43 @@ def test_lite_errors(demo_model, tmp_path) -> None:
         explainer(np.zeros((1, 3, 64, 64), np.float32), targets=[1])
     with pytest.raises(ValueError, match="NaN"):
         explainer(np.full((1, 3, 64, 64), np.nan, np.float32))
+
+
+def test_a_multi_layer_file_fuses_all_its_layers_everywhere(demo_model, tmp_path) -> None:
+    """Issue 12.3: one rule for a file exported with several layers — all of them, fused,
+    in the file's own map, in ``xcam.lite``, in ``xcam.load`` + a method, and on the CLI;
+    ``layers=`` / ``--layer`` selects a subset in every path."""
+    import json
+
+    from click.testing import CliRunner
+
+    from xcam.cli import main
+    from xcam.demo import sample_images
+    from xcam.images import load_image, preprocess
+    from xcam.lite import OnnxExplainer
+    from xcam.viz import resize_map
+
+    layers = ["block1", "block2", "block3"]
+    path = _export(demo_model, layers, tmp_path).path
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    eager = xcam.GradCAM(demo_model, layers)(x).maps
+    in_file = xcam.load(path).run(x)["gradcam"]
+    lite = torch.from_numpy(OnnxExplainer(path)(x.numpy()).maps)
+    loaded = xcam.GradCAM(xcam.load(path))(x).maps
+    with_model = xcam.GradCAM(demo_model, backend=xcam.load(path))(x).maps
+    for got in (in_file, lite, loaded, with_model):
+        assert torch.allclose(got, eager, atol=1e-4), float((got - eager).abs().max())
+    one = xcam.GradCAM(xcam.load(path), "block3")(x).maps
+    assert torch.allclose(one, xcam.GradCAM(demo_model, "block3")(x).maps, atol=1e-4)
+
+    image = sample_images()[0]
+    im = load_image(image)
+    info = xcam.load_model(str(path))
+    xi = preprocess([im], info.input_size, info.mean, info.std)  # as the CLI makes it
+    for extra, want in (([], layers), (["--layer", "block3"], ["block3"])):
+        out = tmp_path / f"out{len(extra)}"
+        res = CliRunner().invoke(main, ["explain", str(path), str(image), "-o", str(out), *extra])
+        assert res.exit_code == 0, res.output
+        item = json.loads((out / "predictions.json").read_text())["images"][0]
+        ref = resize_map(xcam.GradCAM(demo_model, want)(xi).maps[0], (im.height, im.width))
+        assert np.abs(np.load(out / item["map"]) - ref).max() < 1e-4

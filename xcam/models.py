@@ -192,7 +192,7 @@ def _exported(spec: str, device, trust_code: bool) -> ModelInfo:
         mean=tuple(meta.mean) if meta.mean else IMAGENET_MEAN,
         std=tuple(meta.std) if meta.std else IMAGENET_STD,
         classes=meta.classes,
-        default_layer=meta.layers[-1],
+        default_layer=None,  # methods use all the file's layers unless given some
     )
     if meta.mean is None:
         info.notes.append(f"{Path(spec).name} records no normalisation: using ImageNet's")

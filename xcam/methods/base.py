@@ -241,7 +241,7 @@ class BaseCAM:
         if isinstance(backend, Backend):
             self.backend = backend
             if self._layers is None:
-                self._layers = resolve_layers(model, backend.layer_names[-1])
+                self._layers = resolve_layers(model, backend.layer_names)  # all, as the file
             self._backend_layers(backend, self.layers)
         elif backend in (None, "eager"):
             pass
@@ -255,8 +255,8 @@ class BaseCAM:
     @staticmethod
     def _backend_layers(backend: Any, layers: Layers) -> list[tuple[str, nn.Module | None]]:
         names = backend.layer_names
-        if layers is None:
-            return [(names[-1], None)]
+        if layers is None:  # every layer the file outputs, fused, as its own map does
+            return [(n, None) for n in names]
         refs = [layers] if isinstance(layers, str) else list(layers)  # type: ignore[arg-type]
         for ref in refs:
             if not isinstance(ref, str) or ref not in names:
