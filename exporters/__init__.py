@@ -18,6 +18,7 @@ from torch import nn
 
 from exporters.errors import ExportError, ParityError, UnsupportedOpError
 from exporters.metadata import ExportMetadata, describe_outputs, versions
+from exporters.onnx import DYNAMO_MIN_OPSET
 from xcam.core.artifact import FORMATS as _FORMAT_TABLE
 from xcam.core.artifact import MAX_SIDE
 from xcam.core.files import staged
@@ -125,6 +126,11 @@ def export(
         raise ExportError(f"unknown export format {format!r}; one of {', '.join(FORMATS)}")
     if not isinstance(model, nn.Module):
         raise ExportError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if gradients and format == "onnx" and opset is not None and opset < DYNAMO_MIN_OPSET:
+        raise ExportError(
+            f"--gradients needs ONNX opset {DYNAMO_MIN_OPSET} or above (the gradient graph is "
+            f"written by torch's dynamo exporter); opset {opset} was asked for"
+        )
     example = check_input(example)
     path = Path(path)
     notes: list[str] = []

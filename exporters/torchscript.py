@@ -44,15 +44,7 @@ def export_torchscript(
     except Exception as e:
         first = first_line(e)
         raise ExportError(f"TorchScript tracing failed: {first}") from e
-    branch = next((w for w in caught if _is_data_branch(w)), None)
-    if branch is not None:  # the trace kept one branch: it would be wrong on other inputs
-        where = f" ({Path(branch.filename).name}:{branch.lineno})" if branch.filename else ""
-        raise ExportError(
-            "TorchScript tracing: the model branches on the values of a tensor"
-            f"{where}; a trace records only the branch this example took, so the file would "
-            "be silently wrong on other inputs. Use --format onnx or pt2 (they refuse such "
-            "code too), or rewrite the branch with torch.where"
-        )
+    refuse_data_branches(caught, "TorchScript tracing")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit.save is deprecated upstream
@@ -63,6 +55,18 @@ def export_torchscript(
     return ["TorchScript is deprecated upstream; prefer onnx or pt2 for new deployments"]
 
 
-def _is_data_branch(w: warnings.WarningMessage) -> bool:
-    """A tracer warning that a tensor became a Python bool: an ``if`` on tensor data."""
-    return issubclass(w.category, torch.jit.TracerWarning) and "Python boolean" in str(w.message)
+def refuse_data_branches(caught: list[warnings.WarningMessage], what: str) -> None:
+    """A trace that turned a tensor into a Python bool kept one branch of an ``if`` on tensor
+    data: it would be silently wrong on other inputs. An :class:`ExportError` then."""
+    tracer = torch.jit.TracerWarning
+    found = (
+        w for w in caught if issubclass(w.category, tracer) and "Python boolean" in str(w.message)
+    )
+    branch = next(found, None)
+    if branch is not None:
+        where = f" ({Path(branch.filename).name}:{branch.lineno})" if branch.filename else ""
+        raise ExportError(
+            f"{what}: the model branches on the values of a tensor{where}; a trace records "
+            "only the branch this example took, so the file would be silently wrong on other "
+            "inputs. Use --format onnx (opset 18+) or pt2, or rewrite the branch with torch.where"
+        )

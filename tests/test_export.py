@@ -324,3 +324,39 @@ def test_the_parity_check_uses_inputs_unlike_the_example(tmp_path) -> None:
             format="torchscript",
         )
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("gradients", [False, True])
+def test_an_old_opset_is_written_as_asked(demo_model, tmp_path, gradients) -> None:
+    """Issue 12.5: ``--opset 13`` used to write opset 18 and dump a traceback; below 18 the
+    file is written by torch's TorchScript-based exporter, checked like any other."""
+    import onnx
+    from click.testing import CliRunner
+
+    from xcam.cli import main
+
+    path = tmp_path / "m.onnx"
+    args = ["export", "demo", "--opset", "13", "--out", str(path)]
+    res = CliRunner().invoke(main, args + (["--gradients"] if gradients else []))
+    if gradients:  # the gradient graph needs the dynamo exporter: a clear error, no file
+        assert res.exit_code == 1 and "opset 18 or above" in res.output
+        assert "Traceback" not in res.output and not path.exists()
+        return
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output and "ONNX opset 13" in res.output
+    model = onnx.load(str(path))
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [13]
+    backend = xcam.load(path)
+    assert backend.metadata.opset == 13
+    x = torch.rand(3, 3, 64, 64)
+    ref = xcam.GradCAM(demo_model, "block3")(x).maps
+    got = xcam.GradCAM(demo_model, backend=backend)(x)
+    assert torch.allclose(got.maps, ref, atol=1e-4)
+
+
+def test_an_old_opset_refuses_a_branch_on_tensor_values(tmp_path) -> None:
+    with pytest.raises(exporters.ExportError, match="branches on the values"):
+        exporters.export(
+            _Branchy(), ["conv"], torch.randn(1, 3, 16, 16), tmp_path / "m.onnx", opset=13
+        )
+    assert not list(tmp_path.iterdir())
