@@ -335,3 +335,33 @@ def test_a_multi_layer_file_fuses_all_its_layers_everywhere(demo_model, tmp_path
         item = json.loads((out / "predictions.json").read_text())["images"][0]
         ref = resize_map(xcam.GradCAM(demo_model, want)(xi).maps[0], (im.height, im.width))
         assert np.abs(np.load(out / item["map"]) - ref).max() < 1e-4
+
+
+def test_lite_validates_as_the_main_library_does(demo_model, tmp_path) -> None:
+    """Issue 12.7: ``xcam.lite`` took ``-1`` (and reported it), ``1.7`` (as 1), ``4`` / ``99``
+    (ONNX Runtime's raw INVALID_ARGUMENT) and a 1e38 input (NaN maps). Same checks, same
+    errors as ``xcam.GradCAM(xcam.load(file))``."""
+    from xcam.errors import InputError, NumericalError, TargetError
+    from xcam.lite import OnnxExplainer
+
+    path = _export(demo_model, "block3", tmp_path, target_input=True).path
+    lite, main = OnnxExplainer(path), xcam.GradCAM(xcam.load(path))
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    for bad in (-1, 1.7, 4, 99, [0, 1, 2], True, "positive", [[0, 1]], [0.5, 1.0]):
+        with pytest.raises(TargetError) as want:
+            main(x, targets=bad)
+        with pytest.raises(TargetError) as got:
+            lite(x.numpy(), targets=bad)
+        if bad not in (1.7, [0.5, 1.0], [[0, 1]]):  # these name torch's / numpy's dtype
+            assert str(got.value) == str(want.value), bad
+    huge = torch.full((1, 3, 64, 64), 1e38)
+    with pytest.raises(NumericalError):
+        main(huge)
+    with pytest.raises(NumericalError, match="non-finite"):
+        lite(huge.numpy())
+    for bad_input in (np.zeros((3, 64, 64), np.float32), np.full((1, 3, 64, 64), np.nan)):
+        with pytest.raises(InputError):
+            lite(bad_input)
+    ok = lite(x.numpy(), targets=[1, 2])
+    assert ok.targets.tolist() == [1, 2]
+    assert np.allclose(ok.maps, main(x, targets=[1, 2]).maps.numpy(), atol=1e-4)

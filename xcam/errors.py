@@ -40,3 +40,7 @@ class UntrustedFileError(ModelSpecError):
 
 class OutputError(XCamError):
     """An output folder or file can't be used: locked by another run, or would be clobbered."""
+
+
+class NumericalError(XCamError, FloatingPointError):
+    """A computation overflowed: non-finite logits, activations, gradients or maps."""

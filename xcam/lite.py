@@ -30,6 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from xcam.core.targets import class_targets
+from xcam.errors import InputError, NumericalError, XCamError
+
 METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
 _EPS = 1e-7
 
@@ -146,28 +149,23 @@ class OnnxExplainer:
         method = method or self.method
         if method not in RULES:
             raise ValueError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
-        x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
-        if x.ndim != 4:
-            raise ValueError(f"input must be [B, C, H, W], got shape {x.shape}")
-        if not np.isfinite(x).all():
-            raise ValueError("the input contains NaN or infinite values")
+        x = _check_input(x)
         feed = {self.inputs[0]: x}
-        if targets is not None:
+        k = int(self.metadata.get("num_classes") or 0)
+        wanted = None if targets is None else class_targets(targets, x.shape[0], k)
+        if wanted is not None:
             if "target" not in self.inputs:
-                raise ValueError(
+                raise XCamError(
                     f"{self.path.name} explains the top-1 class only (no target "
                     "input); re-export with --target-input"
                 )
-            t = np.asarray(targets, dtype=np.int64).reshape(-1)
-            if t.size not in (1, x.shape[0]):
-                raise ValueError(f"{t.size} targets for a batch of {x.shape[0]}")
-            feed["target"] = np.broadcast_to(t, (x.shape[0],)).copy()
+            feed["target"] = np.asarray(wanted, dtype=np.int64)
         elif "target" in self.inputs:
             feed["target"] = np.full((x.shape[0],), -1, dtype=np.int64)
         names = self.metadata["output_names"]
         outs = dict(zip(names, self.session.run(names, feed), strict=True))
         logits = outs["logits"]
-        if targets is not None:
+        if wanted is not None:
             chosen = feed["target"]
         elif logits.shape[1] == 1:
             chosen = (logits[:, 0] >= 0).astype(np.int64)
@@ -182,4 +180,29 @@ class OnnxExplainer:
         else:
             ups = [normalize(upsample(m, size)) for m in layer_maps.values()]
             maps = normalize(np.mean(ups, axis=0))
+        if not (np.isfinite(maps).all() and np.isfinite(logits).all()):
+            raise NumericalError(
+                f"{self.path.name} gave non-finite logits or maps for this input (overflow in "
+                "the model's activations or gradients)"
+            )
         return LiteResult(maps.astype(np.float32), logits, chosen, layer_maps)
+
+
+def _check_input(x: object) -> np.ndarray:
+    """A finite float32 ``[B, C, H, W]`` batch, or the main library's InputError."""
+    arr = np.asarray(x)
+    if arr.dtype == np.bool_ or arr.dtype.kind not in "fiu":
+        raise InputError(f"the input must be a real number array, got {arr.dtype}")
+    if arr.ndim == 3:
+        raise InputError(
+            f"the input is 3-D {arr.shape}: xcam takes a batch [B, C, H, W] (NCHW); for one "
+            "image use x[None]"
+        )
+    if arr.ndim != 4:
+        raise InputError(f"the input must be [B, C, H, W] (NCHW), got {arr.shape}")
+    if arr.shape[0] == 0:
+        raise InputError("the input batch is empty")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise InputError("the input contains NaN or infinite values (as float32)")
+    return arr

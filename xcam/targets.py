@@ -14,12 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
+from xcam.core.targets import BINARY
 from xcam.errors import TargetError
 
 TargetFn = Callable[[torch.Tensor], torch.Tensor]
 Targets = None | int | str | Sequence[int] | torch.Tensor | TargetFn
-
-BINARY = {"positive": 1, "pos": 1, "negative": 0, "neg": 0}
 
 
 def flatten_logits(logits: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from torch import nn
 
 from xcam.cammodel import CamModel, OutputSelector, select_output
 from xcam.capture import bypassed, preserved_state
-from xcam.errors import InputError, TargetError, XCamError
+from xcam.errors import InputError, NumericalError, TargetError, XCamError
 from xcam.layers import Layers, default_layer, resolve_layers
 from xcam.result import CamResult
 from xcam.targets import Resolved, Targets, flatten_logits, resolve_targets
@@ -590,7 +590,7 @@ class BaseCAM:
         weighted = weights * acts
         cam = F.relu(first_component(weighted) if eigen else weighted.sum(dim=1))
         if not bool(torch.isfinite(cam).all()):
-            raise FloatingPointError(
+            raise NumericalError(
                 f"the map of layer {name!r} is not finite (overflow in activations or gradients)"
             )
         return cam

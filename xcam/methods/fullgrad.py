@@ -31,7 +31,7 @@ from torch import nn
 
 from xcam.cammodel import select_output
 from xcam.capture import Capture, preserved_state
-from xcam.errors import XCamError
+from xcam.errors import NumericalError, XCamError
 from xcam.layers import Layers
 from xcam.methods import register_method
 from xcam.methods.base import BaseCAM, _flat_or_raw, normalize
@@ -107,7 +107,7 @@ class FullGrad(BaseCAM):
             terms[name] = _psi(g * bias.to(g)[None, :, None, None], size)
         maps, degenerate = normalize(torch.stack(list(terms.values())).sum(dim=0))
         if not bool(torch.isfinite(maps).all()):
-            raise FloatingPointError("the FullGrad map is not finite (overflow in gradients)")
+            raise NumericalError("the FullGrad map is not finite (overflow in gradients)")
         return CamResult(
             maps=maps,
             logits=_flat_or_raw(logits.detach()),

@@ -42,7 +42,7 @@ import torch
 
 from xcam.cammodel import select_output
 from xcam.capture import guided_relus, preserved_state
-from xcam.errors import XCamError
+from xcam.errors import NumericalError, XCamError
 from xcam.layers import Layers
 from xcam.methods import register_method
 from xcam.methods.base import BaseCAM, _flat_or_raw, check_input
@@ -109,7 +109,7 @@ class GuidedBackprop(_EagerOnly):
                 (grad,) = torch.autograd.grad(target.scores.sum(), leaf, allow_unused=True)
         maps = torch.zeros_like(x) if grad is None else grad.detach()
         if not bool(torch.isfinite(maps).all()):
-            raise FloatingPointError("the guided gradient is not finite (overflow in the model)")
+            raise NumericalError("the guided gradient is not finite (overflow in the model)")
         return CamResult(
             maps=maps,
             logits=_flat_or_raw(logits.detach()),
