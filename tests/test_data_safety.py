@@ -444,3 +444,52 @@ def test_hidden_image_names_resume_like_any_other(tmp_path) -> None:
     assert _explain(folder, out).exit_code == 0
     res = _explain(folder, out)
     assert res.exit_code == 0 and "1 already there" in res.output, res.output
+
+
+def test_an_interrupt_between_the_two_files_still_resumes(images, tmp_path, monkeypatch) -> None:
+    """The review's case: Ctrl-C after an image's .npy and before its .png left a file the
+    record didn't list, and the identical command called it someone else's."""
+    import xcam.viz
+
+    out = tmp_path / "out"
+    calls = {"n": 0}
+    real = xcam.viz.save_png
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second image: its .npy is written, its .png is not
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(xcam.viz, "save_png", interrupted)
+    assert _explain(images, out, "--batch-size", "1").exit_code != 0
+    monkeypatch.undo()
+    assert len(list(out.glob("*.npy"))) == 2 and len(list(out.glob("*.png"))) == 1
+    res = _explain(images, out, "--batch-size", "1")
+    assert res.exit_code == 0 and "resuming: 1 of 3" in res.output, res.output
+    assert _summary(out)["complete"] and len(_summary(out)["images"]) == 3
+
+
+def test_a_failed_read_keeps_the_image_files_owned(images, tmp_path) -> None:
+    out = tmp_path / "out"
+    assert _explain(images, out).exit_code == 0
+    first = sorted(images.iterdir())[0]
+    good = first.read_bytes()
+    first.write_bytes(b"not an image")
+    assert _explain(images, out).exit_code == 1  # reported, the others kept
+    first.write_bytes(good)
+    res = _explain(images, out)  # the same run again: its old files are still its own
+    assert res.exit_code == 0, res.output
+    assert len(_summary(out)["images"]) == 3
+    assert _explain(images, out, "--method", "layercam", "--overwrite").exit_code == 0
+    assert sorted(p.name.split("_")[-1] for p in out.glob("*.npy")) == ["layercam.npy"] * 3
+
+
+@pytest.mark.parametrize("first_line", ['{"run": 5}', "null", "\udcff"])
+def test_an_unreadable_record_is_not_replaced_unasked(images, tmp_path, first_line) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions.jsonl").write_bytes(first_line.encode("utf-8", "surrogateescape"))
+    res = _explain(images, out)
+    assert res.exit_code == 1 and "--overwrite" in res.output and "Traceback" not in res.output
+    assert _explain(images, out, "--overwrite").exit_code == 0

@@ -161,7 +161,14 @@ def _done(record: Record, key: str, path: Path) -> bool:
 def _record_for(out: Path, run: dict[str, Any], overwrite: bool) -> Record:
     """The record to continue (the same run), or a new one. Another run's record is an
     :class:`OutputError` unless ``overwrite``, which removes it and the files it lists."""
-    old = Record.read(out)
+    try:
+        old = Record.read(out)
+    except ValueError as e:  # a journal xcam can't read: not ours to replace unasked
+        if not overwrite:
+            raise OutputError(
+                f"{e}; pass --overwrite (overwrite=True) or choose another --out"
+            ) from None
+        old = None
     if old is not None and old.run == run:
         return old
     if old is not None:
@@ -210,6 +217,7 @@ def _explain_chunk(info, chunk, method, record, stems, targets, alpha, colormap,
     result = method(x.to(device), targets=targets).cpu()
     for i, (p, stamp, im) in enumerate(loaded):
         stem = f"{stems[image_key(p)]}_{method.name}"
+        record.claim([f"{stem}.npy", f"{stem}.png"])
         kind = _write_outputs(record.out, stem, im, result.maps[i], alpha, colormap)
         target = int(result.targets[i]) if isinstance(result.targets, torch.Tensor) else None
         record.add(

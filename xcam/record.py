@@ -62,42 +62,60 @@ class Record:
     run: dict[str, Any]
     items: dict[str, dict[str, Any]] = field(default_factory=dict)
     errors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # every output file name this run has claimed, finished or not: its own to replace
+    owned: set[str] = field(default_factory=set)
     _journal: IO[str] | None = None
 
     @classmethod
     def read(cls, out: Path) -> Record | None:
-        """The record in ``out``, or None. A torn last line (a kill mid-write) is ignored."""
+        """The record in ``out``, or None if there is none; ValueError if it can't be read.
+        A torn last line (a kill mid-write) and lines xcam would not write are ignored."""
         path = out / JOURNAL
         try:
-            lines = path.read_text().splitlines()
+            lines = path.read_text(encoding="utf-8").splitlines()
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} can't be read ({e})") from None
         rows = []
         for line in lines:
             try:
                 rows.append(json.loads(line))
             except ValueError:
                 continue
-        if not rows or not isinstance(rows[0], dict) or "run" not in rows[0]:
-            return None
+        if not rows or not isinstance(rows[0], dict) or not isinstance(rows[0].get("run"), dict):
+            raise ValueError(f"{path} is not a record xcam wrote (no run on its first line)")
         record = cls(out, rows[0]["run"])
         for row in rows[1:]:
-            if isinstance(row, dict) and isinstance(row.get("key"), str) and _sane(row):
+            if not isinstance(row, dict):
+                continue
+            if isinstance(row.get("files"), list):
+                record.owned.update(n for n in row["files"] if _plain_name(n))
+            elif isinstance(row.get("key"), str) and _sane(row):
                 record._apply(row)
         return record
 
     def _apply(self, row: dict[str, Any]) -> None:
         key = row["key"]
         if "error" in row:
-            self.items.pop(key, None)
+            self.items.pop(key, None)  # its old files stay owned (replaced or removed later)
             self.errors[key] = row
         else:
             self.errors.pop(key, None)
             self.items[key] = row
+            self.owned.update(row[k] for k in ("overlay", "map"))
 
     def files(self) -> list[str]:
-        """The output files this record lists."""
-        return [item[k] for item in self.items.values() for k in ("overlay", "map") if k in item]
+        """The output files this record owns (listed by an image, or claimed before writing)."""
+        return sorted(self.owned)
+
+    def claim(self, names: list[str]) -> None:
+        """Record ``names`` as this run's before writing them: an interrupt between two
+        files leaves nothing the next run would take for someone else's."""
+        new = [n for n in names if n not in self.owned]
+        if new:
+            self.owned.update(new)
+            self._write({"files": new})
 
     def done(self, key: str, stamp: list[int]) -> bool:
         """Whether the image ``key`` was explained in this run from an identical file."""
@@ -110,14 +128,18 @@ class Record:
 
     def open(self) -> None:
         """(Re)write the journal, the run and what it holds, then keep it open to append."""
-        with atomic(self.out / JOURNAL) as tmp, open(tmp, "w") as f:
-            for row in [{"run": self.run}, *self.items.values(), *self.errors.values()]:
+        rows = [{"run": self.run}, {"files": sorted(self.owned)}]
+        with atomic(self.out / JOURNAL) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            for row in [*rows, *self.items.values(), *self.errors.values()]:
                 f.write(json.dumps(_clean(row)) + "\n")
-        self._journal = open(self.out / JOURNAL, "a")  # noqa: SIM115 - closed by close()
+        self._journal = open(self.out / JOURNAL, "a", encoding="utf-8")  # noqa: SIM115
 
     def add(self, row: dict[str, Any]) -> None:
         """One image done (or failed): in memory and, flushed at once, in the journal."""
         self._apply(row)
+        self._write(row)
+
+    def _write(self, row: dict[str, Any]) -> None:
         if self._journal is not None:
             self._journal.write(json.dumps(_clean(row)) + "\n")
             self._journal.flush()
