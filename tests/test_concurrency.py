@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -169,3 +170,41 @@ def test_eight_threads_share_one_injected_tail(tmp_path: Path, name: str) -> Non
         eager = [xcam.get_method(name)(model, "body")(x).maps for x in xs]
     for a, b in zip(single, eager, strict=True):
         assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_cutting_a_tail_never_breaks_other_threads_forwards(demo_model) -> None:
+    """torch.fx reroutes every module call in the process while it traces: a tail cut for a
+    backend explainer in one thread made plain explanations in another fail ("module is
+    not installed as a submodule"). Cuts now wait for running explanations, and block new
+    ones, instead."""
+    import copy
+
+    from xcam.tail import split_tail
+
+    other = copy.deepcopy(demo_model)
+    explainer = xcam.GradCAM(demo_model, "block3")
+    x = torch.rand(2, 3, 64, 64)
+    want = explainer(x).maps
+    stop, errors, done = threading.Event(), [], [0]
+
+    def explain_forever() -> None:
+        while not stop.is_set():
+            try:
+                assert torch.allclose(explainer(x).maps, want, atol=1e-6)
+                done[0] += 1
+            except Exception as e:  # collected: the test fails below, naming the first
+                errors.append(e)
+
+    threads = [threading.Thread(target=explain_forever) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(30):
+            tail, why = split_tail(other, "block3")
+            assert tail is not None, why
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors[0]
+    assert done[0] > 0

@@ -20,7 +20,7 @@ import torch
 from torch import fx, nn
 
 from xcam.capture import replaced_output
-from xcam.core.tracing import TRACE_LOCK
+from xcam.core.tracing import FX_GATE, TRACE_LOCK
 
 
 class _LeafTracer(fx.Tracer):
@@ -35,7 +35,7 @@ class _LeafTracer(fx.Tracer):
 def split_tail(model: nn.Module, layer: str) -> tuple[nn.Module | None, str]:
     """``(tail, "")`` with ``tail(A) == model(x)``'s output, or ``(None, reason)``."""
     try:
-        with TRACE_LOCK:
+        with FX_GATE.exclusive(), TRACE_LOCK:  # no forward anywhere while fx patches calls
             graph = _LeafTracer(layer).trace(model)
     except Exception as e:
         return None, f"torch.fx can't trace {type(model).__name__} ({type(e).__name__}: {e})"

@@ -21,6 +21,7 @@ from torch import nn
 
 from xcam.cammodel import CamModel, OutputSelector, select_output
 from xcam.capture import bypassed, preserved_state
+from xcam.core.tracing import FX_GATE
 from xcam.errors import InputError, NumericalError, TargetError, XCamError
 from xcam.layers import Layers, default_layer, resolve_layers
 from xcam.result import CamResult
@@ -341,8 +342,9 @@ class BaseCAM:
 
     def __call__(self, x: torch.Tensor, targets: Targets = None) -> CamResult:
         x = self._check_model_input(check_input(x))
-        result = self._explain(x, targets)
-        return self._augmented(x, result) if self.aug_smooth else result
+        with FX_GATE.shared():  # see xcam.core.tracing: no torch.fx trace meanwhile
+            result = self._explain(x, targets)
+            return self._augmented(x, result) if self.aug_smooth else result
 
     def _augmented(self, x: torch.Tensor, result: CamResult) -> CamResult:
         """Test-time augmentation: explain flipped and rescaled copies of ``x`` (same classes

@@ -42,6 +42,7 @@ import torch
 
 from xcam.cammodel import select_output
 from xcam.capture import guided_relus, preserved_state
+from xcam.core.tracing import FX_GATE
 from xcam.errors import NumericalError, XCamError
 from xcam.layers import Layers
 from xcam.methods import register_method
@@ -98,7 +99,7 @@ class GuidedBackprop(_EagerOnly):
         x = self._check_model_input(check_input(x))
         assert self.model is not None
         leaf = x.detach().requires_grad_(True)
-        with preserved_state(self.model), torch.enable_grad():
+        with FX_GATE.shared(), preserved_state(self.model), torch.enable_grad():
             with guided_relus(self.model, stacklevel=2) as report:
                 out = self.model(leaf)
                 report.exclude_outputs(out)
