@@ -493,3 +493,23 @@ def test_an_unreadable_record_is_not_replaced_unasked(images, tmp_path, first_li
     res = _explain(images, out)
     assert res.exit_code == 1 and "--overwrite" in res.output and "Traceback" not in res.output
     assert _explain(images, out, "--overwrite").exit_code == 0
+
+
+def seeded_net() -> nn.Module:
+    """A factory whose weights come from code: the seed in $XCAM_TEST_SEED."""
+    torch.manual_seed(int(os.environ.get("XCAM_TEST_SEED", "0")))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    ).eval()
+
+
+def test_weights_made_by_code_enter_the_run_by_their_values(images, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    spec = f"{Path(__file__).stem}:seeded_net"
+    args = ["--layer", "0", "--input-size", "32"]
+    res = CliRunner().invoke(main, ["explain", spec, str(images), "-o", str(out), *args])
+    assert res.exit_code == 0, res.output
+    assert _summary(out)["run"]["model_sha256"]
+    monkeypatch.setenv("XCAM_TEST_SEED", "1")  # the same spec, other weights
+    res = CliRunner().invoke(main, ["explain", spec, str(images), "-o", str(out), *args])
+    assert res.exit_code == 1 and "model_sha256" in res.output and "different run" in res.output

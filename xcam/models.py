@@ -101,7 +101,21 @@ def load_model(
         from xcam import demo
 
         info.fingerprint = sha256_file(demo.weights_path())
+    else:  # weights made by code (a factory, a seed): the tensors themselves
+        info.fingerprint = state_digest(info.model)
     return info
+
+
+def state_digest(model: nn.Module) -> str:
+    """SHA-256 of a model's state dict (names, dtypes, shapes and bytes, in order)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _resolve(spec, weights, device, seed: int, trust_weights: bool, trust_code: bool) -> ModelInfo:
