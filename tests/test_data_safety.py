@@ -513,3 +513,17 @@ def test_weights_made_by_code_enter_the_run_by_their_values(images, tmp_path, mo
     monkeypatch.setenv("XCAM_TEST_SEED", "1")  # the same spec, other weights
     res = CliRunner().invoke(main, ["explain", spec, str(images), "-o", str(out), *args])
     assert res.exit_code == 1 and "model_sha256" in res.output and "different run" in res.output
+
+
+def test_bench_reports_are_written_atomically_and_sizes_capped(tmp_path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "b.json").symlink_to(victim)
+    args = ["bench", "--models", "demo", "--methods", "gradcam", "--backends", "eager"]
+    args += ["--batch", "1", "--repeats", "1", "--no-peers", "--json", str(tmp_path / "b.json")]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert victim.read_text() == "precious" and not (tmp_path / "b.json").is_symlink()
+    assert json.loads((tmp_path / "b.json").read_text())
+    res = CliRunner().invoke(main, ["bench", "--quick", "--input-size", "100000"])
+    assert res.exit_code == 2 and "100000" in res.output

@@ -696,7 +696,9 @@ def plot(report: BenchReport, path: str | Path) -> Path:
         ax.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    from xcam.files import atomic
+
+    with atomic(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path

@@ -599,7 +599,9 @@ def _csv(value: str | None, cast=str) -> list | None:
 )
 @click.option("--devices", help="Comma-separated: cpu,cuda (default: cpu).")
 @click.option("--batch", "batches", help="Comma-separated batch sizes (full: 1,32).")
-@click.option("--input-size", type=click.IntRange(8), help="Square input size (full: 224).")
+@click.option(
+    "--input-size", type=click.IntRange(8, MAX_SIDE), help="Square input size (full: 224)."
+)
 @click.option("--repeats", type=click.IntRange(1), help="Timed rounds per arm (default 5).")
 @click.option("--layer", help="Target layer (default: the model's last spatial layer).")
 @click.option("--threads", type=click.IntRange(1), help="torch and ONNX Runtime threads.")
@@ -659,14 +661,14 @@ def bench(
         _fail(str(e))
     click.echo(to_terminal(report))
     command = "xcam bench " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else "xcam bench"
-    if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(report.to_json())
-        click.echo(f"wrote {json_out}")
-    if markdown:
-        Path(markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(markdown).write_text(to_markdown(report, command))
-        click.echo(f"wrote {markdown}")
+    from xcam.files import atomic
+
+    writers = ((json_out, report.to_json), (markdown, lambda: to_markdown(report, command)))
+    for path, text in writers:
+        if path:
+            with atomic(path) as tmp:  # never through a planted link, never half a file
+                tmp.write_text(text())
+            click.echo(f"wrote {path}")
     if plot:
         click.echo(f"wrote {make_plot(report, plot)}")
 
