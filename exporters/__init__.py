@@ -141,6 +141,10 @@ def export(
 
     # one export at a time in the process; written into a private folder beside ``path`` and
     # moved into place only once checked, so a failure leaves an existing file untouched
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"can't write {path}: {e.strerror or e}") from None
     with TRACE_LOCK, preserved_state(model), staged(path) as target:
         if layers is None:
             layers = default_layer(model, example)

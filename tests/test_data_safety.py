@@ -527,3 +527,46 @@ def test_bench_reports_are_written_atomically_and_sizes_capped(tmp_path) -> None
     assert json.loads((tmp_path / "b.json").read_text())
     res = CliRunner().invoke(main, ["bench", "--quick", "--input-size", "100000"])
     assert res.exit_code == 2 and "100000" in res.output
+
+
+def test_output_folder_problems_are_one_line_errors(images, tmp_path) -> None:
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    for args in (
+        ["explain", "demo", str(images), "-o", str(a_file / "sub")],
+        ["export", "demo", "--out", str(a_file / "m.onnx")],
+        ["filters", "demo", "--layer", "block1", "-o", str(a_file / "sub")],
+        ["explain", "demo", str(images), "-o", ""],
+    ):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code in (1, 2) and "Traceback" not in res.output, (args, res.output)
+        assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / ".xcam.lock").symlink_to(out / ".xcam.lock")  # a link loop where the lock goes
+    res = _explain(images, out)
+    assert res.exit_code == 1 and "can't lock" in res.output
+
+
+def test_one_image_reached_two_ways_and_outputs_beside_images(images, tmp_path) -> None:
+    link = tmp_path / "link"
+    link.symlink_to(images)
+    first = sorted(images.iterdir())[0]
+    out = tmp_path / "out"
+    res = _explain([first, link / first.name], out)
+    assert res.exit_code == 0 and len(_summary(out)["images"]) == 1
+    # `-o` the image folder itself: a re-run doesn't explain its own overlays
+    assert _explain(images, images).exit_code == 0
+    res = _explain(images, images)
+    assert res.exit_code == 0 and "3 already there" in res.output, res.output
+    assert len(_summary(images)["images"]) == 3
+
+
+def test_a_file_name_that_is_not_utf8(tmp_path) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not UTF-8
+    shutil.copy(sample_images()[0], folder / name)
+    res = _explain(folder, tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "out" / "predictions.json").read_text())["complete"]

@@ -280,6 +280,8 @@ def explain(
     from xcam.pipeline import explain_files
 
     targets = _parse_target(target)
+    if not out.strip():
+        raise click.BadParameter("is empty; name a folder", param_hint="--out")
     try:
         method_cls = get_method(method)
     except XCamError as e:
@@ -315,6 +317,9 @@ def explain(
             )
     except XCamError as e:
         _fail(str(e))
+    except OSError as e:  # a full disk, a folder made read-only meanwhile, …
+        where = f" ({e.filename})" if e.filename else ""
+        _fail(f"can't write to {out}: {e.strerror or e}{where}")
     _summarise(report)
 
 
@@ -337,8 +342,14 @@ def _summarise(report) -> None:
 def demo(out: str) -> None:
     """Run the whole job on the bundled demo model and its sample images."""
     from xcam.demo.run import run_demo
+    from xcam.errors import XCamError
 
-    paths = run_demo(Path(out), echo=click.echo)
+    try:
+        paths = run_demo(Path(out), echo=click.echo)
+    except XCamError as e:
+        _fail(f"{e}".replace("pass --overwrite (overwrite=True) to replace them, or ", ""))
+    except OSError as e:
+        _fail(f"can't write to {out}: {e.strerror or e}")
     click.echo("wrote:")
     for p in paths:
         click.echo(f"  {p}")
@@ -576,6 +587,8 @@ def filters(
             click.echo(f"wrote {save_png(picture, out_dir / f'maximise_{stem}.png')}")
     except XCamError as e:
         _fail(str(e))
+    except OSError as e:
+        _fail(f"can't write to {out_dir}: {e.strerror or e}")
     if errors:
         _fail(f"{len(errors)} image(s) could not be read")
 

@@ -39,6 +39,8 @@ def locked_folder(out: str | Path, wait: bool = False) -> Iterator[Path]:
             f"another xcam run is writing to {out} (it holds {out / LOCK_NAME}); wait for it "
             "to finish, pass --wait (wait=True) to start when it does, or choose another --out"
         ) from None
+    except OSError as e:  # a read-only folder, a planted link loop, …
+        raise OutputError(f"can't lock the output folder {out}: {e.strerror or e}") from None
     try:
         yield out
     finally:
@@ -48,10 +50,11 @@ def locked_folder(out: str | Path, wait: bool = False) -> Iterator[Path]:
 def fit_stem(stem: str, limit: int = _NAME_BYTES) -> str:
     """``stem`` if it fits ``limit`` bytes, else its start plus a hash of the whole, so that
     long names stay unique and every output name fits the file system."""
-    if len(stem.encode()) <= limit:
+    raw = stem.encode("utf-8", "surrogateescape")  # names that aren't UTF-8 stay as they are
+    if len(raw) <= limit:
         return stem
-    digest = hashlib.sha1(stem.encode()).hexdigest()[:10]
-    head = stem.encode()[: limit - 11].decode(errors="ignore")
+    digest = hashlib.sha1(raw).hexdigest()[:10]
+    head = raw[: limit - 11].decode("utf-8", "ignore")
     return f"{head}~{digest}"
 
 

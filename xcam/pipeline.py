@@ -115,6 +115,10 @@ def explain_files(
     run = run_settings(info, method, targets, alpha=alpha, colormap=colormap)
     with locked_folder(out, wait):
         record = _record_for(out, run, overwrite)
+        mine = {image_key(out / n) for n in record.owned}  # `-o .` beside the images
+        if any(k in mine for k in unique):
+            say(f"note: skipped this run's own outputs in {out}")
+            unique = {k: p for k, p in unique.items() if k not in mine}
         known = {k: i["stem"] for k, i in record.items.items()}
         fresh = [p for k, p in unique.items() if k not in known]
         new = unique_stems(fresh, taken=known.values())

@@ -24,8 +24,9 @@ SUMMARY = "predictions.json"
 
 
 def image_key(path: Path) -> str:
-    """The journal's key of an image: its absolute path."""
-    return str(Path(os.path.abspath(path)))
+    """The journal's key of an image: its real absolute path (links resolved, so one file
+    reached two ways is one image)."""
+    return os.path.realpath(path)
 
 
 def image_stamp(path: Path) -> list[int]:

@@ -24,7 +24,7 @@ os.umask(_UMASK)
 
 def _prefix(name: str) -> str:
     # short enough that the temporary name fits NAME_MAX (255 bytes) whatever ``name`` is
-    return "." + name.encode()[:40].decode(errors="ignore") + "."
+    return "." + os.fsencode(name)[:40].decode("utf-8", "ignore") + "."
 
 
 @contextmanager
