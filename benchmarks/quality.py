@@ -44,9 +44,11 @@ assert SEED not in (TRAIN_SEED, HELDOUT_SEED, SAMPLE_SEED)
 def explain(
     name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
 ) -> tuple[torch.Tensor, float, int]:
-    """Maps of ``name`` for every image, one call per image: ``(maps, median ms, degenerate)``."""
+    """Maps of ``name`` for every image, one call per image: ``(maps, median ms, degenerate)``.
+    ``name`` may carry options: ``eigencam:center=1``."""
+    name, options = method_spec(name)
     cls = xcam.get_method(name)
-    method = cls(model, LAYER) if cls.uses_layers else cls(model)
+    method = cls(model, LAYER, **options) if cls.uses_layers else cls(model, **options)
     method(x[:1], targets=y[:1])  # warm-up
     maps, times, degenerate = [], [], 0
     for i in range(len(x)):
@@ -56,6 +58,24 @@ def explain(
         maps.append(result.maps)
         degenerate += int(result.degenerate.sum())
     return torch.cat(maps), statistics.median(times) * 1e3, degenerate
+
+
+def method_spec(spec: str) -> tuple[str, dict[str, object]]:
+    """``"eigencam:center=1,eigen_smooth=0"`` -> ``("eigencam", {"center": True, …})``
+    (numbers stay numbers; 0/1, true/false are booleans)."""
+    name, _, rest = spec.partition(":")
+    options: dict[str, object] = {}
+    for part in filter(None, rest.split(",")):
+        key, _, value = part.partition("=")
+        low = value.lower()
+        if low in ("1", "true", "yes", "0", "false", "no"):
+            options[key] = low in ("1", "true", "yes")
+        else:
+            try:
+                options[key] = float(value) if "." in value else int(value)
+            except ValueError:
+                options[key] = value
+    return name, options
 
 
 def reference_maps(kind: str, n: int, size: tuple[int, int]) -> torch.Tensor:
@@ -119,7 +139,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     a.methods = a.methods or xcam.list_methods()
     for name in a.methods:
         try:
-            xcam.get_method(name)
+            xcam.get_method(method_spec(name)[0])
         except xcam.XCamError as e:
             p.error(str(e))
     if a.baseline not in ("blur", "mean"):
@@ -144,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         maps, ms, degenerate = explain(name, model, x, y)
         row = score(name, "method", maps, model, x, y, masks, a)
         row.update(
-            layer=LAYER if xcam.get_method(name).uses_layers else None,
+            layer=LAYER if xcam.get_method(method_spec(name)[0]).uses_layers else None,
             ms_per_image=round(ms, 2),
             degenerate=degenerate,
         )

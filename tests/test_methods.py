@@ -537,3 +537,31 @@ def test_other_dtypes_give_finite_float32_eigen_maps(demo_model, dtype) -> None:
     assert got.maps.dtype == torch.float32  # the SVD and the map are float32
     tol = 1e-5 if dtype == torch.float64 else 0.1  # bfloat16 keeps ~3 significant digits
     assert float((got.maps - ref.maps).abs().max()) <= tol
+
+
+def test_centred_eigen_projections_match_pytorch_grad_cam(demo_model) -> None:
+    """Issue 12.6: ``center=True`` is the mean-subtracted projection pytorch-grad-cam's
+    EigenCAM / EigenGradCAM / eigen_smooth compute (``get_2d_projection``); the default
+    (the paper's, uncentred) correlates only 0.6-0.75 with it."""
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(21))
+    _, acts = xcam.CamModel(demo_model, "block3")(x)
+    peer = torch.from_numpy(get_2d_projection(acts.detach().numpy()))
+    ours = first_component(acts.detach(), center=True)
+    for a, b in zip(ours, peer, strict=True):
+        corr = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]
+        assert abs(float(corr)) >= 0.999  # the same up to an SVD's arbitrary sign
+    # the option reaches every eigen path and is part of the method's settings
+    for name, options in (
+        ("eigencam", {}),
+        ("eigengradcam", {}),
+        ("gradcam", {"eigen_smooth": True}),
+    ):
+        plain = xcam.get_method(name)(demo_model, "block3", **options)
+        centred = xcam.get_method(name)(demo_model, "block3", center=True, **options)
+        assert centred.settings()["center"] and not plain.settings()["center"]
+        assert not torch.allclose(plain(x).maps, centred(x).maps)
+    want = torch.relu(first_component(acts.detach(), center=True))
+    got = xcam.EigenCAM(demo_model, "block3", center=True)(x).layer_maps["block3"]
+    assert torch.allclose(got, want, atol=1e-6)

@@ -68,17 +68,20 @@ class LayerContext:
         return flat.gather(1, self.target.classes.to(flat.device)[rows][:, None])[:, 0]
 
 
-def first_component(weighted: torch.Tensor) -> torch.Tensor:
+def first_component(weighted: torch.Tensor, center: bool = False) -> torch.Tensor:
     """Projection of ``[B, C, h, w]`` on its first principal direction: ``[B, h, w]``.
 
     Per sample, the ``hw x C`` matrix ``M = U S V^T`` (float32 SVD whatever the dtype, not
-    centred, as in Eigen-CAM) gives ``M v_1``. An SVD's sign is arbitrary: it is chosen so
-    that the projection agrees with the channel sum ``sum_c M_c``, the un-weighted map.
+    centred, as in Eigen-CAM) gives ``M v_1``. With ``center``, each channel's mean over the
+    positions is subtracted from ``M`` first (a principal component analysis proper, as
+    pytorch-grad-cam computes it). An SVD's sign is arbitrary: it is chosen so that the
+    projection agrees with the channel sum ``sum_c M_c``, the un-weighted map.
     """
     b, _, h, w = weighted.shape
     flat = weighted.float().flatten(2).transpose(1, 2)  # [B, hw, C]
-    _, _, vh = torch.linalg.svd(flat, full_matrices=False)
-    proj = flat @ vh[:, 0, :, None]  # [B, hw, 1]
+    m = flat - flat.mean(dim=1, keepdim=True) if center else flat
+    _, _, vh = torch.linalg.svd(m, full_matrices=False)
+    proj = m @ vh[:, 0, :, None]  # [B, hw, 1]
     agree = (proj[:, :, 0] * flat.sum(dim=2)).sum(dim=1)
     sign = torch.where(agree < 0, -1.0, 1.0).to(proj)
     return (proj[:, :, 0] * sign[:, None]).reshape(b, h, w)
@@ -189,12 +192,14 @@ class BaseCAM:
         export_options: dict[str, Any] | None = None,
         aug_smooth: bool = False,
         eigen_smooth: bool = False,
+        center: bool = False,
         pre_activation: bool = False,
     ):
         from xcam.backends import BACKENDS, Backend
 
         self.aug_smooth = aug_smooth
         self.eigen_smooth = eigen_smooth
+        self.center = center  # the eigen projections subtract each channel's mean first
         self._lock = threading.Lock()  # one explainer may serve many threads
         self.output = output
         self.export_options = dict(export_options or {})
@@ -290,6 +295,7 @@ class BaseCAM:
             "output": self.output,
             "aug_smooth": self.aug_smooth,
             "eigen_smooth": self.eigen_smooth,
+            "center": self.center,
             "pre_activation": getattr(self, "pre_activation", False),
         }
         found.update({k: getattr(self, k) for k in self.output_options})
@@ -302,7 +308,8 @@ class BaseCAM:
     def layer_map(self, ctx: LayerContext) -> torch.Tensor:
         """The layer's map ``[B, h, w]``: ``ReLU(sum_c w_c A_c)``, or with ``eigen_smooth``
         the ReLU of the first principal component of the weighted activations ``w_c A_c``."""
-        return self.combine(ctx.activations, self.weights(ctx), ctx.name, self.eigen_smooth)
+        weights = self.weights(ctx)
+        return self.combine(ctx.activations, weights, ctx.name, self.eigen_smooth, self.center)
 
     def _resolve(self, x: torch.Tensor) -> list[tuple[str, nn.Module | None]]:
         if self._layers is None:
@@ -581,7 +588,11 @@ class BaseCAM:
 
     @staticmethod
     def combine(
-        acts: torch.Tensor, weights: torch.Tensor, name: str = "", eigen: bool = False
+        acts: torch.Tensor,
+        weights: torch.Tensor,
+        name: str = "",
+        eigen: bool = False,
+        center: bool = False,
     ) -> torch.Tensor:
         """``ReLU(sum_c w_c A_c)``: ``[B, h, w]``. ``weights`` is ``[B, C]`` or ``[B, C, h, w]``.
 
@@ -590,7 +601,7 @@ class BaseCAM:
         if weights.dim() == 2:
             weights = weights[:, :, None, None]
         weighted = weights * acts
-        cam = F.relu(first_component(weighted) if eigen else weighted.sum(dim=1))
+        cam = F.relu(first_component(weighted, center) if eigen else weighted.sum(dim=1))
         if not bool(torch.isfinite(cam).all()):
             raise NumericalError(
                 f"the map of layer {name!r} is not finite (overflow in activations or gradients)"

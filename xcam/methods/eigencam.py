@@ -38,4 +38,4 @@ class EigenCAM(BaseCAM):
         return torch.ones(ctx.activations.shape[:2], dtype=ctx.activations.dtype)
 
     def layer_map(self, ctx: LayerContext) -> torch.Tensor:
-        return torch.relu(first_component(ctx.activations))
+        return torch.relu(first_component(ctx.activations, self.center))

@@ -33,4 +33,4 @@ class EigenGradCAM(BaseCAM):
         return ctx.gradients
 
     def layer_map(self, ctx: LayerContext) -> torch.Tensor:
-        return self.combine(ctx.activations, self.weights(ctx), ctx.name, eigen=True)
+        return self.combine(ctx.activations, self.weights(ctx), ctx.name, True, self.center)
