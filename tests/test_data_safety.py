@@ -570,3 +570,33 @@ def test_a_file_name_that_is_not_utf8(tmp_path) -> None:
     res = _explain(folder, tmp_path / "out")
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "out" / "predictions.json").read_text())["complete"]
+
+
+def infinite_net() -> nn.Module:
+    """Class 1's logit is +inf (its bias), the others finite: the maps are still finite."""
+    net = seeded_net()
+    with torch.no_grad():
+        net[-1].bias[1] = float("inf")
+    return net
+
+
+def test_infinite_logits_give_strict_json(images, tmp_path) -> None:
+    """Issue 12.9: predictions.json held NaN / Infinity, which strict JSON parsers reject."""
+    out = tmp_path / "out"
+    spec = f"{Path(__file__).stem}:infinite_net"
+    args = ["explain", spec, str(images), "-o", str(out), "--layer", "0", "--input-size", "32"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+
+    def strict(token: str):
+        raise ValueError(f"not strict JSON: {token}")
+
+    for name in ("predictions.json", "predictions.jsonl"):
+        for line in (
+            [(out / name).read_text()]
+            if name.endswith("json")
+            else ((out / name).read_text().splitlines())
+        ):
+            json.loads(line, parse_constant=strict)
+    item = _summary(out)["images"][0]
+    assert item["score"] is None and "infinite or NaN" in item["warning"]

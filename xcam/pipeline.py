@@ -224,22 +224,26 @@ def _explain_chunk(info, chunk, method, record, stems, targets, alpha, colormap,
         record.claim([f"{stem}.npy", f"{stem}.png"])
         kind = _write_outputs(record.out, stem, im, result.maps[i], alpha, colormap)
         target = int(result.targets[i]) if isinstance(result.targets, torch.Tensor) else None
-        record.add(
-            {
-                "key": image_key(p),
-                "stamp": stamp,
-                "stem": stems[image_key(p)],
-                "image": str(p),
-                "predictions": top_predictions(result.logits[i], info),
-                "target": target,
-                "target_name": None if target is None else info.class_name(target),
-                "score": float(result.scores[i]),
-                "kind": kind,
-                "overlay": f"{stem}.png",
-                "map": f"{stem}.npy",
-                "degenerate": bool(result.degenerate[i]),
-            }
-        )
+        row = {
+            "key": image_key(p),
+            "stamp": stamp,
+            "stem": stems[image_key(p)],
+            "image": str(p),
+            "predictions": top_predictions(result.logits[i], info),
+            "target": target,
+            "target_name": None if target is None else info.class_name(target),
+            "score": float(result.scores[i]),
+            "kind": kind,
+            "overlay": f"{stem}.png",
+            "map": f"{stem}.npy",
+            "degenerate": bool(result.degenerate[i]),
+        }
+        if not bool(torch.isfinite(result.logits[i]).all()):  # strict JSON has no inf / NaN
+            row["warning"] = (
+                "the model's output holds infinite or NaN values: the probabilities and "
+                "scores that depend on them are null"
+            )
+        record.add(row)
 
 
 def _write_outputs(out: Path, stem: str, image, cam: torch.Tensor, alpha, colormap) -> str:
