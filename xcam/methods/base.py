@@ -537,7 +537,7 @@ class BaseCAM:
         tail = self._tail(name)
         device = next(self.model.parameters()).device
         example = x.to(device)[rows.to(device)]
-        with preserved_state(self.model), torch.no_grad():
+        with preserved_state(self.model), torch.no_grad(), self._skip_final():
             return select_output(tail(acts.to(device), example), self.output)
 
     def _finish(self, x, layers, logits, acts, target, grads, targets, backend) -> CamResult:

@@ -95,7 +95,7 @@ class FullGrad(BaseCAM):
         biased = self._biased()
         size = (x.shape[-2], x.shape[-1])
         capture = Capture([(n, m) for n, m, _ in biased], grad_handles=True)
-        with preserved_state(self.model), torch.enable_grad(), capture:
+        with preserved_state(self.model), torch.enable_grad(), capture, self._skip_final():
             xi = x.detach().requires_grad_(True)
             logits = select_output(self.model(xi), self.output)
             target = resolve_targets(logits, targets)

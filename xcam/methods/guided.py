@@ -99,7 +99,7 @@ class GuidedBackprop(_EagerOnly):
         x = self._check_model_input(check_input(x))
         assert self.model is not None
         leaf = x.detach().requires_grad_(True)
-        with FX_GATE.shared(), preserved_state(self.model), torch.enable_grad():
+        with FX_GATE.shared(), preserved_state(self.model), torch.enable_grad(), self._skip_final():
             with guided_relus(self.model, stacklevel=2) as report:
                 out = self.model(leaf)
                 report.exclude_outputs(out)
@@ -135,11 +135,11 @@ class GuidedGradCAM(_EagerOnly):
 
     def __init__(self, model: Any, layers: Layers = None, backend: Any = "eager", **options: Any):
         super().__init__(model, layers, backend, **options)
-        output = options.get("output")
+        shared = {k: options[k] for k in ("output", "pre_activation") if k in options}
         with warnings.catch_warnings():  # this constructor already warned about the model
             warnings.simplefilter("ignore")
-            self._guided = GuidedBackprop(model, output=output)
-            self._gradcam = GradCAM(model, layers, output=output)
+            self._guided = GuidedBackprop(model, **shared)
+            self._gradcam = GradCAM(model, layers, **shared)
 
     @property
     def layers(self) -> list[str] | None:
