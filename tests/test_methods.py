@@ -595,3 +595,41 @@ def test_pre_activation_is_honoured_by_every_method(name: str) -> None:
     got = cls(probs, *args, pre_activation=True)(x)
     assert torch.equal(got.targets, want.targets)
     assert torch.allclose(got.maps, want.maps, atol=1e-5), float((got.maps - want.maps).abs().max())
+
+
+@pytest.mark.parametrize("name", ["gradcam", "gradcam++", "ablationcam"])
+def test_pytorch_grad_cam_target_objects_work_unchanged(resnet18, name: str) -> None:
+    """Targets as pytorch-grad-cam users bring them: a list of target objects, one per
+    sample (``[ClassifierOutputTarget(281)] * 2`` was a raw "Could not infer dtype")."""
+    from pytorch_grad_cam.utils.model_targets import (
+        ClassifierOutputSoftmaxTarget,
+        ClassifierOutputTarget,
+    )
+
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(30))
+    method = make(name, resnet18, "layer4")
+    got = method(x, targets=[ClassifierOutputTarget(281), ClassifierOutputTarget(7)])
+    want = method(x, targets=[281, 7])
+    assert torch.allclose(got.maps, want.maps, atol=1e-5)
+    assert torch.allclose(got.scores, want.scores, atol=1e-5)
+    one = method(x, targets=[ClassifierOutputTarget(281)])  # one object serves the batch
+    assert torch.allclose(one.maps, method(x, targets=281).maps, atol=1e-5)
+    if name == "gradcam":  # the softmax target: the probability's gradient, as the peer's
+        soft = method(x, targets=[ClassifierOutputSoftmaxTarget(281)] * 2)
+        assert torch.allclose(soft.scores, resnet18(x).softmax(1)[:, 281], atol=1e-6)
+    with pytest.raises(xcam.TargetError, match="3 target functions"):
+        method(x, targets=[ClassifierOutputTarget(1)] * 3)
+
+
+def test_target_objects_on_methods_that_rescore_variants(resnet18) -> None:
+    """Score-CAM / Recipro-CAM score many variants of each sample: each variant is scored by
+    its own sample's target object (a function is applied as is: the raw score)."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(31))
+    for name in ("scorecam", "reciprocam"):
+        method = make(name, resnet18, "layer4")
+        objects = method(x, targets=[ClassifierOutputTarget(3), ClassifierOutputTarget(9)])
+        first = method(x[:1], targets=lambda logits: logits[:, 3]).maps
+        second = method(x[1:], targets=lambda logits: logits[:, 9]).maps
+        assert torch.allclose(objects.maps, torch.cat([first, second]), atol=1e-5), name

@@ -18,7 +18,7 @@ from xcam.images import load_image, preprocess
 from xcam.methods.base import BaseCAM
 from xcam.models import ModelInfo
 from xcam.record import SUMMARY, Record, differences, image_key, image_stamp
-from xcam.targets import Targets
+from xcam.targets import Targets, score_functions
 
 
 @dataclass
@@ -51,8 +51,9 @@ def top_predictions(logits: torch.Tensor, info: ModelInfo, k: int = 5) -> list[d
 def run_settings(info: ModelInfo, method: BaseCAM, targets: Targets, **extra: Any) -> dict:
     """Every option that changes a job's outputs, as plain data: two jobs with equal
     settings write identical files (the model's weights enter by their hash)."""
-    if callable(targets) and not isinstance(targets, torch.Tensor):
-        target = f"callable {getattr(targets, '__qualname__', type(targets).__name__)}"
+    if score_functions(targets):
+        fns = [targets] if callable(targets) else list(targets)  # type: ignore[arg-type]
+        target = "callable " + ", ".join(getattr(f, "__qualname__", None) or repr(f) for f in fns)
     else:
         target = repr(targets.tolist() if isinstance(targets, torch.Tensor) else targets)
     return {

@@ -57,7 +57,7 @@ from torch import nn
 
 from xcam.capture import preserved_state
 from xcam.errors import InputError, TargetError
-from xcam.targets import flatten_logits, resolve_targets
+from xcam.targets import flatten_logits, resolve_targets, score_functions
 
 Baseline = str | float | torch.Tensor
 
@@ -254,7 +254,7 @@ def deletion_insertion_curves(
         raise InputError(f"steps must be a positive int, got {steps!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
-    if callable(targets) and not isinstance(targets, torch.Tensor):
+    if score_functions(targets):
         raise TargetError("deletion / insertion needs class targets (ints), not a callable")
     base = baseline_image(x, baseline, blur_sigma)
 

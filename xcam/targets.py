@@ -4,7 +4,9 @@
 - an int: one class for every sample;
 - a list / 1-D tensor of ints: one class per sample (length 1 or B);
 - ``"positive"`` / ``"negative"``: for a single-logit sigmoid head, the logit or its negation;
-- a callable ``logits -> scores[B]``: any differentiable score (regression, multi-output).
+- a callable ``logits -> scores[B]``: any differentiable score (regression, multi-output);
+- a list of callables, one per sample (or one for all), each ``output[i] -> score``:
+  pytorch-grad-cam's target objects (``ClassifierOutputTarget(281)``) work unchanged.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from xcam.core.targets import BINARY
 from xcam.errors import TargetError
 
 TargetFn = Callable[[torch.Tensor], torch.Tensor]
-Targets = None | int | str | Sequence[int] | torch.Tensor | TargetFn
+Targets = None | int | str | Sequence[int] | torch.Tensor | TargetFn | Sequence[Callable]
 
 
 def flatten_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -64,8 +66,51 @@ def _per_sample(targets: Sequence[int] | torch.Tensor, batch: int) -> torch.Tens
     return t.long().expand(batch).clone()
 
 
+def score_functions(targets: object) -> bool:
+    """Whether ``targets`` are score functions: one callable for the batch, or a list of
+    callables, one per sample (pytorch-grad-cam's target objects)."""
+    if isinstance(targets, torch.Tensor):
+        return False
+    if callable(targets):
+        return True
+    return (
+        isinstance(targets, list | tuple)
+        and len(targets) > 0
+        and all(callable(t) and not isinstance(t, torch.Tensor) for t in targets)
+    )
+
+
+def per_sample_scores(
+    logits: torch.Tensor, fns: Sequence[Callable], rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``scores[i] = fns[rows[i]](logits[i])``: each sample's own function on its own output
+    (a 1-D row, as pytorch-grad-cam's ``ClassifierOutputTarget`` and friends expect); one
+    function serves every sample."""
+    n = logits.shape[0]
+    owners = range(n) if rows is None else rows.tolist()
+    scores = []
+    for i, owner in enumerate(owners):
+        fn = fns[0] if len(fns) == 1 else fns[owner]
+        value = fn(logits[i])
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise TargetError(
+                f"a per-sample target must return one score for its sample's output, got {shape}"
+            )
+        scores.append(value.reshape(()))
+    return torch.stack(scores)
+
+
 def resolve_targets(logits: torch.Tensor, targets: Targets) -> Resolved:
     """Turn ``targets`` into one differentiable score per sample of ``logits``."""
+    if score_functions(targets) and not callable(targets):  # one function per sample
+        fns = list(targets)  # type: ignore[arg-type]
+        if len(fns) not in (1, logits.shape[0]):
+            raise TargetError(
+                f"{len(fns)} target functions given for a batch of {logits.shape[0]}; give 1 "
+                f"or {logits.shape[0]}"
+            )
+        return Resolved(per_sample_scores(logits, fns), None)
     if callable(targets) and not isinstance(targets, torch.Tensor):
         scores = targets(logits)
         if not isinstance(scores, torch.Tensor):

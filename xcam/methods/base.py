@@ -25,7 +25,14 @@ from xcam.core.tracing import FX_GATE
 from xcam.errors import InputError, NumericalError, TargetError, XCamError
 from xcam.layers import Layers, default_layer, resolve_layers
 from xcam.result import CamResult
-from xcam.targets import Resolved, Targets, flatten_logits, resolve_targets
+from xcam.targets import (
+    Resolved,
+    Targets,
+    flatten_logits,
+    per_sample_scores,
+    resolve_targets,
+    score_functions,
+)
 
 
 @dataclass
@@ -57,6 +64,8 @@ class LayerContext:
         single-logit head) instead of the raw logit. A callable target is applied as is.
         """
         if self.target.classes is None:
+            if score_functions(self.targets) and not callable(self.targets):
+                return per_sample_scores(logits, self.targets, rows).float()  # type: ignore[arg-type]
             return resolve_targets(logits, self.targets).scores.float()  # type: ignore[arg-type]
         flat = flatten_logits(logits).float()
         rows = rows.to(flat.device)
@@ -451,11 +460,7 @@ class BaseCAM:
         return self._tails[name]
 
     def _from_backend(self, backend, x, layers, targets):
-        in_graph = (
-            self.needs_gradients
-            and backend.has_gradients
-            and not (callable(targets) and not isinstance(targets, torch.Tensor))
-        )
+        in_graph = self.needs_gradients and backend.has_gradients and not score_functions(targets)
         if in_graph:
             return self._in_graph(backend, x, layers, targets)
         outs = backend.run(x)
