@@ -195,7 +195,7 @@ def _record_for(out: Path, run: dict[str, Any], overwrite: bool) -> Record:
 
 def _refuse_foreign(out: Path, record: Record, stems: list[str], overwrite: bool) -> None:
     """Files this run would write that its record doesn't list are someone else's."""
-    listed = set(record.files())
+    listed = record.owned
     names = [f"{s}{ext}" for s in stems for ext in (".png", ".npy")]
     foreign = [n for n in names if n not in listed and (out / n).exists()]
     if foreign and not overwrite:
@@ -221,14 +221,15 @@ def _explain_chunk(info, chunk, method, record, stems, targets, alpha, colormap,
     x = preprocess([im for _, _, im in loaded], info.input_size, info.mean, info.std)
     result = method(x.to(device), targets=targets).cpu()
     for i, (p, stamp, im) in enumerate(loaded):
-        stem = f"{stems[image_key(p)]}_{method.name}"
+        key = image_key(p)  # a realpath: resolved once per image
+        stem = f"{stems[key]}_{method.name}"
         record.claim([f"{stem}.npy", f"{stem}.png"])
         kind = _write_outputs(record.out, stem, im, result.maps[i], alpha, colormap)
         target = int(result.targets[i]) if isinstance(result.targets, torch.Tensor) else None
         row = {
-            "key": image_key(p),
+            "key": key,
             "stamp": stamp,
-            "stem": stems[image_key(p)],
+            "stem": stems[key],
             "image": str(p),
             "predictions": top_predictions(result.logits[i], info),
             "target": target,
