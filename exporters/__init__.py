@@ -101,6 +101,7 @@ def export(
     classes: Sequence[str] | None = None,
     model_spec: str | None = None,
     target_input: bool = False,
+    pre_activation: bool = False,
 ) -> ExportReport:
     """Export ``CamModel(model, layers)``: outputs ``logits`` and one per layer.
 
@@ -115,6 +116,11 @@ def export(
     with respect to each activation, or the class given by a second int64 input ``target``
     when ``target_input``, -1 meaning top-1) and ``gradcam``, the fused Grad-CAM map
     ``[B, H, W]`` in [0, 1] at input resolution (see :mod:`exporters.gradients`).
+
+    A model whose output comes out of a final Sigmoid / Softmax / LogSoftmax (a module or a
+    function) is noted as such in the metadata (``activation``): its ``logits`` are
+    probabilities. With ``pre_activation`` the file outputs, and explains, the scores before
+    that activation instead (a confident sigmoid's gradient vanishes in float32).
     """
     from exporters.parity import DEFAULT_TOLERANCE, check_parity
     from xcam.cammodel import CamModel
@@ -134,6 +140,12 @@ def export(
     example = check_input(example)
     path = Path(path)
     notes: list[str] = []
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if param is not None and example.dtype != param.dtype:  # e.g. a model.half()
+        notes.append(f"example cast from {example.dtype} to the model's {param.dtype}")
+        example = example.to(param.dtype)
+    if tolerance is None and example.dtype in (torch.float16, torch.bfloat16):
+        tolerance = 16 * torch.finfo(example.dtype).eps  # the rounding of a 16-bit float
     if dynamic_batch and example.shape[0] == 1:
         example = example.expand(2, *example.shape[1:]).clone()
         notes.append("example batch of 1 repeated to 2 (0/1 specialisation of dynamic dims)")
@@ -148,19 +160,50 @@ def export(
     with TRACE_LOCK, preserved_state(model), staged(path) as target:
         if layers is None:
             layers = default_layer(model, example)
-        cam_model = CamModel(model, layers, output=output).eval()
+        cam_model = CamModel(model, layers, output=output, watch=True).eval()
+        with torch.no_grad():
+            cam_model(example)  # learns the final activation, if any
+        activation = cam_model.activation
+        if pre_activation and activation is None:
+            raise ExportError(
+                "pre_activation: the model's output does not come out of a final Sigmoid, "
+                "Softmax or LogSoftmax (module or function), so it already is the score before "
+                "one; export without --pre-activation"
+            )
+        cam_model = CamModel(model, layers, output=output, pre_activation=pre_activation).eval()
         layer_names = list(cam_model.layer_names)
         module: nn.Module = cam_model
         reference: nn.Module = cam_model
+        unsaturated: nn.Module | None = None
         args: tuple = (example,)
         input_names = ["input"]
         closed: list[str] = []
         if gradients:
             from exporters.gradients import GradModel, closed_form_heads, grad_name, trace
 
-            heads = closed_form_heads(model, layer_names, example, output)
+            heads = closed_form_heads(model, layer_names, example, output, pre_activation)
             closed = [n for n, h in zip(layer_names, heads, strict=True) if h is not None]
-            reference = GradModel(model, layer_names, output, heads, not dynamic_spatial)
+            reference = GradModel(
+                model,
+                layer_names,
+                output,
+                heads,
+                not dynamic_spatial,
+                pre_activation=pre_activation,
+                activation=activation,
+            )
+            if activation is not None and not pre_activation:
+                # the same gradients of the scores before the activation: the scale that
+                # says when a probability's gradient is saturated (see check_parity)
+                unsaturated = GradModel(
+                    model,
+                    layer_names,
+                    output,
+                    [None] * len(layer_names),
+                    not dynamic_spatial,
+                    pre_activation=True,
+                    activation=activation,
+                )
             if target_input:
                 args = (example, torch.full((example.shape[0],), -1, dtype=torch.long))
                 input_names.append("target")
@@ -213,6 +256,9 @@ def export(
             gradients=gradients,
             input_names=input_names,
             closed_form=closed,
+            activation=activation,
+            pre_activation=pre_activation,
+            output=output,
         )
         start = time.perf_counter()
         if format == "onnx":
@@ -260,6 +306,8 @@ def export(
                 batches=(1, 2, 3) if dynamic_batch else (example.shape[0],),
                 sizes=sizes,
                 tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance,
+                unsaturated=unsaturated,
+                notes=report.notes,
             )
             report.check_seconds = time.perf_counter() - start
     return report

@@ -34,6 +34,11 @@ class ExportMetadata:
     gradients: bool = False
     input_names: list[str] = field(default_factory=lambda: ["input"])
     closed_form: list[str] = field(default_factory=list)  # layers whose gradient is W/(h·w)
+    # the model's final activation ("sigmoid", "softmax", "log_softmax"; None: none), and
+    # whether the file's logits (and its in-graph score) are the scores before it
+    activation: str | None = None
+    pre_activation: bool = False
+    output: int | str | None = None  # which part of a tuple / dict output is ``logits``
     dynamic_batch: bool = True
     dynamic_spatial: bool = False
     model: str | None = None

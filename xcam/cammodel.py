@@ -5,11 +5,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xcam.capture import Capture
+from xcam.capture import Capture, final_activations
 from xcam.errors import TargetError
 from xcam.layers import Layers, resolve_layers
 
-OutputSelector = int | str | None
+
+class _Whole:
+    """``output=WHOLE``: the model's output as it is, a tuple or dict included (for a callable
+    target, which may combine several heads)."""
+
+    def __repr__(self) -> str:
+        return "WHOLE"
+
+
+WHOLE = _Whole()
+OutputSelector = int | str | _Whole | None
 
 
 def _structure(out: dict | tuple | list) -> str:
@@ -25,7 +35,10 @@ def _structure(out: dict | tuple | list) -> str:
 
 
 def select_output(out: object, output: OutputSelector = None) -> torch.Tensor:
-    """The logits tensor of a model output: as is, or ``out[output]`` for a tuple or dict."""
+    """The logits tensor of a model output: as is, or ``out[output]`` for a tuple or dict
+    (``WHOLE``: the output as it is, whatever its structure)."""
+    if output is WHOLE:
+        return out  # type: ignore[return-value]
     if output is None:
         if isinstance(out, torch.Tensor):
             return out
@@ -59,6 +72,10 @@ class CamModel(nn.Module):
     so tracing or exporting this module makes them real graph outputs with the names
     in :attr:`output_names`; nothing is left registered on the model between calls.
 
+    ``watch``: note in :attr:`activation` whether the logits came out of a final
+    Sigmoid / Softmax / LogSoftmax (module or function). ``pre_activation``: return the
+    scores before that activation instead (an export then computes those).
+
     Example::
 
         cm = CamModel(torchvision.models.resnet18(), ["layer3", "layer4"])
@@ -71,6 +88,9 @@ class CamModel(nn.Module):
         layers: Layers,
         grad_handles: bool = False,
         output: OutputSelector = None,
+        *,
+        pre_activation: bool = False,
+        watch: bool = False,
     ):
         super().__init__()
         resolved = resolve_layers(model, layers)
@@ -83,12 +103,22 @@ class CamModel(nn.Module):
         self.grad_handles = grad_handles
         # which part of a tuple / dict output holds the logits
         self.output = output
+        self.pre_activation = pre_activation
+        self.watch = watch or pre_activation
+        self.activation: str | None = None  # found by the last watched forward
 
     @property
     def output_names(self) -> list[str]:
         return ["logits", *self.layer_names]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        with Capture(self._layers, grad_handles=self.grad_handles) as cap:
+        with (
+            Capture(self._layers, grad_handles=self.grad_handles) as cap,
+            final_activations(self.watch) as final,
+        ):
             logits = select_output(self.model(x), self.output)
+        if final is not None:
+            self.activation, before = final.find(logits)
+            if self.pre_activation:
+                logits = before
         return (logits, *cap.ordered())

@@ -5,6 +5,8 @@
 - a list / 1-D tensor of ints: one class per sample (length 1 or B);
 - ``"positive"`` / ``"negative"``: for a single-logit sigmoid head, the logit or its negation;
 - a callable ``logits -> scores[B]``: any differentiable score (regression, multi-output);
+  without ``output=``, it receives the model's whole output (a tuple or dict of heads too),
+  so ``lambda out: out[0][:, 0] + out[1][:, 0]`` explains the sum of two heads;
 - a list of callables, one per sample (or one for all), each ``output[i] -> score``:
   pytorch-grad-cam's target objects (``ClassifierOutputTarget(281)``) work unchanged.
 """
@@ -16,11 +18,48 @@ from dataclasses import dataclass
 
 import torch
 
-from xcam.core.targets import BINARY
+from xcam.core.targets import BINARY, decision_threshold
 from xcam.errors import TargetError
 
 TargetFn = Callable[[torch.Tensor], torch.Tensor]
 Targets = None | int | str | Sequence[int] | torch.Tensor | TargetFn | Sequence[Callable]
+
+
+def output_tensors(out: object) -> list[torch.Tensor]:
+    """The tensors of a model output, in order: a tensor, or a tuple / list / dict of them."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, tuple | list):
+        return [t for o in out for t in output_tensors(o)]
+    return []
+
+
+def batch_size(out: object) -> int:
+    """The batch of a model output (its first tensor's first dimension)."""
+    tensors = output_tensors(out)
+    if not tensors or tensors[0].dim() == 0:
+        raise TargetError(f"the model returned {type(out).__name__}, with no batch of tensors")
+    return tensors[0].shape[0]
+
+
+def sample_of(out: object, i: int) -> object:
+    """Sample ``i`` of a model output, keeping its structure."""
+    if isinstance(out, torch.Tensor):
+        return out[i]
+    if isinstance(out, dict):
+        return {k: sample_of(v, i) for k, v in out.items()}
+    if isinstance(out, tuple | list):
+        return type(out)(sample_of(v, i) for v in out)
+    return out
+
+
+def flat_output(out: object) -> torch.Tensor:
+    """Every tensor of a model output, flattened per sample and side by side: ``[B, N]``."""
+    tensors = output_tensors(out)
+    b = batch_size(out)
+    return torch.cat([t.reshape(b, -1) for t in tensors], dim=1)
 
 
 def flatten_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -52,6 +91,9 @@ class Resolved:
     scores: torch.Tensor
     classes: torch.Tensor | None
     sign: torch.Tensor | None = None  # +1 / -1 per sample for single-logit heads
+    # the final activation the model's output went through ("sigmoid", "softmax",
+    # "log_softmax"; see xcam.core.targets.ACTIVATIONS), None for raw logits
+    activation: str | None = None
 
 
 def _per_sample(targets: Sequence[int] | torch.Tensor, batch: int) -> torch.Tensor:
@@ -86,12 +128,12 @@ def per_sample_scores(
     """``scores[i] = fns[rows[i]](logits[i])``: each sample's own function on its own output
     (a 1-D row, as pytorch-grad-cam's ``ClassifierOutputTarget`` and friends expect); one
     function serves every sample."""
-    n = logits.shape[0]
+    n = batch_size(logits)
     owners = range(n) if rows is None else rows.tolist()
     scores = []
     for i, owner in enumerate(owners):
         fn = fns[0] if len(fns) == 1 else fns[owner]
-        value = fn(logits[i])
+        value = fn(sample_of(logits, i))
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise TargetError(
@@ -101,21 +143,32 @@ def per_sample_scores(
     return torch.stack(scores)
 
 
-def resolve_targets(logits: torch.Tensor, targets: Targets) -> Resolved:
-    """Turn ``targets`` into one differentiable score per sample of ``logits``."""
+def resolve_targets(
+    logits: torch.Tensor, targets: Targets, activation: str | None = None
+) -> Resolved:
+    """Turn ``targets`` into one differentiable score per sample of ``logits``.
+
+    ``activation``: what the model's output already went through (a final ``Sigmoid``
+    makes a single output a probability, whose decision flips at 0.5, not at 0)."""
+    found = _resolve(logits, targets, activation)
+    found.activation = activation
+    return found
+
+
+def _resolve(logits: torch.Tensor, targets: Targets, activation: str | None) -> Resolved:
     if score_functions(targets) and not callable(targets):  # one function per sample
         fns = list(targets)  # type: ignore[arg-type]
-        if len(fns) not in (1, logits.shape[0]):
+        b = batch_size(logits)
+        if len(fns) not in (1, b):
             raise TargetError(
-                f"{len(fns)} target functions given for a batch of {logits.shape[0]}; give 1 "
-                f"or {logits.shape[0]}"
+                f"{len(fns)} target functions given for a batch of {b}; give 1 or {b}"
             )
         return Resolved(per_sample_scores(logits, fns), None)
     if callable(targets) and not isinstance(targets, torch.Tensor):
         scores = targets(logits)
         if not isinstance(scores, torch.Tensor):
             raise TargetError(f"the target callable returned {type(scores).__name__}, not a tensor")
-        b = logits.shape[0]
+        b = batch_size(logits)
         if scores.shape not in ((b,), (b, 1)):
             raise TargetError(
                 f"the target callable must return one score per sample, shape [{b}], "
@@ -126,7 +179,7 @@ def resolve_targets(logits: torch.Tensor, targets: Targets) -> Resolved:
     flat = flatten_logits(logits)
     b, k = flat.shape
     if k == 1:
-        return _resolve_binary(flat[:, 0], targets)
+        return _resolve_binary(flat[:, 0], targets, activation)
     if isinstance(targets, str):
         raise TargetError(
             f"target {targets!r} is for single-logit (sigmoid) heads; this model has {k} logits"
@@ -149,11 +202,25 @@ def resolve_targets(logits: torch.Tensor, targets: Targets) -> Resolved:
     return Resolved(scores, classes)
 
 
-def _resolve_binary(logit: torch.Tensor, targets: Targets) -> Resolved:
-    """A single-logit head: explain the positive (logit) or negative (-logit) decision."""
+def decision_score(
+    output: torch.Tensor, sign: torch.Tensor, activation: str | None, probability: bool = False
+) -> torch.Tensor:
+    """The score of a single-output head's decision (``sign`` +1 positive, -1 negative): a
+    logit ``z`` gives ``z`` or ``-z`` (with ``probability``, their sigmoid); a probability
+    ``p`` (a final sigmoid) gives ``p`` or ``1 - p``. Either way its gradient is the
+    output's, signed."""
+    if activation == "sigmoid":
+        return torch.where(sign > 0, output, 1 - output)
+    signed = output * sign
+    return torch.sigmoid(signed) if probability else signed
+
+
+def _resolve_binary(logit: torch.Tensor, targets: Targets, activation: str | None) -> Resolved:
+    """A single-output head: explain the positive (the output) or the negative (its
+    negation) decision; by default the decision made, ``output >= threshold``."""
     b = logit.shape[0]
     if targets is None:
-        positive = (logit.detach() >= 0).long()
+        positive = (logit.detach() >= decision_threshold(activation)).long()
     elif isinstance(targets, str):
         key = targets.lower()
         if key not in BINARY:
@@ -172,4 +239,4 @@ def _resolve_binary(logit: torch.Tensor, targets: Targets) -> Resolved:
             raise TargetError("targets for a single-logit head are 1 (positive) or 0 (negative)")
     positive = positive.to(logit.device)
     sign = positive.to(logit.dtype) * 2 - 1
-    return Resolved(logit * sign, positive, sign)
+    return Resolved(decision_score(logit, sign, activation), positive, sign)

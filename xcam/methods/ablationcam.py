@@ -41,7 +41,8 @@ class AblationCAM(BatchedCAM):
         a = ctx.activations
         b, c = a.shape[:2]
         samples = torch.arange(b)
-        y = ctx.score(ctx.logits, samples, probability=False).float().cpu()
+        seen = ctx.logits if ctx.output is None else ctx.output  # what the target reads
+        y = ctx.score(seen, samples, probability=False).float().cpu()
         y = torch.where(y.abs() < _EPS, torch.full_like(y, _EPS), y)
         live = (a.flatten(2).abs().amax(dim=2) > 0).flatten().cpu()
         rows = torch.arange(b * c)

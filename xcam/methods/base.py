@@ -10,6 +10,7 @@ import functools
 import tempfile
 import threading
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xcam.cammodel import CamModel, OutputSelector, select_output
-from xcam.capture import bypassed, preserved_state
+from xcam.cammodel import WHOLE, CamModel, OutputSelector, select_output
+from xcam.capture import final_activations, preserved_state
 from xcam.core.tracing import FX_GATE
 from xcam.errors import InputError, NumericalError, TargetError, XCamError
 from xcam.layers import Layers, default_layer, resolve_layers
@@ -28,6 +29,8 @@ from xcam.result import CamResult
 from xcam.targets import (
     Resolved,
     Targets,
+    decision_score,
+    flat_output,
     flatten_logits,
     per_sample_scores,
     resolve_targets,
@@ -53,6 +56,7 @@ class LayerContext:
     model: nn.Module | None  # None when explaining a loaded backend alone
     module: nn.Module | None
     inputs: torch.Tensor | None = None  # x, [B, C_in, H, W]
+    output: Any = None  # the output the target saw (a tuple / dict for a callable target)
     targets: Targets = None  # what the caller asked for (a callable target is needed again)
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None
     tail: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
@@ -61,7 +65,9 @@ class LayerContext:
         """The explained score of each row of ``logits``; row i belongs to sample ``rows[i]``.
 
         ``probability``: the class's softmax probability (sigmoid of the signed logit for a
-        single-logit head) instead of the raw logit. A callable target is applied as is.
+        single-logit head) instead of the raw logit; where the output already is a
+        probability (a final Sigmoid / Softmax), that probability as it is (``1 - p`` for
+        a negative decision). A callable target is applied as is.
         """
         if self.target.classes is None:
             if score_functions(self.targets) and not callable(self.targets):
@@ -69,11 +75,15 @@ class LayerContext:
             return resolve_targets(logits, self.targets).scores.float()  # type: ignore[arg-type]
         flat = flatten_logits(logits).float()
         rows = rows.to(flat.device)
+        activation = self.target.activation
         if self.target.sign is not None:
-            signed = flat[:, 0] * self.target.sign.to(flat.device)[rows]
-            return torch.sigmoid(signed) if probability else signed
+            sign = self.target.sign.to(flat.device)[rows]
+            return decision_score(flat[:, 0], sign, activation, probability)
         if probability:
-            flat = flat.softmax(dim=1)
+            if activation == "log_softmax":
+                flat = flat.exp()
+            elif activation not in ("sigmoid", "softmax"):
+                flat = flat.softmax(dim=1)
         return flat.gather(1, self.target.classes.to(flat.device)[rows][:, None])[:, 0]
 
 
@@ -121,9 +131,18 @@ FINAL_ACTIVATIONS = (nn.Softmax, nn.Sigmoid, nn.LogSoftmax)
 
 
 def final_activation(model: nn.Module) -> nn.Module | None:
-    """The model's last leaf module when it is a Softmax / Sigmoid / LogSoftmax, else None."""
+    """The model's last leaf module when it is a Softmax / Sigmoid / LogSoftmax, else None
+    (seen without running the model; a functional one is found on the first call)."""
     leaves = [m for m in model.modules() if not any(True for _ in m.children())]
     return leaves[-1] if leaves and isinstance(leaves[-1], FINAL_ACTIVATIONS) else None
+
+
+def _saturation_warning(model: nn.Module, what: str) -> str:
+    return (
+        f"{type(model).__name__} ends in {what}: the gradient of a probability saturates "
+        "(near 0 or 1 it vanishes), so maps can be flat or noisy. Pass pre_activation=True "
+        "(--pre-activation) to explain the score before it"
+    )
 
 
 def _unprefixed(layers: Layers) -> Layers:
@@ -156,11 +175,15 @@ def normalize(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return scaled.clamp_(0.0, 1.0), constant
 
 
-def _flat_or_raw(logits: torch.Tensor) -> torch.Tensor:
+def _flat_or_raw(logits: Any) -> torch.Tensor:
+    """What a result reports as its logits: ``[B, K]``; a regression output as it is; the
+    heads of a tuple / dict output (seen by a callable target) flattened side by side."""
+    if not isinstance(logits, torch.Tensor):
+        return flat_output(logits).detach()
     try:
-        return flatten_logits(logits)
+        return flatten_logits(logits.detach())
     except TargetError:  # e.g. a regression output explained through a callable target
-        return logits
+        return logits.detach()
 
 
 class BaseCAM:
@@ -217,10 +240,14 @@ class BaseCAM:
         self._exports: dict[tuple, Backend] = {}
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._tails: dict[str, nn.Module] = {}
+        self.pre_activation = pre_activation
+        self._activation: str | None = None  # the eager model's final activation, if any
+        self._watched = False  # whether a forward has looked for it yet
         if isinstance(model, Backend):
             self.model = None
             self.backend = model
             self._layers = self._backend_layers(model, layers)
+            self._adopt_file(model)
             return
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -237,23 +264,15 @@ class BaseCAM:
             layers = _unprefixed(layers)
         self.model = model
         self._layers = resolve_layers(model, layers)
-        self.pre_activation = pre_activation
-        self._final = final_activation(model)
+        final = final_activation(model)
         self._in_channels = first_conv_channels(model)  # checked against every input
-        if self._final is not None and not pre_activation and self.needs_gradients:
+        self._warned = final is not None and not pre_activation and self.needs_gradients
+        if self._warned:
             warnings.warn(
-                f"{type(model).__name__} ends in {type(self._final).__name__}: the gradient of a "
-                "probability saturates (near 0 or 1 it vanishes), so maps can be flat or noisy. "
-                "Pass pre_activation=True to explain the score before it",
-                UserWarning,
-                stacklevel=3,
-            )
-        if pre_activation and backend not in (None, "eager"):
-            raise XCamError(
-                "pre_activation=True skips a module of the eager model; an exported model "
-                "already applies it: export the model without its final activation instead"
+                _saturation_warning(model, type(final).__name__), UserWarning, stacklevel=3
             )
         if isinstance(backend, Backend):
+            self._adopt_file(backend)
             self.backend = backend
             if self._layers is None:
                 self._layers = resolve_layers(model, backend.layer_names)  # all, as the file
@@ -266,6 +285,62 @@ class BaseCAM:
             self._export_format = BACKEND_FORMAT[backend].name
         else:
             raise XCamError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
+
+    def _adopt_file(self, backend: Any) -> None:
+        """The file's choices hold for the eager tail too: the part of a tuple / dict output
+        it exported as ``logits`` (another one is an error), and ``pre_activation`` (a file
+        that applies the final activation can't skip it)."""
+        meta = backend.metadata
+        if self.output is None:
+            self.output = meta.output
+        elif meta.output is not None and self.output != meta.output:
+            raise XCamError(
+                f"output={self.output!r}, but {backend.path.name} was exported with --output "
+                f"{meta.output} (output={meta.output!r}): its logits are that part of the "
+                f"model's output. Pass output={meta.output!r}, or re-export with --output "
+                f"{self.output}"
+            )
+        if meta.pre_activation:
+            self.pre_activation = True
+        elif self.pre_activation and meta.activation is not None:
+            raise XCamError(
+                f"pre_activation=True, but {backend.path.name} applies the model's final "
+                f"{meta.activation} in its graph: re-export with --pre-activation "
+                "(pre_activation=True)"
+            )
+
+    @property
+    def activation(self) -> str | None:
+        """What the explained logits went through: ``"sigmoid"``, ``"softmax"``,
+        ``"log_softmax"`` (the model's own final activation, kept), or None (raw scores:
+        no final activation, or ``pre_activation``)."""
+        if self.backend is not None:
+            return self.backend.activation
+        return None if self.pre_activation else self._activation
+
+    def _final(self) -> contextlib.AbstractContextManager:
+        """Around a forward of the eager model (or a tail of it): watch for its final
+        activation, on the first call (to learn it) and with ``pre_activation`` (to explain
+        the scores before it). Pass the output to :meth:`_logits`."""
+        return final_activations(self.pre_activation or not self._watched)
+
+    def _logits(self, watch: Any, logits: torch.Tensor, found: str | None = None) -> torch.Tensor:
+        """The explained scores of an eager output seen by :meth:`_final`'s ``watch``."""
+        if watch is not None:
+            found, before = watch.find(logits)
+            if self.pre_activation:
+                logits = before
+        if not self._watched and (watch is not None or found is not None):
+            self._learn(found)
+        return logits
+
+    def _learn(self, found: str | None) -> None:
+        self._activation, self._watched = found, True
+        if found is None or self.pre_activation or not self.needs_gradients or self._warned:
+            return
+        self._warned = True
+        assert self.model is not None
+        warnings.warn(_saturation_warning(self.model, found), UserWarning, stacklevel=5)
 
     @staticmethod
     def _backend_layers(backend: Any, layers: Layers) -> list[tuple[str, nn.Module | None]]:
@@ -284,6 +359,22 @@ class BaseCAM:
     @property
     def layers(self) -> list[str] | None:
         return None if self._layers is None else [n for n, _ in self._layers]
+
+    def close(self) -> None:
+        """Remove the files of the models this explainer exported (``backend="onnxruntime"``
+        and friends); the next call exports again. Also done when it is garbage-collected,
+        or on leaving a ``with`` block."""
+        with self._lock:
+            self._exports.clear()
+            if self._tmp is not None:
+                self._tmp.cleanup()
+                self._tmp = None
+
+    def __enter__(self) -> BaseCAM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # attributes of a subclass that change its maps (they enter :meth:`settings`)
     output_options: ClassVar[tuple[str, ...]] = ()
@@ -305,7 +396,7 @@ class BaseCAM:
             "aug_smooth": self.aug_smooth,
             "eigen_smooth": self.eigen_smooth,
             "center": self.center,
-            "pre_activation": getattr(self, "pre_activation", False),
+            "pre_activation": self.pre_activation,
         }
         found.update({k: getattr(self, k) for k in self.output_options})
         return found
@@ -368,7 +459,18 @@ class BaseCAM:
         size = tuple(x.shape[-2:])
         same = result.targets  # the classes found on x itself, or the callable
         maps = [result.maps]
-        for flip, scale in self.augmentations[1:]:
+        augmentations = self.augmentations[1:]
+        fixed = self._fixed_size()
+        if fixed is not None:  # a file that takes one size: its rescaled copies can't run
+            augmentations = tuple((flip, scale) for flip, scale in augmentations if scale == 1.0)
+            warnings.warn(
+                f"aug_smooth: {fixed} has a fixed input size {size[0]}x{size[1]}, so only the "
+                "flipped copy is averaged, not the rescaled ones (export with "
+                "--dynamic-spatial for those)",
+                UserWarning,
+                stacklevel=3,
+            )
+        for flip, scale in augmentations:
             xt = x.flip(-1) if flip else x
             if scale != 1.0:
                 scaled = [max(1, round(s * scale)) for s in size]
@@ -379,6 +481,15 @@ class BaseCAM:
             maps.append(m.flip(-1) if flip else m)
         fused, degenerate = normalize(torch.stack(maps).mean(dim=0))
         return replace(result, maps=fused, degenerate=degenerate)
+
+    def _fixed_size(self) -> str | None:
+        """The name of the loaded file this explainer runs, when its input size is fixed."""
+        if self.backend is None:
+            return None
+        shape = self.backend.metadata.input_shape
+        if len(shape) == 4 and shape[2] is not None and shape[3] is not None:
+            return self.backend.path.name
+        return None
 
     def _explain(self, x: torch.Tensor, targets: Targets) -> CamResult:
         layers = self._resolve(x)
@@ -395,20 +506,18 @@ class BaseCAM:
             self.model,
             [m for _, m in layers],
             grad_handles=self.needs_gradients,
-            output=self.output,
+            output=self._output_for(targets),
+            pre_activation=self.pre_activation,
+            watch=not self._watched,
         )
         grad_mode = torch.enable_grad() if self.needs_gradients else torch.no_grad()
-        with preserved_state(self.model), grad_mode, self._skip_final():
+        with preserved_state(self.model), grad_mode:
             logits, *acts = cam_model(x)
-            target = resolve_targets(logits, targets)
+            if cam_model.watch:
+                self._logits(None, logits, cam_model.activation)
+            target = resolve_targets(logits, targets, self.activation)
             grads = self._gradients(target.scores, acts) if self.needs_gradients else None
         return logits, acts, target, grads
-
-    def _skip_final(self) -> contextlib.AbstractContextManager:
-        """With ``pre_activation``, the model's final Softmax/Sigmoid passes its input."""
-        if self.pre_activation and getattr(self, "_final", None) is not None:
-            return bypassed(self._final)
-        return contextlib.nullcontext()
 
     def _exported(self, x: torch.Tensor, names: list[str]):
         """Export the model for ``x``'s shape on first use; parity-checked, then cached."""
@@ -427,9 +536,16 @@ class BaseCAM:
             assert self.model is not None
             if self._tmp is None:
                 self._tmp = tempfile.TemporaryDirectory(prefix="xcam-")
+                # removed with the explainer (or by close()), never left to the interpreter's
+                # "Implicitly cleaning up" ResourceWarning
+                weakref.finalize(self, self._tmp.cleanup)
             suffix = FORMATS[self._export_format].suffix
             path = Path(self._tmp.name) / f"model{len(self._exports)}{suffix}"
-            options = {"output": self.output, **self.export_options}
+            options = {
+                "output": self.output,
+                "pre_activation": self.pre_activation,
+                **self.export_options,
+            }
             exporters.export(self.model, names, x, path, format=self._export_format, **options)
             # xcam's own export of the caller's model, in a private folder: trusted
             self._exports[key] = load(path, device=str(x.device), trust_code=True)
@@ -466,8 +582,21 @@ class BaseCAM:
         outs = backend.run(x)
         logits = outs["logits"]
         acts = [outs[n] for n, _ in layers]
+        activation = backend.activation
         if not self.needs_gradients:
-            return logits, acts, resolve_targets(logits, targets), None
+            return logits, acts, resolve_targets(logits, targets, activation), None
+        if self.model is None and backend.has_gradients:  # a callable target
+            choose = (
+                "or a class per sample (ints)"
+                if backend.has_target_input
+                else "(re-export with --target-input to choose classes)"
+            )
+            raise XCamError(
+                f"{backend.path.name} computes in its graph the gradient of one score, the top-1 "
+                f"class {choose}; a callable target needs the eager model to differentiate: "
+                "Method(model, layers, backend=xcam.load(path)), or export with --target-input "
+                "and pass class indices"
+            )
         if self.model is None:
             raise XCamError(
                 f"{type(self).__name__} needs gradients, and {backend.path.name} has none in its "
@@ -476,7 +605,7 @@ class BaseCAM:
                 "`xcam explain MODEL_SPEC --backend onnxruntime|torchscript|pt2`"
             )
         # targets resolved once on the backend's logits, so every layer explains the same class
-        fixed = resolve_targets(logits, targets)
+        fixed = resolve_targets(logits, targets, activation)
         # (for a single logit, the classes are the decision the backend made)
         per_layer = targets if fixed.classes is None else fixed.classes
         grads, target = [], fixed
@@ -487,9 +616,11 @@ class BaseCAM:
                 leaf = a.detach().to(device).requires_grad_(True)
                 # a clone, so an in-place op right after the layer (densenet's final
                 # F.relu(inplace=True)) acts on it and never on the leaf
-                out = select_output(tail(leaf.clone(), x.to(device)), self.output)
+                with self._final() as watch:
+                    out = select_output(tail(leaf.clone(), x.to(device)), self.output)
+                out = self._logits(watch, out)
                 _check_tail(out, logits, name, backend)
-                target = resolve_targets(out, per_layer)
+                target = resolve_targets(out, per_layer, activation)
                 grads.append(self._gradients(target.scores, [leaf])[0].to(a.device))
         return logits, acts, target, grads
 
@@ -504,8 +635,9 @@ class BaseCAM:
             wanted = resolve_targets(probe, targets).classes  # validates range and length
         outs = backend.run(x, wanted if backend.has_target_input else None)
         logits = outs["logits"]
+        activation = backend.activation
         if wanted is not None and not backend.has_target_input:
-            top = resolve_targets(logits, None).classes
+            top = resolve_targets(logits, None, activation).classes
             if not torch.equal(top.cpu(), wanted.cpu()):
                 raise XCamError(
                     f"{backend.path.name} explains the top-1 class only; re-export with "
@@ -513,10 +645,19 @@ class BaseCAM:
                 )
         acts = [outs[n] for n, _ in layers]
         grads = [outs[grad_name(n)] for n, _ in layers]
-        target = resolve_targets(logits.detach(), targets if wanted is None else wanted)
+        target = resolve_targets(logits.detach(), targets if wanted is None else wanted, activation)
         return logits, acts, target, grads
 
-    def _forward_fn(self, backend: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _output_for(self, targets: Targets) -> OutputSelector:
+        """What of the model's output the targets see: ``output``; without it, a callable
+        target sees the whole output (several heads may enter its score)."""
+        if self.output is None and score_functions(targets):
+            return WHOLE
+        return self.output
+
+    def _forward_fn(
+        self, backend: Any, output: OutputSelector = None
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
         """Inputs -> logits through the whole model on this method's backend, no gradients."""
         if backend is not None:
             return lambda xb: backend.run(xb)["logits"]
@@ -524,13 +665,18 @@ class BaseCAM:
         model = self.model
 
         def forward(xb: torch.Tensor) -> torch.Tensor:
-            with preserved_state(model), torch.no_grad(), self._skip_final():
-                return select_output(model(xb), self.output)
+            with preserved_state(model), torch.no_grad(), self._final() as watch:
+                return self._logits(watch, select_output(model(xb), output))
 
         return forward
 
     def _run_tail(
-        self, name: str, x: torch.Tensor, acts: torch.Tensor, rows: torch.Tensor
+        self,
+        name: str,
+        x: torch.Tensor,
+        acts: torch.Tensor,
+        rows: torch.Tensor,
+        output: OutputSelector = None,
     ) -> torch.Tensor:
         """Logits from activations of ``name`` (row i from sample ``rows[i]`` of ``x``) by
         the eager tail of the model after that layer."""
@@ -542,13 +688,14 @@ class BaseCAM:
         tail = self._tail(name)
         device = next(self.model.parameters()).device
         example = x.to(device)[rows.to(device)]
-        with preserved_state(self.model), torch.no_grad(), self._skip_final():
-            return select_output(tail(acts.to(device), example), self.output)
+        with preserved_state(self.model), torch.no_grad(), self._final() as watch:
+            return self._logits(watch, select_output(tail(acts.to(device), example), output))
 
     def _finish(self, x, layers, logits, acts, target, grads, targets, backend) -> CamResult:
-        flat = _flat_or_raw(logits.detach())
+        flat = _flat_or_raw(logits)
         layer_maps: dict[str, torch.Tensor] = {}
-        forward = self._forward_fn(backend)
+        output = self._output_for(targets)
+        forward = self._forward_fn(backend, output)
         with torch.no_grad():
             for i, (name, module) in enumerate(layers):
                 a = acts[i].detach()
@@ -561,9 +708,10 @@ class BaseCAM:
                     model=self.model,
                     module=module,
                     inputs=x,
+                    output=logits,
                     targets=targets,
                     forward=forward,
-                    tail=functools.partial(self._run_tail, name, x),
+                    tail=functools.partial(self._run_tail, name, x, output=output),
                 )
                 layer_maps[name] = self.layer_map(ctx)
             maps, degenerate = self.fuse(list(layer_maps.values()), x.shape[-2:])
@@ -577,6 +725,7 @@ class BaseCAM:
             method=self.name,
             layers=[n for n, _ in layers],
             backend="eager" if backend is None else backend.format,
+            activation=target.activation,
         )
 
     @staticmethod

@@ -95,10 +95,10 @@ class FullGrad(BaseCAM):
         biased = self._biased()
         size = (x.shape[-2], x.shape[-1])
         capture = Capture([(n, m) for n, m, _ in biased], grad_handles=True)
-        with preserved_state(self.model), torch.enable_grad(), capture, self._skip_final():
+        with preserved_state(self.model), torch.enable_grad(), capture, self._final() as watch:
             xi = x.detach().requires_grad_(True)
-            logits = select_output(self.model(xi), self.output)
-            target = resolve_targets(logits, targets)
+            logits = self._logits(watch, select_output(self.model(xi), self._output_for(targets)))
+            target = resolve_targets(logits, targets, self.activation)
             outs = capture.ordered()
             grads = torch.autograd.grad(target.scores.sum(), [xi, *outs], allow_unused=True)
         terms = {"input": _psi(_zero_if_none(grads[0], xi) * xi.detach(), size)}
@@ -110,7 +110,7 @@ class FullGrad(BaseCAM):
             raise NumericalError("the FullGrad map is not finite (overflow in gradients)")
         return CamResult(
             maps=maps,
-            logits=_flat_or_raw(logits.detach()),
+            logits=_flat_or_raw(logits),
             targets=target.classes if target.classes is not None else targets,  # type: ignore[arg-type]
             scores=target.scores.detach(),
             layer_maps=terms,
@@ -118,6 +118,7 @@ class FullGrad(BaseCAM):
             method=self.name,
             layers=list(terms),
             backend="eager",
+            activation=target.activation,
         )
 
 

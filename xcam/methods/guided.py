@@ -99,12 +99,12 @@ class GuidedBackprop(_EagerOnly):
         x = self._check_model_input(check_input(x))
         assert self.model is not None
         leaf = x.detach().requires_grad_(True)
-        with FX_GATE.shared(), preserved_state(self.model), torch.enable_grad(), self._skip_final():
-            with guided_relus(self.model, stacklevel=2) as report:
+        with FX_GATE.shared(), preserved_state(self.model), torch.enable_grad():
+            with self._final() as watch, guided_relus(self.model, stacklevel=2) as report:
                 out = self.model(leaf)
                 report.exclude_outputs(out)
-            logits = select_output(out, self.output)
-            target = resolve_targets(logits, targets)
+            logits = self._logits(watch, select_output(out, self._output_for(targets)))
+            target = resolve_targets(logits, targets, self.activation)
             grad = None
             if target.scores.requires_grad:
                 (grad,) = torch.autograd.grad(target.scores.sum(), leaf, allow_unused=True)
@@ -113,7 +113,7 @@ class GuidedBackprop(_EagerOnly):
             raise NumericalError("the guided gradient is not finite (overflow in the model)")
         return CamResult(
             maps=maps,
-            logits=_flat_or_raw(logits.detach()),
+            logits=_flat_or_raw(logits),
             targets=target.classes if target.classes is not None else targets,  # type: ignore[arg-type]
             scores=target.scores.detach(),
             layer_maps={},
@@ -121,6 +121,7 @@ class GuidedBackprop(_EagerOnly):
             method=self.name,
             layers=[],
             backend="eager",
+            activation=target.activation,
         )
 
 
