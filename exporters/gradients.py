@@ -250,6 +250,8 @@ class GradModel(nn.Module):
     ``target``: class per sample, ``-1`` for the top-1 class. ``closed_form[i]``: the
     Linear whose weights give layer i's gradient in closed form, or None for autograd.
     ``static_spatial``: H and W are fixed (the map is upsampled by constant matrices).
+    ``activation``: the model's final activation, if any (a single sigmoid output decides at
+    0.5); ``pre_activation``: the logits and the score are those before it.
     """
 
     def __init__(
@@ -259,13 +261,20 @@ class GradModel(nn.Module):
         output=None,
         closed_form: Sequence[nn.Linear | None] | None = None,
         static_spatial: bool = True,
+        *,
+        pre_activation: bool = False,
+        activation: str | None = None,
     ):
         super().__init__()
         from xcam.cammodel import CamModel
+        from xcam.core.targets import decision_threshold
 
         self.static_spatial = static_spatial
         self.model = model
-        self.cam_model = CamModel(model, list(layers), grad_handles=True, output=output)
+        self.cam_model = CamModel(
+            model, list(layers), grad_handles=True, output=output, pre_activation=pre_activation
+        )
+        self.threshold = decision_threshold(None if pre_activation else activation)
         self.layers = list(layers)
         self.closed = list(closed_form or [None] * len(layers))
 
@@ -278,7 +287,7 @@ class GradModel(nn.Module):
             logits, *acts = torch.func.functional_call(self.cam_model, params, (x,))
             flat = flatten_logits(logits)
             if flat.shape[1] == 1:  # a single logit: explain the decision (or the one asked)
-                top = (flat[:, 0] >= 0).long()
+                top = (flat[:, 0] >= self.threshold).long()
                 idx = top if target is None else torch.where(target >= 0, target.long(), top)
                 sign = idx.to(flat.dtype) * 2 - 1
                 score = (flat[:, 0] * sign).sum()
@@ -307,7 +316,11 @@ class GradModel(nn.Module):
 
 
 def closed_form_heads(
-    model: nn.Module, layers: Sequence[str], example: torch.Tensor, output=None
+    model: nn.Module,
+    layers: Sequence[str],
+    example: torch.Tensor,
+    output=None,
+    pre_activation: bool = False,
 ) -> list[nn.Linear | None]:
     """For each layer, the Linear of a pooled-linear head right after it, if there is one."""
     from xcam.cammodel import CamModel
@@ -316,7 +329,8 @@ def closed_form_heads(
     from xcam.targets import flatten_logits
 
     with torch.no_grad():
-        logits, *acts = CamModel(model, list(layers), output=output)(example)
+        cam_model = CamModel(model, list(layers), output=output, pre_activation=pre_activation)
+        logits, *acts = cam_model(example)
     flat = flatten_logits(logits)
     heads: list[nn.Linear | None] = []
     for a in acts:

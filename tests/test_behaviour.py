@@ -202,8 +202,10 @@ def test_final_softmax_warns_and_pre_activation_explains_the_logit(demo_model) -
     assert torch.allclose(pre.maps, ref.maps, atol=1e-6)
     assert torch.allclose(pre.logits, ref.logits, atol=1e-6)  # the scores before the softmax
     assert model(x).sum(1).allclose(torch.ones(2))  # the model itself is unchanged
-    with pytest.raises(xcam.XCamError, match="pre_activation"):
-        xcam.GradCAM(model, "0.block3", backend="onnxruntime", pre_activation=True)
+    # issue 12.2: pre_activation reaches the export (it used to be refused with a backend)
+    exported = xcam.GradCAM(model, "0.block3", backend="onnxruntime", pre_activation=True)(x)
+    assert torch.allclose(exported.maps, ref.maps, atol=1e-4)
+    assert torch.allclose(exported.logits, ref.logits, atol=1e-4)
 
 
 def test_data_parallel_is_unwrapped_with_a_note(demo_model) -> None:

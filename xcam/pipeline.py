@@ -32,20 +32,38 @@ class JobReport:
     skipped: int = 0  # images already explained by an earlier, identical run
 
 
-def top_predictions(logits: torch.Tensor, info: ModelInfo, k: int = 5) -> list[dict[str, Any]]:
-    """Top-k classes with probabilities (softmax; sigmoid for a single-logit head)."""
+def top_predictions(
+    logits: torch.Tensor, info: ModelInfo, k: int = 5, activation: str | None = None
+) -> list[dict[str, Any]]:
+    """Top-k classes with probabilities: the softmax of raw logits (the sigmoid for a
+    single-logit head), or, where the model's output already is a probability
+    (``activation``: a final Sigmoid / Softmax, or LogSoftmax), that output as it is."""
     logits = logits.detach().float().cpu()
     if logits.dim() != 1:
         return [{"output": logits.tolist()}]
-    if logits.numel() == 1:
+    if activation in ("sigmoid", "softmax"):  # a sigmoid's: one, or multi-label
+        probs = logits
+    elif activation == "log_softmax":
+        probs = logits.exp()
+    elif logits.numel() == 1:
         p = float(torch.sigmoid(logits[0]))
         return [{"class": 1, "name": "positive", "probability": p, "logit": float(logits[0])}]
-    probs = logits.softmax(0)
+    else:
+        probs = logits.softmax(0)
+    if logits.numel() == 1:
+        return [{"class": 1, "name": "positive", "probability": float(probs[0])}]
     top = probs.topk(min(k, probs.numel()))
     return [
         {"class": int(c), "name": info.class_name(int(c)), "probability": float(p)}
         for p, c in zip(top.values, top.indices, strict=True)
     ]
+
+
+def _target_name(info: ModelInfo, result: Any, target: int) -> str:
+    """A class's name; a single-output head's decision is ``positive`` or ``negative``."""
+    if result.logits.dim() == 2 and result.logits.shape[1] == 1:
+        return "positive" if target == 1 else "negative"
+    return info.class_name(target)
 
 
 def run_settings(info: ModelInfo, method: BaseCAM, targets: Targets, **extra: Any) -> dict:
@@ -231,9 +249,9 @@ def _explain_chunk(info, chunk, method, record, stems, targets, alpha, colormap,
             "stamp": stamp,
             "stem": stems[key],
             "image": str(p),
-            "predictions": top_predictions(result.logits[i], info),
+            "predictions": top_predictions(result.logits[i], info, activation=result.activation),
             "target": target,
-            "target_name": None if target is None else info.class_name(target),
+            "target_name": None if target is None else _target_name(info, result, target),
             "score": float(result.scores[i]),
             "kind": kind,
             "overlay": f"{stem}.png",

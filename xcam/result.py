@@ -26,6 +26,9 @@ class CamResult:
             returned as zeros rather than NaN.
         method: the method's registry name; ``layers``: the layer names, in order.
         backend: where the activations came from (``eager``, ``onnx``, ``torchscript``, ``pt2``).
+        activation: the final activation ``logits`` already went through (``"sigmoid"``,
+            ``"softmax"``, ``"log_softmax"``: they are probabilities, or their logs), or None
+            for raw scores (no final activation, or ``pre_activation``).
     """
 
     maps: torch.Tensor
@@ -37,6 +40,7 @@ class CamResult:
     method: str = ""
     layers: list[str] = field(default_factory=list)
     backend: str = "eager"
+    activation: str | None = None
 
     def __len__(self) -> int:
         return self.maps.shape[0]
@@ -55,6 +59,7 @@ class CamResult:
             method=self.method,
             layers=list(self.layers),
             backend=self.backend,
+            activation=self.activation,
         )
 
     def cpu(self) -> CamResult:

@@ -10,6 +10,15 @@ from xcam.errors import TargetError
 # a single-logit (sigmoid) head's named targets: 1 explains the logit, 0 its negation
 BINARY = {"positive": 1, "pos": 1, "negative": 0, "neg": 0}
 
+# what a model's output may already have gone through: the last op of its forward, detected
+# by xcam.capture.final_activations. ``None``: raw scores (logits).
+ACTIVATIONS = ("sigmoid", "softmax", "log_softmax")
+
+
+def decision_threshold(activation: str | None) -> float:
+    """Where a single-output head's decision flips: a logit at 0, a probability at 0.5."""
+    return 0.5 if activation == "sigmoid" else 0.0
+
 
 def class_targets(targets: object, batch: int, k: int) -> list[int]:
     """Class indices per sample, validated as :func:`xcam.targets.resolve_targets` does

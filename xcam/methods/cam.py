@@ -61,7 +61,15 @@ class CAM(BaseCAM):
             raise HeadError("CAM explains a class index; a callable target needs Grad-CAM")
         if ctx.model is None:
             raise HeadError("CAM reads the classifier weights: pass the eager model too")
-        fc = pooled_linear_head(ctx.model, ctx.activations, ctx.logits)
+        try:
+            fc = pooled_linear_head(ctx.model, ctx.activations, ctx.logits)
+        except HeadError as e:
+            if ctx.target.activation is None:
+                raise
+            raise HeadError(  # W·GAP(A)+b may be the score before the final activation
+                f"{e}; or, since the model ends in {ctx.target.activation}, pass "
+                "pre_activation=True (--pre-activation) to explain the score before it"
+            ) from None
         weight = fc.weight.detach().to(ctx.activations.dtype)
         if ctx.target.sign is not None:  # single logit: the negative decision is -W
             return weight[0][None, :] * ctx.target.sign[:, None]
