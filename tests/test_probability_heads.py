@@ -266,3 +266,24 @@ def test_lite_decides_a_sigmoid_file_at_one_half(confident, tmp_path: Path) -> N
     exporters.export(mild, ["features.block3"], x, path, gradients=True)
     got = OnnxExplainer(path)(x.numpy())
     assert got.targets.tolist() == [1, 0]
+
+
+def test_deletion_insertion_reads_a_probability_head_as_probabilities() -> None:
+    """``xcam.quality`` took a softmax of the softmax: the curves of a model ending in
+    Softmax must be those of the same network's logits."""
+    from xcam.quality import deletion_insertion_curves
+
+    model = softmax_head()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    maps = torch.rand(2, 32, 32, generator=torch.Generator().manual_seed(5))
+    got = deletion_insertion_curves(model, x, maps, steps=4)
+    want = deletion_insertion_curves(Logits(model), x, maps, steps=4)
+    assert torch.equal(got.targets, want.targets)
+    assert torch.allclose(got.deletion, want.deletion, atol=1e-6)
+    assert torch.allclose(got.insertion, want.insertion, atol=1e-6)
+    xs = x.repeat(1, 1, 2, 2)  # 64², the X-ray model's size
+    sure = calibrate(xray(), xs, [3.0, -2.0])
+    got = deletion_insertion_curves(sure, xs, maps.repeat(1, 2, 2), steps=4)
+    want = deletion_insertion_curves(Logits(sure), xs, maps.repeat(1, 2, 2), steps=4)
+    assert got.targets.tolist() == [1, 0]  # the decisions, at 0.5 for the probability
+    assert torch.allclose(got.deletion, want.deletion, atol=1e-6)

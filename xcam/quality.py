@@ -55,9 +55,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xcam.capture import preserved_state
+from xcam.capture import final_activations, preserved_state
 from xcam.errors import InputError, TargetError
-from xcam.targets import flatten_logits, resolve_targets, score_functions
+from xcam.targets import class_probability, flatten_logits, resolve_targets, score_functions
 
 Baseline = str | float | torch.Tensor
 
@@ -203,18 +203,20 @@ def _check_input(x: object) -> torch.Tensor:
 
 
 def _logits(model: Callable[[torch.Tensor], object], images: torch.Tensor) -> torch.Tensor:
-    out = model(images)
+    return _scores(model, images, watch=False)[0]
+
+
+def _scores(
+    model: Callable[[torch.Tensor], object], images: torch.Tensor, watch: bool = True
+) -> tuple[torch.Tensor, str | None]:
+    """``[B, K]`` float scores, and (``watch``) the final activation they went through, if
+    any: a model ending in Softmax / Sigmoid gives probabilities, not logits."""
+    with final_activations(watch) as final:
+        out = model(images)
     if isinstance(out, (tuple, list)):  # a CamModel: (logits, *activations)
         out = out[0]
-    return flatten_logits(out).float()  # type: ignore[arg-type]
-
-
-def _probability(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """Softmax probability of ``classes``; for one logit, sigmoid of the signed logit."""
-    if logits.shape[1] == 1:
-        sign = classes.to(logits.dtype) * 2 - 1
-        return torch.sigmoid(logits[:, 0] * sign)
-    return logits.softmax(dim=1).gather(1, classes[:, None])[:, 0]
+    activation = None if final is None else final.find(out)[0]  # type: ignore[arg-type]
+    return flatten_logits(out).float(), activation  # type: ignore[arg-type]
 
 
 def _chunks(total: int, size: int) -> Iterator[slice]:
@@ -276,18 +278,19 @@ def deletion_insertion_curves(
 
     context = preserved_state(model) if isinstance(model, nn.Module) else nullcontext()
     with context, torch.no_grad():
-        logits = torch.cat([_logits(model, x[part]) for part in _chunks(b, batch_size)])
-        classes = resolve_targets(logits, targets).classes  # type: ignore[arg-type]
+        found = [_scores(model, x[part]) for part in _chunks(b, batch_size)]
+        logits, activation = torch.cat([f[0] for f in found]), found[0][1]
+        classes = resolve_targets(logits, targets, activation).classes  # type: ignore[arg-type]
         assert classes is not None  # callables were rejected above
         classes = classes.to(x.device)
-        p_x = _probability(logits, classes)
+        p_x = class_probability(logits, classes, activation)
         for part in _chunks(len(job_sample), batch_size):
             i, mode, k = job_sample[part], job_mode[part], job_step[part]
             changed = rank[i] < counts[k][:, None]  # [N, HW]: the top n_k pixels
             keep_x = torch.where((mode == 1)[:, None], changed, ~changed)
             keep_x &= (mode != -1)[:, None]
             images = torch.where(keep_x.view(-1, 1, h, w), x[i], base[i])
-            probs[part] = _probability(_logits(model, images), classes[i])
+            probs[part] = class_probability(_logits(model, images), classes[i], activation)
 
     p_base = probs[:b]
     middle = probs[b:].view(b, 2, inner)

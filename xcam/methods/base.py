@@ -29,6 +29,7 @@ from xcam.result import CamResult
 from xcam.targets import (
     Resolved,
     Targets,
+    class_probability,
     decision_score,
     flat_output,
     flatten_logits,
@@ -74,17 +75,12 @@ class LayerContext:
                 return per_sample_scores(logits, self.targets, rows).float()  # type: ignore[arg-type]
             return resolve_targets(logits, self.targets).scores.float()  # type: ignore[arg-type]
         flat = flatten_logits(logits).float()
-        rows = rows.to(flat.device)
-        activation = self.target.activation
-        if self.target.sign is not None:
-            sign = self.target.sign.to(flat.device)[rows]
-            return decision_score(flat[:, 0], sign, activation, probability)
+        classes = self.target.classes.to(flat.device)[rows.to(flat.device)]
         if probability:
-            if activation == "log_softmax":
-                flat = flat.exp()
-            elif activation not in ("sigmoid", "softmax"):
-                flat = flat.softmax(dim=1)
-        return flat.gather(1, self.target.classes.to(flat.device)[rows][:, None])[:, 0]
+            return class_probability(flat, classes, self.target.activation)
+        if flat.shape[1] == 1:
+            return decision_score(flat[:, 0], classes * 2 - 1, self.target.activation)
+        return flat.gather(1, classes[:, None])[:, 0]
 
 
 def first_component(weighted: torch.Tensor, center: bool = False) -> torch.Tensor:
