@@ -116,6 +116,7 @@ def check_parity(
     counted = [0, 0]  # saturated samples, samples
     for shape, (spread, shift) in zip(shapes, looks, strict=True):
         x = torch.randn(*shape, generator=gen) * std * spread + mean + shift * std
+        x = x.to(example.dtype)  # a half-precision model gets half-precision inputs
         with torch.no_grad():
             want = eager(x.to(example.device))
         got = backend(x.to(example.device))
