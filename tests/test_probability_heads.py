@@ -287,3 +287,38 @@ def test_deletion_insertion_reads_a_probability_head_as_probabilities() -> None:
     want = deletion_insertion_curves(Logits(sure), xs, maps.repeat(1, 2, 2), steps=4)
     assert got.targets.tolist() == [1, 0]  # the decisions, at 0.5 for the probability
     assert torch.allclose(got.deletion, want.deletion, atol=1e-6)
+
+
+def test_the_final_activation_is_looked_for_once() -> None:
+    """Watching every op costs a Python call each: a model is watched on its first call
+    only (and on every call with ``pre_activation``, which needs the logits)."""
+    from xcam.capture import FinalActivations
+
+    entered = []
+    original = FinalActivations.__enter__
+
+    def counting(self):
+        entered.append(1)
+        return original(self)
+
+    x = torch.rand(1, 3, 64, 64)
+    for factory, pre, per_call in ((Logits, False, 0), (xray, True, 1)):
+        model = factory(xray()) if factory is Logits else factory()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cam = xcam.GradCAM(
+                model,
+                "model.features.block3" if factory is Logits else "features.block3",
+                pre_activation=pre,
+            )
+        FinalActivations.__enter__ = counting
+        try:
+            cam(x)
+            first = len(entered)
+            cam(x)
+            cam(x)
+        finally:
+            FinalActivations.__enter__ = original
+        assert first == 1
+        assert len(entered) - first == 2 * per_call
+        entered.clear()

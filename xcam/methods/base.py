@@ -24,7 +24,7 @@ from xcam.cammodel import WHOLE, CamModel, OutputSelector, select_output
 from xcam.capture import final_activations, preserved_state
 from xcam.core.tracing import FX_GATE
 from xcam.errors import InputError, NumericalError, TargetError, XCamError
-from xcam.layers import Layers, default_layer, resolve_layers
+from xcam.layers import Layers, default_layer, resolve_layers, unwrap_model
 from xcam.result import CamResult
 from xcam.targets import (
     Resolved,
@@ -141,11 +141,12 @@ def _saturation_warning(model: nn.Module, what: str) -> str:
     )
 
 
-def _unprefixed(layers: Layers) -> Layers:
-    """DataParallel layer names (``module.layer4``) as names in the wrapped model."""
+def _unprefixed(layers: Layers, prefix: str = "module.") -> Layers:
+    """Layer names of a wrapper (DataParallel's ``module.layer4``, torch.compile's
+    ``_orig_mod.layer4``) as names in the wrapped model."""
 
     def strip(ref):
-        return ref[len("module.") :] if isinstance(ref, str) and ref.startswith("module.") else ref
+        return ref[len(prefix) :] if isinstance(ref, str) and ref.startswith(prefix) else ref
 
     if isinstance(layers, list | tuple):
         return [strip(r) for r in layers]
@@ -258,6 +259,9 @@ class BaseCAM:
             )
             model = model.module
             layers = _unprefixed(layers)
+        plain = unwrap_model(model)  # torch.compile: its _orig_mod; TorchScript: a clear error
+        if plain is not model:
+            model, layers = plain, _unprefixed(layers, "_orig_mod.")
         self.model = model
         self._layers = resolve_layers(model, layers)
         final = final_activation(model)
@@ -320,17 +324,19 @@ class BaseCAM:
         the scores before it). Pass the output to :meth:`_logits`."""
         return final_activations(self.pre_activation or not self._watched)
 
-    def _logits(self, watch: Any, logits: torch.Tensor, found: str | None = None) -> torch.Tensor:
+    def _logits(self, watch: Any, logits: torch.Tensor) -> torch.Tensor:
         """The explained scores of an eager output seen by :meth:`_final`'s ``watch``."""
         if watch is not None:
             found, before = watch.find(logits)
             if self.pre_activation:
                 logits = before
-        if not self._watched and (watch is not None or found is not None):
             self._learn(found)
         return logits
 
     def _learn(self, found: str | None) -> None:
+        """What the first forward found at the model's end (later ones add nothing)."""
+        if self._watched:
+            return
         self._activation, self._watched = found, True
         if found is None or self.pre_activation or not self.needs_gradients or self._warned:
             return
@@ -510,7 +516,7 @@ class BaseCAM:
         with preserved_state(self.model), grad_mode:
             logits, *acts = cam_model(x)
             if cam_model.watch:
-                self._logits(None, logits, cam_model.activation)
+                self._learn(cam_model.activation)
             target = resolve_targets(logits, targets, self.activation)
             grads = self._gradients(target.scores, acts) if self.needs_gradients else None
         return logits, acts, target, grads
