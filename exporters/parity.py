@@ -70,6 +70,13 @@ def compare(
             )
         if name == "gradcam" and saturated is not None:
             g, w = g[~saturated], w[~saturated]
+        if not (bool(torch.isfinite(w).all()) and bool(torch.isfinite(g).all())):
+            which = "eager PyTorch's" if not bool(torch.isfinite(w).all()) else "the export's"
+            raise ParityError(
+                f"output {name!r}: {which} values are not finite (NaN or infinite weights, or "
+                "an overflow), so the export can't be checked against eager",
+                {},
+            )
         diff = float((g - w).abs().max()) if g.numel() else 0.0
         if is_gradient(name):
             if floors is not None and name in floors:

@@ -21,6 +21,7 @@ from torch import nn
 
 import exporters
 import xcam
+from xcam.errors import NumericalError
 
 
 class HeadPose(nn.Module):
@@ -168,3 +169,45 @@ def test_auto_export_leaves_no_resource_warning() -> None:
         cam(X)
         folder = Path(cam._tmp.name)
     assert not folder.exists()  # closed on leaving the block
+
+
+def test_a_non_spatial_layer_is_a_layer_type_error() -> None:
+    """``xcam.GradCAM(model, "fc")``: an IndexError deep in the weighting rule before."""
+    model = TwoOutputs().eval()
+    for name in ("gradcam", "gradcam++", "eigencam", "layercam"):
+        with pytest.raises(xcam.LayerTypeError, match=r"'fc' outputs a 2x4 tensor \(2-D\)"):
+            xcam.get_method(name)(model, "fc", output=0)(X)
+
+
+def test_eigen_smooth_on_an_overflow_is_a_numerical_error() -> None:
+    model = TwoOutputs().eval()
+    with torch.no_grad():
+        model.body[0].weight.fill_(3e38)  # finite weights whose activations overflow
+    with pytest.raises(NumericalError, match="not finite"):
+        xcam.GradCAM(model, "body.1", output=0, eigen_smooth=True)(X)
+
+
+def test_class_targets_on_a_file_that_does_not_say_its_classes(tmp_path: Path) -> None:
+    """A file whose metadata has no class count: its logits give it (a one-column probe
+    called a 4-class model a single-logit head)."""
+    model = TwoOutputs().eval()
+    path = tmp_path / "t.onnx"
+    exporters.export(model, ["body.1"], X, path, gradients=True, target_input=True, output=0)
+    backend = xcam.load(path)
+    backend.metadata.num_classes = None
+    got = xcam.GradCAM(backend)(X, targets=[2, 3])
+    assert got.targets.tolist() == [2, 3]
+    want = xcam.GradCAM(model, "body.1", output=0)(X, targets=[2, 3])
+    assert torch.allclose(got.maps, want.maps, atol=1e-4)
+    with pytest.raises(xcam.TargetError, match="out of range for 4 classes"):
+        xcam.GradCAM(backend)(X, targets=4)
+
+
+def test_parity_fails_on_non_finite_outputs(tmp_path: Path) -> None:
+    """NaN weights passed the parity check ("max abs err 0.00e+00": NaN compares false)."""
+    model = TwoOutputs().eval()
+    with torch.no_grad():
+        model.fc.weight[0, 0] = float("nan")
+    with pytest.raises(exporters.ParityError, match="not finite"):
+        exporters.export(model, ["body.1"], X, tmp_path / "n.onnx", output=0)
+    assert not (tmp_path / "n.onnx").exists()

@@ -416,12 +416,13 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None] = print) -> BenchRep
             info = load_model(spec)
             size = (cfg.input_size, cfg.input_size) if cfg.input_size else info.input_size
             layer = cfg.layer or info.default_layer
+            shape, dtype = (info.channels, *size), info.input_dtype  # a grey or fp16 model
             if layer is None:
-                layer = default_layer(info.model, torch.zeros(1, 3, *size))
+                layer = default_layer(info.model, torch.zeros(1, *shape, dtype=dtype))
             short = spec.split(":")[-1]
             for device in cfg.devices:
                 model = info.model.to(device).eval()
-                example = torch.randn(2, 3, *size, device=device)
+                example = torch.randn(2, *shape, device=device, dtype=dtype)
                 sync = torch.cuda.synchronize if device == "cuda" else None
                 for backend_name in cfg.backends:
                     sub = tmp / f"{short}_{device}_{backend_name}"
@@ -458,8 +459,8 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None] = print) -> BenchRep
                             )
                         )
                     for batch in cfg.batches:
-                        x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
-                        x = x.to(device)
+                        gen = torch.Generator().manual_seed(0)
+                        x = torch.randn(batch, *shape, generator=gen).to(device, dtype)
                         with torch.no_grad():
                             classes = model(x).argmax(1)
                         arms: dict[str, tuple[str, str, Callable[[], object]]] = {

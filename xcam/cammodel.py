@@ -8,6 +8,7 @@ from torch import nn
 from xcam.capture import Capture, final_activations
 from xcam.errors import TargetError
 from xcam.layers import Layers, resolve_layers
+from xcam.targets import describe_output as _structure
 
 
 class _Whole:
@@ -20,18 +21,6 @@ class _Whole:
 
 WHOLE = _Whole()
 OutputSelector = int | str | _Whole | None
-
-
-def _structure(out: dict | tuple | list) -> str:
-    """``'logits': Tensor[2, 10], 'aux': tuple`` — what each entry of an output is."""
-    items = out.items() if isinstance(out, dict) else enumerate(out)
-
-    def what(v: object) -> str:
-        if isinstance(v, torch.Tensor):
-            return f"Tensor{list(v.shape)}"
-        return type(v).__name__
-
-    return ", ".join(f"{k!r}: {what(v)}" for k, v in items)
 
 
 def select_output(out: object, output: OutputSelector = None) -> torch.Tensor:

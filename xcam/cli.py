@@ -24,6 +24,74 @@ def _fail(message: str) -> None:
     raise click.ClickException(message)
 
 
+def _os_reason(error: OSError) -> str:
+    """What an ``OSError`` says, never empty: ``OSError(errno.ENOSPC)`` (a bare number,
+    as some writers raise it) is "No space left on device"; one with no detail says so."""
+    import os
+
+    code = error.errno
+    if code is None and len(error.args) == 1 and isinstance(error.args[0], int):
+        code = error.args[0]
+    reason = error.strerror or (os.strerror(code) if isinstance(code, int) else "")
+    if not reason and not (len(error.args) == 1 and isinstance(error.args[0], int)):
+        reason = str(error)
+    if not reason:
+        reason = (
+            f"{type(error).__name__} with no detail (a full disk, or a folder that went away "
+            "or became read-only?)"
+        )
+    return reason + (f" ({error.filename})" if error.filename else "")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+@contextlib.contextmanager
+def _warnings_on_one_line(debug: bool):
+    """While a command runs, a Python warning prints as one ``Warning: …`` line on stderr,
+    not as ``file.py:64: UserWarning: …`` and the source line (``--debug`` keeps Python's
+    form). Only the command line's display changes: filters, and the library's warnings
+    outside a command, are as they were."""
+    import warnings
+
+    if debug:
+        yield
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        click.echo(f"Warning: {_one_line(message)}", err=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+class _Group(click.Group):
+    """The ``xcam`` group: an error no command foresaw still ends in one ``Error:`` line
+    (``xcam --debug …`` prints its traceback), never in a traceback alone."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:
+            from exporters.errors import first_line
+            from xcam.errors import XCamError
+
+            if isinstance(e, XCamError):
+                _fail(_one_line(str(e)))
+            if isinstance(e, OSError):
+                _fail(_os_reason(e))
+            if isinstance(e, MemoryError):
+                _fail("out of memory: try a smaller --input-size or --batch-size")
+            _fail(
+                f"unexpected {type(e).__name__}: {first_line(e)} (a bug in xcam or in the "
+                "model's code; `xcam --debug …` prints the traceback)"
+            )
+
+
 def _parse_size(value: str | None) -> tuple[int, int] | None:
     if value is None:
         return None
@@ -49,11 +117,16 @@ def _parse_target(value: str | None):
     if value.lower() in ("positive", "negative", "pos", "neg"):
         return value.lower()
     try:
-        return int(value)
+        index = int(value)
     except ValueError:
         raise click.BadParameter(
             f"{value!r} is not a class index or positive/negative", param_hint="--class"
         ) from None
+    if not -(2**63) <= index < 2**63:  # no tensor of class indices holds it
+        raise click.BadParameter(
+            f"{value} is not a class index: far beyond any model's classes", param_hint="--class"
+        )
+    return index
 
 
 def _parse_output(value: str | None) -> int | str | None:
@@ -86,7 +159,55 @@ def _trust_options(command):
     )(wrapper)
 
 
-def _load(spec: str, weights: str | None, device: str, input_size: str | None):
+def _parse_stats(ctx: click.Context, param: click.Parameter, value: str | None):
+    """``--mean`` / ``--std``: comma-separated finite numbers (std > 0), one per channel."""
+    import math
+
+    if value is None:
+        return None
+    try:
+        values = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not comma-separated numbers, one per input channel (e.g. "
+            "0.485,0.456,0.406, or 0.5 for a grey model)"
+        ) from None
+    if not all(math.isfinite(v) for v in values):
+        raise click.BadParameter(f"{value!r}: every value must be finite")
+    if param.name == "std" and min(values) <= 0:
+        raise click.BadParameter(f"{value!r}: every value must be > 0 (inputs are divided by it)")
+    return values
+
+
+def _stats_options(command):
+    """``--mean`` and ``--std``: the normalisation the model was trained with."""
+    for name, default in (("--std", "0.229,0.224,0.225"), ("--mean", "0.485,0.456,0.406")):
+        command = click.option(
+            name,
+            callback=_parse_stats,
+            help=f"Per-channel normalisation {name[2:]}, comma-separated (default: the model's "
+            f"or exported file's; else ImageNet's {default}).",
+        )(command)
+    return command
+
+
+def _channels(n: int) -> str:
+    return f"{n} channel" + ("" if n == 1 else "s")
+
+
+def _load(
+    spec: str,
+    weights: str | None,
+    device: str,
+    input_size: str | None,
+    *,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    stats: bool = False,
+    images: bool = False,
+):
+    """Load MODEL; ``stats``: the command normalises inputs (--mean/--std, and a note of
+    the ones assumed); ``images``: it reads images (a note on how they are converted)."""
     from xcam.errors import XCamError
     from xcam.models import load_model
 
@@ -106,12 +227,157 @@ def _load(spec: str, weights: str | None, device: str, input_size: str | None):
         )
     except XCamError as e:
         _fail(str(e))
+    meta["xcam.model_size"] = info.input_size  # before --input-size: see _probe
     size = _parse_size(input_size)
     if size is not None:
         info.input_size = size
-    for note in info.notes:
+    for hint, given in (("--mean", mean), ("--std", std)):
+        if given is not None and len(given) != info.channels:
+            raise click.BadParameter(
+                f"{len(given)} values given; {spec} takes {_channels(info.channels)}, "
+                "one value each",
+                param_hint=hint,
+            )
+    assumed = {
+        "input size": info.assumed_preprocessing and size is None,
+        "mean": info.assumed_preprocessing and mean is None,
+        "std": info.assumed_preprocessing and std is None,
+    }
+    info.mean = info.mean if mean is None else mean
+    info.std = info.std if std is None else std
+    notes = list(info.notes)
+    if images and info.channels != 3:
+        if info.channels not in (1, 4):
+            _fail(
+                f"{spec} takes {_channels(info.channels)}; images make inputs of 1 (grey), "
+                "3 (RGB) or 4 (RGBA): explain it from Python with tensors of your own"
+            )
+        notes.append(
+            f"{spec} takes {_channels(info.channels)}: images are read as "
+            + ("grey (Pillow's L)" if info.channels == 1 else "RGBA (alpha 255: opaque)")
+        )
+    if stats and any(assumed.values()):
+        notes.append(_assumed_note(spec, info, assumed))
+    for note in notes:
         click.echo(f"note: {note}", err=True)
     return info
+
+
+def _probe(info, spec: str, input_size: str | None, layers=(), run: bool = True) -> None:
+    """Run the eager model once, on a batch of one zero image of its input size, before
+    any work: a size it can't take is a usage error naming --input-size (when the model's
+    own size runs), a forward that raises is one line naming the model and the exception,
+    and each of ``layers`` must output a ``[B, C, h, w]`` map. Weights that are not finite
+    are an error even without a forward (``run=False``). An exported file is left to its
+    runtime's checks."""
+    import torch
+    from torch import nn
+
+    from exporters.errors import first_line
+    from xcam.capture import preserved_state
+    from xcam.errors import XCamError
+    from xcam.layers import resolve_layer
+
+    model = info.model
+    if not isinstance(model, nn.Module):
+        return
+    try:
+        named = [resolve_layer(model, name) for name in layers]
+    except XCamError as e:
+        _fail(str(e))
+    for pname, value in model.named_parameters():  # nothing explains a diverged model
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            _fail(
+                f"the weights of {spec} are not finite: {pname} holds NaN or infinite values "
+                "(a diverged training run, or a damaged --weights file?)"
+            )
+    if not run:
+        return
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    outputs: dict[str, str | None] = {}  # layer -> None (a 4-D tensor) or what it gave
+
+    def forward(size: tuple[int, int]) -> None:
+        def hook(name: str):
+            def record(_module, _inputs, out) -> None:
+                if not isinstance(out, torch.Tensor):
+                    outputs[name] = f"a {type(out).__name__}"
+                elif out.dim() != 4:
+                    shape = "x".join(map(str, out.shape))
+                    outputs[name] = f"a {shape} tensor ({out.dim()}-D)"
+                else:
+                    outputs[name] = None
+
+            return record
+
+        x = torch.zeros(1, info.channels, *size, dtype=info.input_dtype, device=device)
+        handles = []
+        try:
+            with preserved_state(model), torch.no_grad():
+                handles = [m.register_forward_hook(hook(n)) for n, m in named]
+                model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    h, w = info.input_size
+    try:
+        forward((h, w))
+    except Exception as e:
+        reason = f"{type(e).__name__}: {first_line(e)}"
+        own = click.get_current_context().meta.get("xcam.model_size")
+        if input_size is not None and own is not None and tuple(own) != (h, w):
+            try:
+                forward(tuple(own))
+            except Exception:
+                pass
+            else:
+                small = min(h, w) < min(own)
+                raise click.BadParameter(
+                    f"{input_size} is {'too small' if small else 'a size it cannot take'} for "
+                    f"{spec} ({reason}); it runs at {own[0]},{own[1]}, its own size"
+                    + (": pass a larger one, or leave --input-size out" if small else ""),
+                    param_hint="--input-size",
+                ) from None
+        hint = "" if input_size else "; if it takes another input size, pass --input-size H,W"
+        _fail(
+            f"{spec} failed in its forward pass on a 1x{info.channels}x{h}x{w} input: "
+            f"{reason}{hint}"
+        )
+    for name, module in named:
+        got = outputs.get(name)
+        if got is not None:
+            default = f" (default: {info.default_layer})" if info.default_layer else ""
+            raise click.BadParameter(
+                f"{name!r} ({type(module).__name__}) outputs {got}, not a [B, C, h, w] feature "
+                f"map: choose a layer with a spatial output{default}; `xcam layers {spec}` "
+                "lists them",
+                param_hint="--layer",
+            )
+
+
+def _assumed_note(spec: str, info, assumed: dict[str, bool]) -> str:
+    """What a model spec that knows no preprocessing of its own is fed, and how to change it."""
+    h, w = info.input_size
+    parts = {
+        "input size": f"{h}x{w} inputs",
+        "mean": "mean " + ",".join(f"{v:g}" for v in info.mean),
+        "std": "std " + ",".join(f"{v:g}" for v in info.std),
+    }
+    said = [parts[k] for k, v in assumed.items() if v]
+    options = [
+        {"input size": "--input-size", "mean": "--mean", "std": "--std"}[k]
+        for k, v in assumed.items()
+        if v
+    ]
+    origin = "ImageNet's"
+    if (assumed["mean"] or assumed["std"]) and info.channels == 1:
+        origin += ", averaged over RGB for a grey model"
+    elif (assumed["mean"] or assumed["std"]) and info.channels > 3:
+        origin += "; the average of its three from channel 4 on"
+    both = ", ".join(said[:-1]) + (" and " if len(said) > 1 else "") + said[-1]
+    flags = ", ".join(options[:-1]) + (" and " if len(options) > 1 else "") + options[-1]
+    return f"{spec}: assuming {both} ({origin}); pass {flags} if it was trained otherwise"
 
 
 class _MethodOption(click.Option):
@@ -124,7 +390,7 @@ class _MethodOption(click.Option):
         return super().get_help_record(ctx)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="xcam")
 @click.option("--debug", is_flag=True, help="Print the traceback behind an error message.")
 def main(debug: bool) -> None:
@@ -132,6 +398,7 @@ def main(debug: bool) -> None:
     ctx = click.get_current_context()
     ctx.meta["xcam.debug"] = debug
     ctx.with_resource(_terminate_cleanly())
+    ctx.with_resource(_warnings_on_one_line(debug))
 
 
 @contextlib.contextmanager
@@ -168,6 +435,7 @@ def layers(model: str, weights: str | None, input_size: str | None) -> None:
 
     info = _load(model, weights, "cpu", input_size)
     h, w = info.input_size
+    c = info.channels
     from xcam.backends import Backend
 
     if isinstance(info.model, Backend):
@@ -177,19 +445,30 @@ def layers(model: str, weights: str | None, input_size: str | None) -> None:
             click.echo(f"  {name:<20} {meta.outputs.get(name, '')}")
         return
     try:
-        infos = candidate_layers(info.model, torch.zeros(1, 3, h, w))
+        infos = candidate_layers(info.model, torch.zeros(1, c, h, w, dtype=info.input_dtype))
     except Exception as e:
-        _fail(f"{model} failed on a probe input of size {h}x{w}: {e}")
+        reason = next(iter(str(e).strip().splitlines()), type(e).__name__)
+        which = "another size" if input_size else "the size it takes"
+        _fail(
+            f"{model} failed on a probe input of 1x{c}x{h}x{w}: {reason}. "
+            f"Pass --input-size H,W with {which}"
+        )
     if not infos:
         _fail(f"{model} has no layer with a 4-D output")
     default = [i for i in infos if i.spatial] or infos
     name_w = max(len(i.name) for i in infos)
     kind_w = max(len(i.kind) for i in infos)
-    click.echo(f"layers of {model} for a 1x3x{h}x{w} input (* = default):")
+    click.echo(f"layers of {model} for a 1x{c}x{h}x{w} input (* = default):")
     for i in infos:
         mark = "*" if i is default[-1] else " "
         shape = "x".join(map(str, i.shape))
         click.echo(f"{mark} {i.name:<{name_w}}  {i.kind:<{kind_w}}  {shape}")
+
+
+_PRE_ACTIVATION_HELP = (
+    "For a model whose output ends in Sigmoid/Softmax/LogSoftmax: explain the score before it "
+    "(a saturated probability's gradient vanishes)."
+)
 
 
 @main.command()
@@ -213,6 +492,7 @@ def layers(model: str, weights: str | None, input_size: str | None) -> None:
     is_flag=True,
     help="First principal component of the weighted activations instead of their sum.",
 )
+@click.option("--pre-activation", is_flag=True, help=_PRE_ACTIVATION_HELP)
 @click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Output dir.")
 @click.option(
     "--class",
@@ -221,6 +501,7 @@ def layers(model: str, weights: str | None, input_size: str | None) -> None:
 )
 @click.option("--weights", type=click.Path(dir_okay=False), help="State dict for the model.")
 @click.option("--input-size", help="Resize images to H or H,W (default: the model's).")
+@_stats_options
 @click.option(
     "--backend",
     type=click.Choice(["eager", "torchscript", "onnxruntime", "pt2"]),
@@ -254,10 +535,13 @@ def explain(
     layer,
     aug_smooth,
     eigen_smooth,
+    pre_activation,
     out,
     target,
     weights,
     input_size,
+    mean,
+    std,
     backend,
     device,
     output,
@@ -278,6 +562,7 @@ def explain(
     from xcam.images import find_images
     from xcam.methods import get_method
     from xcam.pipeline import explain_files
+    from xcam.viz import check_colormap
 
     targets = _parse_target(target)
     if not out.strip():
@@ -286,14 +571,23 @@ def explain(
         method_cls = get_method(method)
     except XCamError as e:
         raise click.BadParameter(str(e), param_hint="--method") from None
-    info = _load(model, weights, device, input_size)
+    try:
+        check_colormap(colormap)
+    except XCamError as e:
+        raise click.BadParameter(str(e), param_hint="--colormap") from None
+    info = _load(model, weights, device, input_size, mean=mean, std=std, stats=True, images=True)
     paths = find_images(images)
     if not paths:
         _fail("no images found in " + ", ".join(images))
     if layer and not method_cls.uses_layers:
         _fail(f"{method_cls.name} has no target layer; leave out --layer")
+    _probe(info, model, input_size, list(layer) if method_cls.uses_layers else [])
     try:
-        options = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth}
+        options = {
+            "aug_smooth": aug_smooth,
+            "eigen_smooth": eigen_smooth,
+            "pre_activation": pre_activation,
+        }
         if method_cls.uses_layers:
             options["layers"] = list(layer) or info.default_layer
         if backend != "eager":
@@ -318,8 +612,7 @@ def explain(
     except XCamError as e:
         _fail(str(e))
     except OSError as e:  # a full disk, a folder made read-only meanwhile, …
-        where = f" ({e.filename})" if e.filename else ""
-        _fail(f"can't write to {out}: {e.strerror or e}{where}")
+        _fail(f"can't write to {out}: {_os_reason(e)}")
     _summarise(report)
 
 
@@ -331,8 +624,7 @@ def _summarise(report) -> None:
     for err in report.errors:
         click.echo(f"error: {err['error']}", err=True)
     if report.errors:
-        click.echo(f"{len(report.errors)} image(s) could not be explained", err=True)
-        sys.exit(1)
+        _fail(f"{len(report.errors)} image(s) could not be explained (listed above)")
 
 
 @main.command()
@@ -349,7 +641,7 @@ def demo(out: str) -> None:
     except XCamError as e:
         _fail(f"{e}".replace("pass --overwrite (overwrite=True) to replace them, or ", ""))
     except OSError as e:
-        _fail(f"can't write to {out}: {e.strerror or e}")
+        _fail(f"can't write to {out}: {_os_reason(e)}")
     click.echo("wrote:")
     for p in paths:
         click.echo(f"  {p}")
@@ -374,6 +666,7 @@ def demo(out: str) -> None:
 )
 @click.option("--out", "-o", type=click.Path(dir_okay=False), required=True, help="File to write.")
 @click.option("--input-size", help="Input H or H,W (default: the model's).")
+@_stats_options
 @click.option("--opset", type=click.IntRange(7), help="ONNX opset (default: the exporter's).")
 @click.option("--weights", type=click.Path(dir_okay=False), help="State dict for the model.")
 @click.option(
@@ -400,6 +693,7 @@ def demo(out: str) -> None:
     is_flag=True,
     help="With --gradients: a second input 'target' (class per sample, -1 = top-1).",
 )
+@click.option("--pre-activation", is_flag=True, help=_PRE_ACTIVATION_HELP)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 def export(
     model,
@@ -407,6 +701,8 @@ def export(
     fmt,
     out,
     input_size,
+    mean,
+    std,
     opset,
     weights,
     check,
@@ -416,6 +712,7 @@ def export(
     aoti,
     gradients,
     target_input,
+    pre_activation,
     device,
 ) -> None:
     """Export MODEL with its target-layer activations as named outputs.
@@ -430,14 +727,38 @@ def export(
     import torch
 
     import exporters
-    from xcam.core.artifact import format_of
+    from xcam.core.artifact import FORMATS, format_of
     from xcam.errors import XCamError
 
+    if target_input and not gradients:
+        raise click.BadParameter(
+            "needs --gradients: the target input chooses the class of the in-graph gradients",
+            param_hint="--target-input",
+        )
+    named, wanted = format_of(out), FORMATS[fmt]
+    if (named is not None and named.name != fmt) or (named is None and check):
+        fix = f"name it {Path(out).stem}{wanted.suffix}"
+        if named is not None:
+            fix += f" or pass --format {named.name}"
+        elif check:
+            fix += " (the check loads it back by its suffix), or pass --no-check"
+        raise click.BadParameter(
+            f"{Path(out).name} lacks the {fmt} format's suffix ({', '.join(wanted.suffixes)}): "
+            + fix,
+            param_hint="--out",
+        )
     if format_of(model) is not None:  # refused before anything reads it
         _fail(f"{model} is already an exported file; export from the original model")
-    info = _load(model, weights, device, input_size)
+    parent = Path(out).absolute().parent
+    blocked = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        _fail(f"can't write {out}: {blocked} is a file, not a folder")
+    info = _load(model, weights, device, input_size, mean=mean, std=std, stats=True)
+    given = list(layer) or ([info.default_layer] if info.default_layer else [])
+    _probe(info, model, input_size, given)
     h, w = info.input_size
-    example = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0)).to(device)
+    example = torch.randn(2, info.channels, h, w, generator=torch.Generator().manual_seed(0))
+    example = example.to(device=device, dtype=info.input_dtype)  # a model.half(): float16
     click.echo(f"exporting {model} to {fmt} ...", err=True)
     try:
         report = exporters.export(
@@ -458,9 +779,12 @@ def export(
             classes=info.classes,
             model_spec=model,
             target_input=target_input,
+            pre_activation=pre_activation,
         )
     except XCamError as e:
         _fail(str(e))
+    except OSError as e:
+        _fail(f"can't write {out}: {_os_reason(e)}")
     click.echo(str(report))
 
 
@@ -511,9 +835,10 @@ def _file_part(name: str) -> str:
 )
 @click.option("--weights", type=click.Path(dir_okay=False), help="State dict for the model.")
 @click.option("--input-size", help="Image / maximisation size H or H,W (default: the model's).")
+@_stats_options
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 def filters(
-    model, layer, out, image, channels, steps, max_filters, weights, input_size, device
+    model, layer, out, image, channels, steps, max_filters, weights, input_size, mean, std, device
 ) -> None:
     """Show what a layer of MODEL has learnt: kernels, feature maps, maximising inputs.
 
@@ -533,9 +858,16 @@ def filters(
     from xcam.viz import save_png
 
     chans = _parse_channels(channels)
-    info = _load(model, weights, device, input_size)
+    info = _load(
+        model, weights, device, input_size, mean=mean, std=std, stats=True, images=bool(image)
+    )
     if not isinstance(info.model, nn.Module):
         _fail(f"{model} is an exported file; filters need the PyTorch model it came from")
+    if chans is not None and info.channels != 3:
+        _fail(
+            f"activation maximisation (--channels) makes RGB images; {model} takes "
+            f"{_channels(info.channels)}: leave out --channels (--image shows its feature maps)"
+        )
     try:
         name, _ = resolve_layer(info.model, layer)
     except XCamError as e:
@@ -546,6 +878,10 @@ def filters(
     if image and not paths:
         _fail("no images found in " + ", ".join(image))
     names = unique_stems(paths)  # two images named a.png in two folders: a and a_2
+    if paths or chans is not None:  # feature maps and maximisation run the model
+        _probe(info, model, input_size)
+    else:  # the kernels alone: still not pictures of NaN
+        _probe(info, model, None, run=False)
     errors: list[str] = []
     try:
         try:
@@ -563,7 +899,8 @@ def filters(
                 errors.append(str(e))
                 click.echo(f"error: {e}", err=True)
                 continue
-            x = preprocess([pil], info.input_size, info.mean, info.std).to(device)
+            x = preprocess([pil], info.input_size, info.mean, info.std)
+            x = x.to(device=device, dtype=info.input_dtype)
             shown = pil.resize((info.input_size[1], info.input_size[0]))
             picture = xf.feature_map_grid(
                 info.model, name, x, max_channels=max_filters, image=shown
@@ -588,7 +925,7 @@ def filters(
     except XCamError as e:
         _fail(str(e))
     except OSError as e:
-        _fail(f"can't write to {out_dir}: {e.strerror or e}")
+        _fail(f"can't write to {out_dir}: {_os_reason(e)}")
     if errors:
         _fail(f"{len(errors)} image(s) could not be read")
 

@@ -152,17 +152,32 @@ def _deep_to_grey(im) -> np.ndarray:
     return grey
 
 
+# Pillow's mode for an input of this many channels
+CHANNEL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
 def preprocess(
     images: Sequence, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
 ) -> torch.Tensor:
-    """PIL images to a normalised ``[B, 3, H, W]`` batch, each resized to ``size`` = (H, W)."""
+    """PIL images to a normalised ``[B, C, H, W]`` batch, each resized to ``size`` = (H, W).
+
+    ``C`` is the number of entries of ``mean`` (and ``std``): 1 reads the images as grey
+    (Pillow's ``L``), 3 as RGB, 4 as RGBA (alpha 255 where an image has none)."""
     from PIL import Image
 
+    channels = len(mean)
+    if len(std) != channels or channels not in CHANNEL_MODES:
+        raise InputError(
+            f"mean and std give {len(mean)} and {len(std)} values: images make inputs of "
+            "1 (grey), 3 (RGB) or 4 (RGBA) channels, one value each"
+        )
+    mode = CHANNEL_MODES[channels]
     h, w = size
-    arrs = [
-        np.asarray(im.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
-        for im in images
-    ]
+    arrs = []
+    for im in images:
+        im = im if im.mode == mode else im.convert(mode)
+        arr = np.asarray(im.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+        arrs.append(arr.reshape(h, w, channels) / 255.0)
     x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)
     m = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
     s = torch.tensor(std, dtype=torch.float32)[None, :, None, None]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from xcam.errors import InputError, LayerNotFoundError
+from xcam.errors import InputError, LayerNotFoundError, ModelSpecError
 
 LayerRef = str | nn.Module
 Layers = LayerRef | Sequence[LayerRef] | None
@@ -22,6 +22,25 @@ def module_names(model: nn.Module) -> dict[nn.Module, str]:
         if name and module not in names:
             names[module] = name
     return names
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The eager module to hook: a ``torch.compile``d model's original module (its
+    ``_orig_mod``, the same parameters), ``model`` itself otherwise. A TorchScript module
+    (``torch.jit.script`` / ``trace``) can't be hooked: :class:`ModelSpecError`."""
+    import sys
+
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # loaded once anything compiled
+    if eval_frame is not None:
+        while isinstance(model, eval_frame.OptimizedModule):
+            model = model._orig_mod
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ModelSpecError(
+            f"a TorchScript module ({type(model).__name__}, from torch.jit.script or trace) "
+            "can't be hooked to capture its layers: pass the Python module it was made from "
+            "(xcam exports that to TorchScript itself, with its layers as outputs)"
+        )
+    return model
 
 
 def _closest(name: str, candidates: Sequence[str], n: int = 5) -> list[str]:
@@ -90,10 +109,14 @@ def candidate_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]
     """Run ``model`` once on ``example`` and list modules with a 4-D tensor output.
 
     The list is in the order modules finish, so a block comes after its children.
-    The model's mode and hooks are left as they were.
+    The model's mode and hooks are left as they were. A floating ``example`` is cast to
+    the model's floating dtype (a probe of a ``model.half()``).
     """
     from xcam.capture import preserved_state
 
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if param is not None and example.is_floating_point() and example.dtype != param.dtype:
+        example = example.to(param.dtype)
     infos: list[LayerInfo] = []
     names = module_names(model)
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xcam.core.targets import class_targets
+from xcam.core.targets import class_targets, decision_threshold
 from xcam.errors import InputError, NumericalError, XCamError
 
 METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
@@ -167,8 +167,11 @@ class OnnxExplainer:
         logits = outs["logits"]
         if wanted is not None:
             chosen = feed["target"]
-        elif logits.shape[1] == 1:
-            chosen = (logits[:, 0] >= 0).astype(np.int64)
+        elif logits.shape[1] == 1:  # the decision: a probability's flips at 0.5
+            activation = (
+                None if self.metadata.get("pre_activation") else self.metadata.get("activation")
+            )
+            chosen = (logits[:, 0] >= decision_threshold(activation)).astype(np.int64)
         else:
             chosen = logits.argmax(axis=1)
         size = (x.shape[2], x.shape[3])

@@ -19,6 +19,8 @@ from xcam.errors import ModelSpecError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# for a channel ImageNet has no statistic for (grey, alpha, …): the average of its three
+EXTRA_MEAN, EXTRA_STD = 0.449, 0.226
 
 
 @dataclass
@@ -35,6 +37,22 @@ class ModelInfo:
     notes: list[str] = field(default_factory=list)
     # SHA-256 of the file the weights came from (a state dict, an exported file), if any
     fingerprint: str | None = None
+    # input channels: the first convolution's, or the exported file's input shape
+    channels: int = 3
+    # input_size, mean and std are xcam's defaults (ImageNet's), not known from the model
+    assumed_preprocessing: bool = False
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype inputs are made in: the model's floating parameters' (float16 for a
+        ``model.half()``), the exported file's, float32 otherwise."""
+        from xcam.backends import Backend
+
+        if isinstance(self.model, Backend):
+            dtype = getattr(torch, self.model.metadata.dtype or "float32", None)
+            return dtype if isinstance(dtype, torch.dtype) else torch.float32
+        param = next((p for p in self.model.parameters() if p.is_floating_point()), None)
+        return torch.float32 if param is None else param.dtype
 
     def class_name(self, k: int) -> str:
         if self.classes is not None and 0 <= k < len(self.classes):
@@ -42,18 +60,31 @@ class ModelInfo:
         return str(k)
 
 
-def _load_state_dict(model: nn.Module, weights: str | Path, trust: bool = False) -> None:
+def _load_state_dict(model: nn.Module, weights: str | Path, trust: bool = False) -> list[str]:
     """Load a checkpoint with ``weights_only=True``: tensors and plain containers only, so a
-    malicious pickle cannot run. One that needs code is refused unless ``trust``."""
+    malicious pickle cannot run. One that needs code is refused unless ``trust``. Returns
+    notes (a state dict of a ``torch.compile``d model has its ``_orig_mod.`` removed)."""
     path = Path(weights)
     if not path.is_file():
         raise ModelSpecError(f"weights file {str(path)!r} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        damage = checkpoint_damage(path, e)  # a cut file can look like one that needs code
+        if damage is not None:
+            raise ModelSpecError(
+                f"can't read {str(path)!r} as a state dict: the file is truncated or corrupt "
+                f"({damage}); save or download it again"
+            ) from None
+        if not _checkpoint_format(path):
+            raise ModelSpecError(
+                f"can't read {str(path)!r} as a state dict: it is not a file torch.save writes "
+                "(a zip archive, or a pickle from before PyTorch 1.6)"
+            ) from None
         if "weights only load failed" not in str(e).lower():
             raise ModelSpecError(
-                f"could not read {str(path)!r} as a state dict (loaded with weights_only=True): {e}"
+                f"could not read {str(path)!r} as a state dict (loaded with weights_only=True): "
+                + first_line(e)
             ) from None
         if not trust:
             raise ModelSpecError(
@@ -67,6 +98,13 @@ def _load_state_dict(model: nn.Module, weights: str | Path, trust: bool = False)
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ModelSpecError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict")
+    notes = []
+    prefix = "_orig_mod."
+    if any(prefix in str(k) for k in state) and not any(prefix in k for k in model.state_dict()):
+        state = {str(k).replace(prefix, ""): v for k, v in state.items()}
+        notes.append(
+            f"{path.name} was saved from a torch.compile'd model: its keys' {prefix!r} removed"
+        )
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -74,6 +112,57 @@ def _load_state_dict(model: nn.Module, weights: str | Path, trust: bool = False)
         raise ModelSpecError(
             f"{str(path)!r} does not fit {type(model).__name__}: " + " ".join(first)
         ) from None
+    return notes
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first line (its type's name when it has no message)."""
+    return next(iter(str(error).strip().splitlines()), "") or type(error).__name__
+
+
+def checkpoint_damage(path: Path, error: BaseException | None = None) -> str | None:
+    """Why the file at ``path`` is not a whole ``torch.save`` checkpoint (cut short, or
+    corrupt), or None when its structure is sound. Only the container is read: the zip
+    directory and checksums, or the pickle opcodes of the old format (never unpickled)."""
+    import pickletools
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if not head:
+            return "it is empty"
+        if isinstance(error, EOFError) or "unexpected eof" in str(error).lower():
+            return "it ends before its data does"
+        if head.startswith(b"PK"):  # torch.save's zip format: its directory is at the end
+            if not zipfile.is_zipfile(f):
+                return "a zip archive without its directory: cut short"
+            try:
+                with zipfile.ZipFile(f) as archive:
+                    bad = archive.testzip()
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+                return f"a damaged zip archive: {first_line(e)}"
+            return None if bad is None else f"{bad} in it fails its checksum"
+        if not head.startswith(b"\x80"):  # no pickle protocol mark: not this format at all
+            return None
+        f.seek(0)
+        try:  # the old format: pickles of the magic number, protocol, system info, the
+            for _ in range(5):  # state and its storages' keys, then the storages' bytes
+                for _op in pickletools.genops(f):
+                    pass
+        except ValueError as e:
+            if "exhausted" in str(e) or "truncated" in str(e) or "EOF" in str(e):
+                return "it ends in the middle of its data: cut short"
+            return f"a damaged pickle: {first_line(e)}"
+        except Exception as e:  # pickletools reads what it's given; any failure is damage
+            return f"a damaged pickle: {first_line(e)}"
+    return None
+
+
+def _checkpoint_format(path: Path) -> bool:
+    """The file starts as ``torch.save`` writes: a zip archive or a pickle (protocol 2+)."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head == b"PK" or head[:1] == b"\x80"
 
 
 def load_model(
@@ -93,6 +182,7 @@ def load_model(
     (TorchScript, ``.pt2``). ``fingerprint`` is the SHA-256 of the file the weights came
     from (the state dict, the exported file, the demo's bundled weights)."""
     info = _resolve(spec, weights, device, seed, trust_weights, trust_code)
+    _fit_channels(info)
     if weights is not None:
         info.fingerprint = sha256_file(weights)
     elif isinstance(spec, str) and format_of(spec) is not None:
@@ -104,6 +194,24 @@ def load_model(
     else:  # weights made by code (a factory, a seed): the tensors themselves
         info.fingerprint = state_digest(info.model)
     return info
+
+
+def _fit_channels(info: ModelInfo) -> None:
+    """``info.channels`` from the model; default statistics made to fit them."""
+    from xcam.backends import Backend
+
+    if isinstance(info.model, Backend):
+        shape = info.model.metadata.input_shape
+        channels = shape[1] if len(shape) == 4 and shape[1] else None
+    else:
+        from xcam.methods.base import first_conv_channels
+
+        channels = first_conv_channels(info.model)
+    info.channels = channels or 3
+    if info.channels != 3 and (info.mean, info.std) == (IMAGENET_MEAN, IMAGENET_STD):
+        keep = 3 if info.channels > 3 else 0  # RGB first, as in RGBA
+        info.mean = IMAGENET_MEAN[:keep] + (EXTRA_MEAN,) * (info.channels - keep)
+        info.std = IMAGENET_STD[:keep] + (EXTRA_STD,) * (info.channels - keep)
 
 
 def state_digest(model: nn.Module) -> str:
@@ -120,17 +228,25 @@ def state_digest(model: nn.Module) -> str:
 
 def _resolve(spec, weights, device, seed: int, trust_weights: bool, trust_code: bool) -> ModelInfo:
     if isinstance(spec, nn.Module):
-        return ModelInfo(spec.to(device), type(spec).__name__)
+        model, notes = _unwrapped(spec, type(spec).__name__)
+        name = type(spec).__name__
+        return ModelInfo(model.to(device), name, notes=notes, assumed_preprocessing=True)
     if not isinstance(spec, str) or not spec:
         raise ModelSpecError(f"a model spec is a non-empty string, got {spec!r}")
     if spec == "demo":
         from xcam import demo
 
         model = demo.load_demo_model(device)
-        if weights is not None:
-            _load_state_dict(model, weights, trust_weights)
+        notes = [] if weights is None else _load_state_dict(model, weights, trust_weights)
         return ModelInfo(
-            model, "demo", demo.INPUT_SIZE, demo.MEAN, demo.STD, list(demo.CLASSES), "block3"
+            model,
+            "demo",
+            demo.INPUT_SIZE,
+            demo.MEAN,
+            demo.STD,
+            list(demo.CLASSES),
+            "block3",
+            notes=notes,
         )
     if format_of(spec) is not None:
         if weights is not None:
@@ -159,9 +275,8 @@ def _torchvision(
         import difflib
 
         close = difflib.get_close_matches(name, available, n=5, cutoff=0.4)
-        raise ModelSpecError(
-            f"torchvision has no classification model {name!r}; closest: {', '.join(close)}"
-        )
+        hint = f"closest: {', '.join(close)}" if close else "see torchvision.models.list_models()"
+        raise ModelSpecError(f"torchvision has no classification model {name!r}; {hint}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = torchvision.models.get_model(name, weights=None)
@@ -169,27 +284,65 @@ def _torchvision(
     if weights is None:
         notes.append(f"{name}: random weights (seed {seed}); pass --weights FILE for real ones")
     else:
-        _load_state_dict(model, weights, trust_weights)
-    return ModelInfo(model.eval().to(device), spec, notes=notes)
+        notes += _load_state_dict(model, weights, trust_weights)
+    return ModelInfo(model.eval().to(device), spec, notes=notes, assumed_preprocessing=True)
 
 
 def _factory(spec: str, weights, device, trust_weights: bool) -> ModelInfo:
     module_name, _, attr = spec.partition(":")
+    if not all(part.isidentifier() for part in [*module_name.split("."), attr]):
+        raise ModelSpecError(
+            f"malformed model spec {spec!r}: a factory is 'package.module:factory' (a module "
+            "Python can import, a colon, a name in it); or use 'demo', 'torchvision:NAME' or "
+            "an exported file"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise ModelSpecError(
             f"cannot import {module_name!r} for model spec {spec!r}: {e}"
         ) from None
+    except Exception as e:  # the module itself fails as it runs
+        raise ModelSpecError(
+            f"importing {module_name!r} for model spec {spec!r} failed: "
+            f"{type(e).__name__}: {first_line(e)}"
+        ) from None
     factory = getattr(module, attr, None)
     if factory is None:
         raise ModelSpecError(f"{module_name!r} has no attribute {attr!r}")
-    model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+    try:
+        model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+    except Exception as e:
+        raise ModelSpecError(
+            f"{spec}: calling {attr}() failed: {type(e).__name__}: {first_line(e)}"
+        ) from None
     if not isinstance(model, nn.Module):
         raise ModelSpecError(f"{spec!r} gave a {type(model).__name__}, not a torch.nn.Module")
+    model, notes = _unwrapped(model, spec)
     if weights is not None:
-        _load_state_dict(model, weights, trust_weights)
-    return ModelInfo(model.eval().to(device), spec)
+        notes += _load_state_dict(model, weights, trust_weights)
+    return ModelInfo(model.eval().to(device), spec, notes=notes, assumed_preprocessing=True)
+
+
+def _unwrapped(model: nn.Module, spec: str) -> tuple[nn.Module, list[str]]:
+    """A ``torch.compile``d model's original module (with a note); a TorchScript module is
+    refused: its layers can't be hooked."""
+    from xcam.layers import unwrap_model
+
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ModelSpecError(
+            f"{spec} gave a TorchScript module ({type(model).__name__}, from torch.jit.script "
+            "or trace), whose layers can't be hooked: give the Python module it was made from "
+            "(`xcam export MODEL --format torchscript` then writes a TorchScript file xcam can "
+            "explain)"
+        )
+    plain = unwrap_model(model)
+    if plain is model:
+        return model, []
+    return plain, [
+        f"{spec} is a torch.compile'd module: explaining its original module (the same "
+        "weights, run eagerly: hooks need the Python modules)"
+    ]
 
 
 def _exported(spec: str, device, trust_code: bool) -> ModelInfo:

@@ -25,6 +25,35 @@ TargetFn = Callable[[torch.Tensor], torch.Tensor]
 Targets = None | int | str | Sequence[int] | torch.Tensor | TargetFn | Sequence[Callable]
 
 
+def describe_output(out: dict | tuple | list) -> str:
+    """``'logits': Tensor[2, 10], 'aux': tuple`` — what each entry of an output is."""
+    items = out.items() if isinstance(out, dict) else enumerate(out)
+
+    def what(v: object) -> str:
+        if isinstance(v, torch.Tensor):
+            return f"Tensor{list(v.shape)}"
+        return type(v).__name__
+
+    return ", ".join(f"{k!r}: {what(v)}" for k, v in items)
+
+
+def _call(fn: Callable, out: object) -> object:
+    """``fn(out)``; a function that can't read a tuple / dict output it was given whole is a
+    :class:`TargetError` that says how to give it one part instead."""
+    if isinstance(out, torch.Tensor):
+        return fn(out)
+    try:
+        return fn(out)
+    except Exception as e:
+        kind, pick = ("dict", "output=KEY") if isinstance(out, dict) else ("tuple", "output=INDEX")
+        raise TargetError(
+            f"the target callable failed on the model's whole output, a {kind} "
+            f"({describe_output(out)}): {type(e).__name__}: {e}. Without output=, a callable "
+            f"target receives the whole output; choose one part with {pick} (--output on the "
+            "command line)"
+        ) from None
+
+
 def output_tensors(out: object) -> list[torch.Tensor]:
     """The tensors of a model output, in order: a tensor, or a tuple / list / dict of them."""
     if isinstance(out, torch.Tensor):
@@ -133,7 +162,7 @@ def per_sample_scores(
     scores = []
     for i, owner in enumerate(owners):
         fn = fns[0] if len(fns) == 1 else fns[owner]
-        value = fn(sample_of(logits, i))
+        value = _call(fn, sample_of(logits, i))
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise TargetError(
@@ -165,7 +194,7 @@ def _resolve(logits: torch.Tensor, targets: Targets, activation: str | None) -> 
             )
         return Resolved(per_sample_scores(logits, fns), None)
     if callable(targets) and not isinstance(targets, torch.Tensor):
-        scores = targets(logits)
+        scores = _call(targets, logits)
         if not isinstance(scores, torch.Tensor):
             raise TargetError(f"the target callable returned {type(scores).__name__}, not a tensor")
         b = batch_size(logits)

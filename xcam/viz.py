@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from xcam.errors import NumericalError, XCamError
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -19,7 +21,7 @@ def _to_numpy_map(cam: torch.Tensor | np.ndarray) -> np.ndarray:
     if arr.ndim != 2:
         raise ValueError(f"a map is 2-D [H, W], got shape {arr.shape}")
     if not np.isfinite(arr).all():
-        raise ValueError("the map contains NaN or infinite values")
+        raise NumericalError("the map contains NaN or infinite values")
     return arr.astype(np.float32)
 
 
@@ -41,7 +43,7 @@ def _to_numpy_attribution(attr: torch.Tensor | np.ndarray) -> np.ndarray:
     if arr.ndim != 3:
         raise ValueError(f"an attribution is [C, H, W] (or [H, W]), got shape {arr.shape}")
     if not np.isfinite(arr).all():
-        raise ValueError("the attribution contains NaN or infinite values")
+        raise NumericalError("the attribution contains NaN or infinite values")
     return arr.astype(np.float32)
 
 
@@ -85,6 +87,11 @@ def colorize(cam: torch.Tensor | np.ndarray, colormap: str = "jet") -> np.ndarra
     return _colorize_rows(_to_numpy_map(cam), _colormap_table(colormap))
 
 
+def check_colormap(colormap: str) -> None:
+    """An :class:`~xcam.errors.XCamError` unless ``colormap`` names a matplotlib colormap."""
+    _colormap_table(colormap)
+
+
 @functools.lru_cache(maxsize=16)
 def _colormap_table(colormap: str) -> np.ndarray:
     """The colormap's ``[N, 3]`` uint8 entries (N = 256 for most): matplotlib maps a float
@@ -93,8 +100,11 @@ def _colormap_table(colormap: str) -> np.ndarray:
 
     try:
         cmap = matplotlib.colormaps[colormap]
-    except KeyError:
-        raise ValueError(f"unknown colormap {colormap!r} (any matplotlib colormap name)") from None
+    except (KeyError, TypeError):
+        raise XCamError(
+            f"unknown colormap {colormap!r}: use a matplotlib colormap name (jet, viridis, "
+            "turbo, inferno, …)"
+        ) from None
     table = (cmap(np.arange(cmap.N))[:, :3] * 255.0 + 0.5).astype(np.uint8)
     table.flags.writeable = False
     return table

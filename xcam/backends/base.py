@@ -11,6 +11,118 @@ from xcam.core.artifact import check_input_shape
 from xcam.errors import InputError, ModelSpecError
 
 
+def read_metadata(name: str, text: str) -> ExportMetadata:
+    """The metadata JSON an exported file carries, parsed; anything else is a
+    :class:`ModelSpecError` naming the file (its fields are checked by
+    :func:`check_metadata`)."""
+    import json
+
+    from exporters.metadata import METADATA_KEY
+
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object")
+        return ExportMetadata.from_json(text)
+    except (ValueError, TypeError) as e:
+        msg = f"{name}: its '{METADATA_KEY}' metadata is unreadable ({e})"
+        raise ModelSpecError(msg) from None
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def check_metadata(
+    name: str,
+    meta: ExportMetadata,
+    graph_inputs: list[str] | None = None,
+    graph_outputs: list[str] | None = None,
+) -> None:
+    """Every field of a file's metadata has the type xcam writes, and the names it lists
+    are the graph's (where the runtime tells them); else a :class:`ModelSpecError` naming
+    the field. A file is untrusted input: its metadata decides what is read and run."""
+    import math
+
+    from exporters.gradients import grad_name
+
+    def refuse(field: str, what: str) -> None:
+        raise ModelSpecError(
+            f"{name}: its metadata's {field} {_short(getattr(meta, field))} is not {what}; the "
+            "file is damaged or was not written by `xcam export` (export it again)"
+        )
+
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def names(v: object) -> bool:
+        return isinstance(v, list) and all(isinstance(n, str) and n for n in v)
+
+    for field in ("format", "exporter", "input_name", "layout", "dtype"):
+        if not isinstance(getattr(meta, field), str):
+            refuse(field, "a string")
+    for field in ("activation", "model"):
+        if getattr(meta, field) is not None and not isinstance(getattr(meta, field), str):
+            refuse(field, "a string or null")
+    for field in ("gradients", "pre_activation", "dynamic_batch", "dynamic_spatial"):
+        if not isinstance(getattr(meta, field), bool):
+            refuse(field, "true or false")
+    if not names(meta.layers) or not meta.layers or len(set(meta.layers)) != len(meta.layers):
+        refuse("layers", "a non-empty list of distinct layer names")
+    if not names(meta.output_names) or len(set(meta.output_names)) != len(meta.output_names):
+        refuse("output_names", "a list of distinct output names")
+    if not names(meta.input_names) or not meta.input_names:
+        refuse("input_names", "a non-empty list of input names")
+    if not names(meta.closed_form):
+        refuse("closed_form", "a list of layer names")
+    if not isinstance(meta.outputs, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in meta.outputs.items()
+    ):
+        refuse("outputs", "an object of output names and descriptions")
+    if not isinstance(meta.versions, dict):
+        refuse("versions", "an object")
+    for field in ("num_classes", "opset"):
+        value = getattr(meta, field)
+        if value is not None and not (is_int(value) and value >= 1):
+            refuse(field, "a positive integer or null")
+    if meta.classes is not None and not (
+        isinstance(meta.classes, list) and all(isinstance(c, str) for c in meta.classes)
+    ):
+        refuse("classes", "a list of class names or null")
+    channels = meta.input_shape[1] if len(meta.input_shape) == 4 else None
+    for field in ("mean", "std"):
+        value = getattr(meta, field)
+        if value is None:
+            continue
+        if not isinstance(value, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in value
+        ):
+            refuse(field, "a list of finite numbers or null")
+        if field == "std" and min(value, default=1.0) <= 0:
+            refuse(field, "a list of positive numbers (inputs are divided by it)")
+        if channels is not None and len(value) != channels:
+            refuse(field, f"one number per input channel ({channels})")
+    wanted = ["logits", *meta.layers]
+    if meta.gradients:
+        wanted += [grad_name(layer) for layer in meta.layers]
+    missing = [n for n in wanted if n not in meta.output_names]
+    if missing:
+        refuse("output_names", f"complete: it lacks {', '.join(map(repr, missing))}")
+    for field, listed, real in (
+        ("output_names", meta.output_names, graph_outputs),
+        ("input_names", meta.input_names, graph_inputs),
+    ):
+        unknown = [n for n in listed if real is not None and n not in real]
+        if unknown:
+            refuse(
+                field,
+                f"the graph's: it has no {', '.join(map(repr, unknown))} (it has "
+                f"{', '.join(map(repr, real or []))})",
+            )
+
+
 class Backend:
     """An exported model loaded for one runtime and device.
 
@@ -27,6 +139,9 @@ class Backend:
         metadata: ExportMetadata,
         device: str = "cpu",
         graph_input_shape: list[int | None] | None = None,
+        *,
+        graph_inputs: list[str] | None = None,
+        graph_outputs: list[str] | None = None,
     ):
         self.path = Path(path)
         self.metadata = metadata
@@ -35,6 +150,7 @@ class Backend:
             check_input_shape(self.path.name, metadata.input_shape, graph_input_shape)
         except ValueError as e:
             raise ModelSpecError(str(e)) from None
+        check_metadata(self.path.name, metadata, graph_inputs, graph_outputs)
 
     @property
     def layer_names(self) -> list[str]:
@@ -55,6 +171,24 @@ class Backend:
                     f"{self.path.name} was exported for input {dims}; got {tuple(x.shape)} "
                     f"(dimension {i} is static; export with dynamic shapes to change it)"
                 )
+
+    @property
+    def exported_dtype(self) -> torch.dtype:
+        """The floating dtype the file was exported for (float32 unless it says otherwise)."""
+        found = getattr(torch, str(self.metadata.dtype), None)
+        if isinstance(found, torch.dtype) and found.is_floating_point:
+            return found
+        return torch.float32
+
+    @property
+    def activation(self) -> str | None:
+        """The final activation the file's ``logits`` went through (None: raw scores)."""
+        from xcam.core.targets import ACTIVATIONS
+
+        found = self.metadata.activation
+        if self.metadata.pre_activation or found not in ACTIVATIONS:
+            return None
+        return found
 
     @property
     def has_gradients(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exporters.metadata import METADATA_KEY, ExportMetadata
-from xcam.backends.base import Backend
+from exporters.metadata import METADATA_KEY
+from xcam.backends.base import Backend, read_metadata
 from xcam.errors import ModelSpecError, XCamError
 
 _NP_DTYPES = {
@@ -37,12 +38,13 @@ def _tensors(graph) -> Iterator:
                 yield from _tensors(sub)
 
 
-def check_external_data(path: str | Path) -> None:
+def check_external_data(path: str | Path):
     """Refuse an ONNX file whose external tensor data lies outside the file's folder.
 
     An ONNX file names the files its weights are read from; an untrusted one could point at
     ``../../etc/passwd`` or an absolute path and have the runtime read it. Every location
-    must be a relative path that resolves inside the model's folder."""
+    must be a relative path that resolves inside the model's folder. Returns the model
+    (its graph and metadata; external tensor data not loaded)."""
     import onnx
 
     path = Path(path)
@@ -63,14 +65,87 @@ def check_external_data(path: str | Path) -> None:
                 f"the model's folder {str(folder)!r}; refused (an ONNX file may only use "
                 "external data stored beside it)"
             )
+    return model
 
 
-def _metadata(path: Path, text: str) -> ExportMetadata:
+def _memory_bytes() -> int:
+    """This machine's physical memory (1 TiB where the system doesn't say)."""
+    import os
+
     try:
-        return ExportMetadata.from_json(text)
-    except (ValueError, TypeError) as e:
-        msg = f"{path.name}: its '{METADATA_KEY}' metadata is unreadable ({e})"
-        raise ModelSpecError(msg) from None
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 40
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):,.1f} GiB"
+
+
+def check_tensor_sizes(path: str | Path, model, limit: int | None = None) -> None:
+    """Refuse an ONNX graph with a tensor larger than ``limit`` bytes (default: this
+    machine's memory), as ONNX shape inference sees the shapes (constant shape inputs
+    folded, dynamic dimensions counted as 1): a damaged or hostile file could otherwise
+    have ONNX Runtime allocate terabytes. Sizes only running reveals are caught when it
+    runs (see :meth:`OnnxRuntimeBackend._run`)."""
+    import onnx
+
+    name = Path(path).name
+    limit = _memory_bytes() if limit is None else limit
+
+    def itemsize(elem_type: int) -> int:
+        try:
+            return max(1, onnx.helper.tensor_dtype_to_np_dtype(elem_type).itemsize)
+        except Exception:  # strings and types numpy lacks
+            return 1
+
+    def refuse(what: str, tensor: str, dims: list[int], size: int) -> None:
+        shape = "x".join(map(str, dims)) or "scalar"
+        raise ModelSpecError(
+            f"{name}: {what} makes tensor {tensor!r} of shape {shape} ({_gib(size)}), more than "
+            f"this machine's memory ({_gib(limit)}); refused (a damaged or hostile file?)"
+        )
+
+    for tensor in model.graph.initializer:
+        size = itemsize(tensor.data_type) * int(np.prod(list(tensor.dims), dtype=object))
+        if size > limit:
+            refuse("an initializer", tensor.name, list(tensor.dims), size)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # shapes it can't infer (custom ops) are left to the runtime
+        return
+    producers = {out: node for node in inferred.graph.node for out in node.output}
+    for info in [*inferred.graph.value_info, *inferred.graph.output]:
+        kind = info.type.tensor_type
+        if not kind.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in kind.shape.dim]
+        size = itemsize(kind.elem_type) * int(np.prod([max(d, 1) for d in dims], dtype=object))
+        if size > limit:
+            node = producers.get(info.name)
+            what = "the graph" if node is None else f"its {node.op_type} node {node.name!r}"
+            refuse(what.replace(" ''", ""), info.name, dims, size)
+
+
+_ALLOCATION = re.compile(r"running (\w+) node.*?requested buffer of size (\d+)", re.S)
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+
+
+def _run_failure(name: str, shape: tuple[int, ...], error: Exception) -> XCamError:
+    """ONNX Runtime's error from running a file, as one line naming the file."""
+    from exporters.errors import first_line
+
+    text = str(error)
+    found = _ALLOCATION.search(text)
+    if found:
+        op, size = found.group(1), int(found.group(2))
+        return XCamError(
+            f"{name}: its {op} node asked for {_gib(size)} and ONNX Runtime could not allocate "
+            f"it (more memory than there is) on a {'x'.join(map(str, shape))} input; a damaged "
+            "or hostile file?"
+        )
+    line = _ORT_PREFIX.sub("", first_line(error))
+    return XCamError(f"{name}: ONNX Runtime failed on a {'x'.join(map(str, shape))} input: {line}")
 
 
 class OnnxRuntimeBackend(Backend):
@@ -93,7 +168,7 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         path = Path(path)
-        check_external_data(path)
+        check_tensor_sizes(path, check_external_data(path))
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
@@ -123,9 +198,19 @@ class OnnxRuntimeBackend(Backend):
         props = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in props:
             raise XCamError(f"{path.name} was not exported by xcam (no '{METADATA_KEY}' metadata)")
-        inp = self.session.get_inputs()[0]
-        meta = _metadata(path, props[METADATA_KEY])
-        super().__init__(path, meta, str(dev), graph_input_shape=list(inp.shape))
+        inputs = self.session.get_inputs()
+        if not inputs:
+            raise ModelSpecError(f"{path.name}: its graph has no input")
+        inp = inputs[0]
+        meta = read_metadata(path.name, props[METADATA_KEY])
+        super().__init__(
+            path,
+            meta,
+            str(dev),
+            graph_input_shape=list(inp.shape),
+            graph_inputs=[i.name for i in inputs],
+            graph_outputs=[o.name for o in self.session.get_outputs()],
+        )
         self.input_name = inp.name
         self.input_dtype = _NP_DTYPES.get(inp.type, np.float32)
 
@@ -137,7 +222,10 @@ class OnnxRuntimeBackend(Backend):
         feed = {self.input_name: np.ascontiguousarray(arr)}
         if target is not None:
             feed["target"] = target.cpu().numpy().astype(np.int64)
-        outs = self.session.run(names, feed)
+        try:
+            outs = self.session.run(names, feed)
+        except Exception as e:  # onnxruntime's own error types, with pages of context
+            raise _run_failure(self.path.name, tuple(arr.shape), e) from e
         return [torch.from_numpy(o) for o in outs]
 
     def _run_cuda(
@@ -157,7 +245,10 @@ class OnnxRuntimeBackend(Backend):
         for name in names:
             binding.bind_output(name, "cuda", self.device.index or 0)
         torch.cuda.current_stream(self.device).synchronize()
-        self.session.run_with_iobinding(binding)
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as e:
+            raise _run_failure(self.path.name, tuple(xin.shape), e) from e
         outs = []
         for value in binding.get_outputs():
             if hasattr(value, "to_dlpack"):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from exporters.metadata import METADATA_KEY, ExportMetadata
-from xcam.backends.base import Backend
+from exporters.metadata import METADATA_KEY
+from xcam.backends.base import Backend, read_metadata
 from xcam.errors import XCamError
 
 EXTRA_FILE = f"{METADATA_KEY}.json"
@@ -37,7 +37,7 @@ class Pt2Backend(Backend):
             text = extra[EXTRA_FILE]
         if not text:
             raise XCamError(f"{path.name} was not exported by xcam (no '{METADATA_KEY}' metadata)")
-        super().__init__(path, ExportMetadata.from_json(text), device)
+        super().__init__(path, read_metadata(path.name, text), device)
         if self.aoti:
             key = self.runner.get_metadata().get("AOTI_DEVICE_KEY", "cpu")
             if key != self.device.type:
@@ -47,8 +47,7 @@ class Pt2Backend(Backend):
                 )
 
     def _run(self, x: torch.Tensor, target: torch.Tensor | None) -> list[torch.Tensor]:
-        args = (
-            (x.to(self.device),) if target is None else (x.to(self.device), target.to(self.device))
-        )
+        x = x.to(self.device, self.exported_dtype)  # a half-precision export takes float16
+        args = (x,) if target is None else (x, target.to(self.device))
         with torch.no_grad():
             return list(self.runner(*args))

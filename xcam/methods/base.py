@@ -23,7 +23,7 @@ from torch import nn
 from xcam.cammodel import WHOLE, CamModel, OutputSelector, select_output
 from xcam.capture import final_activations, preserved_state
 from xcam.core.tracing import FX_GATE
-from xcam.errors import InputError, NumericalError, TargetError, XCamError
+from xcam.errors import InputError, LayerTypeError, NumericalError, TargetError, XCamError
 from xcam.layers import Layers, default_layer, resolve_layers, unwrap_model
 from xcam.result import CamResult
 from xcam.targets import (
@@ -93,6 +93,10 @@ def first_component(weighted: torch.Tensor, center: bool = False) -> torch.Tenso
     projection agrees with the channel sum ``sum_c M_c``, the un-weighted map.
     """
     b, _, h, w = weighted.shape
+    if not bool(torch.isfinite(weighted).all()):  # an SVD of it can't converge
+        raise NumericalError(
+            "the weighted activations are not finite (overflow in activations or gradients)"
+        )
     flat = weighted.float().flatten(2).transpose(1, 2)  # [B, hw, C]
     m = flat - flat.mean(dim=1, keepdim=True) if center else flat
     _, _, vh = torch.linalg.svd(m, full_matrices=False)
@@ -630,12 +634,16 @@ class BaseCAM:
         """Gradients computed inside the exported graph: no eager model is needed."""
         from exporters.gradients import grad_name
 
-        wanted = None
+        wanted, outs = None, None
         if targets is not None:
-            k = backend.metadata.num_classes or 0
-            probe = torch.zeros(x.shape[0], max(k, 1))
+            k = backend.metadata.num_classes
+            if not k:  # a file that doesn't say: its logits do
+                outs = backend.run(x)
+                k = flatten_logits(outs["logits"]).shape[1]
+            probe = torch.zeros(x.shape[0], k)
             wanted = resolve_targets(probe, targets).classes  # validates range and length
-        outs = backend.run(x, wanted if backend.has_target_input else None)
+        if outs is None or (wanted is not None and backend.has_target_input):
+            outs = backend.run(x, wanted if backend.has_target_input else None)
         logits = outs["logits"]
         activation = backend.activation
         if wanted is not None and not backend.has_target_input:
@@ -701,6 +709,13 @@ class BaseCAM:
         with torch.no_grad():
             for i, (name, module) in enumerate(layers):
                 a = acts[i].detach()
+                if a.dim() != 4:
+                    shape = "x".join(map(str, a.shape))
+                    raise LayerTypeError(
+                        f"layer {name!r} outputs a {shape} tensor ({a.dim()}-D), not a "
+                        "[B, C, h, w] feature map: choose a layer with a spatial output "
+                        "(`xcam layers MODEL` lists them)"
+                    )
                 ctx = LayerContext(
                     name=name,
                     activations=a,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from xcam.errors import NumericalError
 from xcam.methods import register_method
 from xcam.methods.base import BaseCAM, LayerContext, first_component
 
@@ -38,4 +39,8 @@ class EigenCAM(BaseCAM):
         return torch.ones(ctx.activations.shape[:2], dtype=ctx.activations.dtype)
 
     def layer_map(self, ctx: LayerContext) -> torch.Tensor:
+        if not bool(torch.isfinite(ctx.activations).all()):  # an SVD of them can't converge
+            raise NumericalError(
+                f"the activations of layer {ctx.name!r} are not finite (overflow in the model)"
+            )
         return torch.relu(first_component(ctx.activations, self.center))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from xcam.errors import NumericalError
 from xcam.methods import register_method
 from xcam.methods.base import BaseCAM, LayerContext
 
@@ -33,4 +34,10 @@ class EigenGradCAM(BaseCAM):
         return ctx.gradients
 
     def layer_map(self, ctx: LayerContext) -> torch.Tensor:
-        return self.combine(ctx.activations, self.weights(ctx), ctx.name, True, self.center)
+        weights = self.weights(ctx)
+        if not bool(torch.isfinite(weights).all() & torch.isfinite(ctx.activations).all()):
+            raise NumericalError(  # an SVD of their product can't converge
+                f"the map of layer {ctx.name!r} is not finite (overflow in activations or "
+                "gradients)"
+            )
+        return self.combine(ctx.activations, weights, ctx.name, True, self.center)

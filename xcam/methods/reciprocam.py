@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from xcam.errors import NumericalError
 from xcam.layers import Layers
 from xcam.methods import register_method
 from xcam.methods.base import BatchedCAM, LayerContext
@@ -77,4 +78,8 @@ class ReciproCAM(BatchedCAM):
             sample, pos = chunk // (h * w), chunk % (h * w)
             masked = a[sample.to(a.device)] * masks[pos.to(a.device)][:, None]
             scores[chunk] = ctx.score(ctx.tail(masked, sample), sample, True).float().cpu()
+        if not bool(torch.isfinite(scores).all()):
+            raise NumericalError(
+                f"the map of layer {ctx.name!r} is not finite (overflow in the model's scores)"
+            )
         return scores.view(b, h, w).to(a.device)
