@@ -573,10 +573,13 @@ def test_a_file_name_that_is_not_utf8(tmp_path) -> None:
 
 
 def infinite_net() -> nn.Module:
-    """Class 1's logit is +inf (its bias), the others finite: the maps are still finite."""
+    """Class 1's logit overflows to +inf (finite weights: the largest float32 bias and a
+    large positive weight row; non-finite weights are refused before any work), the
+    others are finite: the maps are still finite."""
     net = seeded_net()
     with torch.no_grad():
-        net[-1].bias[1] = float("inf")
+        net[-1].bias[1] = torch.finfo(torch.float32).max
+        net[-1].weight[1] = net[-1].weight[1].abs() * 1e34
     return net
 
 

@@ -274,7 +274,7 @@ def _probe(info, spec: str, input_size: str | None, layers=(), run: bool = True)
     from torch import nn
 
     from exporters.errors import first_line
-    from xcam.capture import preserved_state
+    from xcam.capture import Capture, preserved_state
     from xcam.errors import XCamError
     from xcam.layers import resolve_layer
 
@@ -295,34 +295,19 @@ def _probe(info, spec: str, input_size: str | None, layers=(), run: bool = True)
         return
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    outputs: dict[str, str | None] = {}  # layer -> None (a 4-D tensor) or what it gave
+    outputs: dict[str, torch.Tensor] = {}  # what each of ``layers`` gave
 
     def forward(size: tuple[int, int]) -> None:
-        def hook(name: str):
-            def record(_module, _inputs, out) -> None:
-                if not isinstance(out, torch.Tensor):
-                    outputs[name] = f"a {type(out).__name__}"
-                elif out.dim() != 4:
-                    shape = "x".join(map(str, out.shape))
-                    outputs[name] = f"a {shape} tensor ({out.dim()}-D)"
-                else:
-                    outputs[name] = None
-
-            return record
-
         x = torch.zeros(1, info.channels, *size, dtype=info.input_dtype, device=device)
-        handles = []
-        try:
-            with preserved_state(model), torch.no_grad():
-                handles = [m.register_forward_hook(hook(n)) for n, m in named]
-                model(x)
-        finally:
-            for handle in handles:
-                handle.remove()
+        with preserved_state(model), torch.no_grad(), Capture(named) as capture:
+            model(x)
+        outputs.update(capture.activations)
 
     h, w = info.input_size
     try:
         forward((h, w))
+    except XCamError as e:  # a layer that returns a tuple, or runs twice
+        raise click.BadParameter(str(e), param_hint="--layer") from None
     except Exception as e:
         reason = f"{type(e).__name__}: {first_line(e)}"
         own = click.get_current_context().meta.get("xcam.model_size")
@@ -345,15 +330,20 @@ def _probe(info, spec: str, input_size: str | None, layers=(), run: bool = True)
             f"{reason}{hint}"
         )
     for name, module in named:
-        got = outputs.get(name)
-        if got is not None:
-            default = f" (default: {info.default_layer})" if info.default_layer else ""
-            raise click.BadParameter(
-                f"{name!r} ({type(module).__name__}) outputs {got}, not a [B, C, h, w] feature "
-                f"map: choose a layer with a spatial output{default}; `xcam layers {spec}` "
-                "lists them",
-                param_hint="--layer",
-            )
+        act = outputs.get(name)
+        if act is not None and act.dim() == 4:
+            continue
+        if act is None:
+            got = "does not run in the forward pass"
+        else:
+            got = f"outputs a {'x'.join(map(str, act.shape))} tensor ({act.dim()}-D), not a "
+            got += "[B, C, h, w] feature map"
+        default = f" (default: {info.default_layer})" if info.default_layer else ""
+        raise click.BadParameter(
+            f"{name!r} ({type(module).__name__}) {got}: choose a layer with a spatial "
+            f"output{default}; `xcam layers {spec}` lists them",
+            param_hint="--layer",
+        )
 
 
 def _assumed_note(spec: str, info, assumed: dict[str, bool]) -> str:
