@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import shutil
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,6 +49,26 @@ class SpatialHeadNet(nn.Module):
 
 # the input of the hand computations
 TOY_X = torch.tensor([[1.0, 2.0, 0.0], [0.0, -1.0, 4.0]]).view(1, 1, 2, 3)
+
+
+@contextlib.contextmanager
+def importable(folder: Path, name: str, source: str) -> Iterator[Path]:
+    """``source`` written to ``folder/<name>.py`` and importable as ``name`` (a
+    ``module:factory`` spec for the CLI) within the block."""
+    (folder / f"{name}.py").write_text(source)
+    sys.path.insert(0, str(folder))
+    try:
+        yield folder
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop(name, None)
+
+
+@pytest.fixture()
+def runner():
+    from click.testing import CliRunner
+
+    return CliRunner()
 
 
 def seeded(name: str, seed: int = 0, **kwargs) -> nn.Module:

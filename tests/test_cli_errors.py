@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shlex
-import sys
 import warnings
 from pathlib import Path
 
@@ -17,7 +16,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from click.testing import CliRunner, Result
+from click.testing import Result
+from conftest import importable
 from onnx import TensorProto, helper
 
 import xcam
@@ -102,19 +102,8 @@ def ten():
 @pytest.fixture(scope="module")
 def mods(tmp_path_factory) -> str:
     """A module of model factories, importable as ``MODULE``."""
-    folder = tmp_path_factory.mktemp("error_models")
-    (folder / f"{MODULE}.py").write_text(SOURCE)
-    sys.path.insert(0, str(folder))
-    try:
+    with importable(tmp_path_factory.mktemp("error_models"), MODULE, SOURCE):
         yield MODULE
-    finally:
-        sys.path.remove(str(folder))
-        sys.modules.pop(MODULE, None)
-
-
-@pytest.fixture()
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 @pytest.fixture()

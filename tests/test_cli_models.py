@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import importable
 from PIL import Image
 
 from xcam.cli import main
@@ -83,19 +84,8 @@ def needs64():
 @pytest.fixture(scope="module")
 def mods(tmp_path_factory) -> Path:
     """A module of user model factories, importable as ``MODULE``."""
-    folder = tmp_path_factory.mktemp("user_models")
-    (folder / f"{MODULE}.py").write_text(SOURCE)
-    sys.path.insert(0, str(folder))
-    try:
+    with importable(tmp_path_factory.mktemp("user_models"), MODULE, SOURCE) as folder:
         yield folder
-    finally:
-        sys.path.remove(str(folder))
-        sys.modules.pop(MODULE, None)
-
-
-@pytest.fixture()
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 def _user(name: str):

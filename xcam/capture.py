@@ -14,6 +14,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from xcam.errors import InputError
+from xcam.targets import output_tensors
 
 
 @contextmanager
@@ -231,7 +232,7 @@ class GuidedReport:
     def exclude_outputs(self, out: object) -> None:
         """Forget activations whose result *is* the model's output (a sigmoid head, say):
         the last op of the model is part of the score, with nothing after it to guide."""
-        final = {id(t) for t in _tensors(out)}
+        final = {id(t) for t in output_tensors(out)}
         keep = [(rec, o) for rec, o in zip(self.unguided, self._outputs, strict=True)]
         keep = [(rec, o) for rec, o in keep if o is None or id(o) not in final]
         self.unguided = [rec for rec, _ in keep]
@@ -260,16 +261,6 @@ class GuidedReport:
             "guided backprop guides nn.ReLU modules only; these activations pass the plain "
             "gradient, so the attribution is partly unguided: " + "; ".join(shown)
         )
-
-
-def _tensors(out: object) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, tuple | list):
-        return [t for o in out for t in _tensors(o)]
-    return []
 
 
 class _ActivationWatch(TorchFunctionMode):
