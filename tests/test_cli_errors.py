@@ -574,8 +574,11 @@ def test_a_garbage_checkpoint_is_not_called_truncated(runner, img, tmp_path) -> 
 def test_an_export_failure_shows_the_root_cause(runner, mods, tmp_path, fmt) -> None:
     out = tmp_path / f"m.{fmt}"
     args = ["export", f"{mods}:branchy", "--out", str(out), "--format", fmt, "--input-size", "8"]
-    line = one_error(runner.invoke(main, [*args, "--no-aoti"] if fmt == "pt2" else args), 1)
+    res = runner.invoke(main, [*args, "--no-aoti"] if fmt == "pt2" else args)
+    line = one_error(res, 1)
     assert "data-dependent" in line and "torch.where" in line
+    # torch's own partial graph and log lines stay out of the terminal (kept for --debug)
+    assert "def forward(self" not in res.output and "symbolic_shapes.py" not in res.output
     assert "Next steps" not in line and "step 1/3" not in line.lower()
     assert not out.exists()
 
@@ -643,3 +646,33 @@ def test_the_readme_in_graph_example_runs(runner, mods, tmp_path, monkeypatch) -
     result = eval(example.split("#")[0].strip(), scope)
     assert result.targets.tolist() == [3, 7]
     assert tuple(result.maps.shape) == (2, 16, 16)
+
+
+# found by a review as a new user ---------------------------------------------------------------
+
+
+def test_a_class_out_of_range_is_bad_usage_before_any_work(runner, img, tmp_path) -> None:
+    out = tmp_path / "o"
+    res = explain(runner, "demo", str(img), "--class", "5", "--out", str(out))
+    one_error(res, 2, "--class", "out of range", "4 classes")
+    assert not out.exists()  # nothing written: the corrected run is not refused
+    assert explain(runner, "demo", str(img), "--out", str(out)).exit_code == 0
+
+
+def test_an_unknown_layer_is_bad_usage(runner, img, tmp_path) -> None:
+    res = explain(runner, "demo", str(img), "--layer", "nosuch", "--out", str(tmp_path / "o"))
+    one_error(res, 2, "--layer", "nosuch")
+
+
+def test_a_run_that_failed_before_its_first_image_does_not_block_the_next(img, tmp_path) -> None:
+    """Its record holds nothing: the next run takes the folder without --overwrite."""
+    import xcam
+    from xcam.models import load_model
+    from xcam.pipeline import explain_files
+
+    info = load_model("demo")
+    out = tmp_path / "o"
+    with pytest.raises(xcam.TargetError, match="out of range"):
+        explain_files(info, [img], xcam.GradCAM(info.model, "block3"), out, targets=5)
+    report = explain_files(info, [img], xcam.GradCAM(info.model, "block3"), out)
+    assert len(report.items) == 1

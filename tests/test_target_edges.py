@@ -211,3 +211,39 @@ def test_parity_fails_on_non_finite_outputs(tmp_path: Path) -> None:
     with pytest.raises(exporters.ParityError, match="not finite"):
         exporters.export(model, ["body.1"], X, tmp_path / "n.onnx", output=0)
     assert not (tmp_path / "n.onnx").exists()
+
+
+def test_score_cam_over_a_structure_with_a_constant_channel() -> None:
+    """Score-CAM scores a constant channel by one forward of a blank input, repeated: a
+    tuple output raised ``'tuple' object has no attribute 'expand'``."""
+    model = HeadPose().eval()
+    with torch.no_grad():
+        model.trunk[2].weight[0].zero_()  # channel 0 of trunk.3: its bias alone, constant
+    got = xcam.ScoreCAM(model, "trunk.3")(X, targets=total)
+    want = xcam.ScoreCAM(Summed(model), "model.trunk.3")(X, targets=lambda out: out[:, 0])
+    assert torch.allclose(got.maps, want.maps, atol=1e-5)
+
+
+def test_a_target_callable_that_fails_is_a_target_error(tmp_path: Path) -> None:
+    """A file exported with ``output=0`` gives a callable its one head: a lambda written for
+    the whole tuple failed with a raw IndexError."""
+    model = HeadPose().eval()
+    path = tmp_path / "h.onnx"
+    exporters.export(model, ["trunk.3"], X, path, output=0)
+    cam = xcam.GradCAM(model, "trunk.3", backend=xcam.load(path))
+    with pytest.raises(xcam.TargetError, match=r"Tensor\[2, 1\].*IndexError"):
+        cam(X, targets=total)
+
+
+def test_lite_names_an_input_size_the_file_does_not_take(tmp_path: Path) -> None:
+    """ONNX Runtime's raw INVALID_ARGUMENT before: the main library's InputError now."""
+    from xcam.lite import OnnxExplainer
+
+    model = TwoOutputs().eval()
+    path = tmp_path / "f.onnx"
+    exporters.export(model, ["body.1"], X, path, gradients=True, output=0)
+    small = X[:, :, :8, :8].numpy()
+    with pytest.raises(xcam.InputError, match=r"exported for input \?x3x16x16.*dimension 2"):
+        OnnxExplainer(path)(small)
+    with pytest.raises(xcam.InputError, match=r"exported for input \?x3x16x16.*dimension 2"):
+        xcam.GradCAM(xcam.load(path))(torch.from_numpy(small))

@@ -43,6 +43,28 @@ def _os_reason(error: OSError) -> str:
     return reason + (f" ({error.filename})" if error.filename else "")
 
 
+@contextlib.contextmanager
+def _exporter_output(debug: bool):
+    """While torch's exporters run, their own terminal output (a failing trace prints its
+    partial graph; symbolic-shape log lines) is held back: the root cause is in xcam's one
+    ``Error:`` line. ``--debug`` shows it all."""
+    import io
+    import logging
+
+    if debug:
+        yield
+        return
+    held = io.StringIO()
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(held), contextlib.redirect_stderr(held):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -263,7 +285,7 @@ def _load(
     return info
 
 
-def _probe(info, spec: str, input_size: str | None, layers=(), run: bool = True) -> None:
+def _probe(info, spec: str, input_size: str | None, layers=(), run: bool = True) -> object:
     """Run the eager model once, on a batch of one zero image of its input size, before
     any work: a size it can't take is a usage error naming --input-size (when the model's
     own size runs), a forward that raises is one line naming the model and the exception,
@@ -283,8 +305,8 @@ def _probe(info, spec: str, input_size: str | None, layers=(), run: bool = True)
         return
     try:
         named = [resolve_layer(model, name) for name in layers]
-    except XCamError as e:
-        _fail(str(e))
+    except XCamError as e:  # no such layer: bad usage, as a layer without a spatial output
+        raise click.BadParameter(str(e), param_hint="--layer") from None
     for pname, value in model.named_parameters():  # nothing explains a diverged model
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             _fail(
@@ -296,11 +318,12 @@ def _probe(info, spec: str, input_size: str | None, layers=(), run: bool = True)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     outputs: dict[str, torch.Tensor] = {}  # what each of ``layers`` gave
+    produced: list[object] = []  # what the model returned
 
     def forward(size: tuple[int, int]) -> None:
         x = torch.zeros(1, info.channels, *size, dtype=info.input_dtype, device=device)
         with preserved_state(model), torch.no_grad(), Capture(named) as capture:
-            model(x)
+            produced[:] = [model(x)]
         outputs.update(capture.activations)
 
     h, w = info.input_size
@@ -343,6 +366,38 @@ def _probe(info, spec: str, input_size: str | None, layers=(), run: bool = True)
             f"{name!r} ({type(module).__name__}) {got}: choose a layer with a spatial "
             f"output{default}; `xcam layers {spec}` lists them",
             param_hint="--layer",
+        )
+    return produced[0] if produced else None
+
+
+def _check_class(target: object, info, probed: object, output: object) -> None:
+    """A class index the model's output has no room for is bad usage, found before any
+    work (the class count: the probe's output, or the exported file's metadata)."""
+    if not isinstance(target, int):
+        return
+    from xcam.backends import Backend
+    from xcam.cammodel import select_output
+    from xcam.errors import XCamError
+    from xcam.targets import flatten_logits
+
+    if isinstance(info.model, Backend):
+        k = info.model.metadata.num_classes
+    else:
+        try:
+            k = flatten_logits(select_output(probed, output)).shape[1]
+        except XCamError:  # a tuple without --output, a regression output: the job says
+            return
+    if not isinstance(k, int) or k < 1:
+        return
+    if k == 1 and target not in (0, 1):
+        raise click.BadParameter(
+            f"{target}: {info.spec} has a single output: use 1 / positive or 0 / negative",
+            param_hint="--class",
+        )
+    if k > 1 and not 0 <= target < k:
+        raise click.BadParameter(
+            f"{target} is out of range for {info.spec}'s {k} classes (0..{k - 1})",
+            param_hint="--class",
         )
 
 
@@ -571,7 +626,8 @@ def explain(
         _fail("no images found in " + ", ".join(images))
     if layer and not method_cls.uses_layers:
         _fail(f"{method_cls.name} has no target layer; leave out --layer")
-    _probe(info, model, input_size, list(layer) if method_cls.uses_layers else [])
+    probed = _probe(info, model, input_size, list(layer) if method_cls.uses_layers else [])
+    _check_class(targets, info, probed, _parse_output(output))
     try:
         options = {
             "aug_smooth": aug_smooth,
@@ -751,26 +807,27 @@ def export(
     example = example.to(device=device, dtype=info.input_dtype)  # a model.half(): float16
     click.echo(f"exporting {model} to {fmt} ...", err=True)
     try:
-        report = exporters.export(
-            info.model,
-            list(layer) or info.default_layer,
-            example,
-            out,
-            format=fmt,
-            gradients=gradients,
-            dynamic_batch=dynamic_batch,
-            opset=opset,
-            check=check,
-            output=_parse_output(output),
-            dynamic_spatial=dynamic_spatial,
-            aoti=aoti,
-            mean=info.mean,
-            std=info.std,
-            classes=info.classes,
-            model_spec=model,
-            target_input=target_input,
-            pre_activation=pre_activation,
-        )
+        with _exporter_output(debug=click.get_current_context().meta.get("xcam.debug", False)):
+            report = exporters.export(
+                info.model,
+                list(layer) or info.default_layer,
+                example,
+                out,
+                format=fmt,
+                gradients=gradients,
+                dynamic_batch=dynamic_batch,
+                opset=opset,
+                check=check,
+                output=_parse_output(output),
+                dynamic_spatial=dynamic_spatial,
+                aoti=aoti,
+                mean=info.mean,
+                std=info.std,
+                classes=info.classes,
+                model_spec=model,
+                target_input=target_input,
+                pre_activation=pre_activation,
+            )
     except XCamError as e:
         _fail(str(e))
     except OSError as e:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xcam.core.artifact import static_mismatch
 from xcam.core.targets import class_targets, decision_threshold
 from xcam.errors import InputError, NumericalError, XCamError
 
@@ -143,6 +144,12 @@ class OnnxExplainer:
         self.layers: list[str] = list(self.metadata["layers"])
         self.inputs = [i.name for i in self.session.get_inputs()]
 
+    def _check_shape(self, x: np.ndarray) -> None:
+        shape = self.metadata.get("input_shape") or []
+        problem = static_mismatch(self.path.name, shape, x.shape) if len(shape) == 4 else None
+        if problem is not None:
+            raise InputError(problem)
+
     def __call__(
         self, x: np.ndarray, targets: int | Sequence[int] | None = None, method: str | None = None
     ) -> LiteResult:
@@ -150,6 +157,7 @@ class OnnxExplainer:
         if method not in RULES:
             raise ValueError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
         x = _check_input(x)
+        self._check_shape(x)
         feed = {self.inputs[0]: x}
         k = int(self.metadata.get("num_classes") or 0)
         wanted = None if targets is None else class_targets(targets, x.shape[0], k)

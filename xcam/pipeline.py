@@ -194,6 +194,8 @@ def _record_for(out: Path, run: dict[str, Any], overwrite: bool) -> Record:
         old = None
     if old is not None and old.run == run:
         return old
+    if old is not None and not (old.owned or old.items or old.errors):
+        return Record(out, run)  # a run that ended before its first image: nothing to lose
     if old is not None:
         if not overwrite:
             diff = "; ".join(differences(old.run, run))

@@ -38,13 +38,17 @@ def describe_output(out: dict | tuple | list) -> str:
 
 
 def _call(fn: Callable, out: object) -> object:
-    """``fn(out)``; a function that can't read a tuple / dict output it was given whole is a
-    :class:`TargetError` that says how to give it one part instead."""
-    if isinstance(out, torch.Tensor):
-        return fn(out)
+    """``fn(out)``; a target function that fails on what it was given is a
+    :class:`TargetError` that says what that was (a tuple / dict output given whole: how to
+    give it one part instead)."""
     try:
         return fn(out)
     except Exception as e:
+        if isinstance(out, torch.Tensor):
+            raise TargetError(
+                f"the target callable failed on the model's output, Tensor{list(out.shape)} "
+                f"(with output= or an exported file, the part chosen): {type(e).__name__}: {e}"
+            ) from None
         kind, pick = ("dict", "output=KEY") if isinstance(out, dict) else ("tuple", "output=INDEX")
         raise TargetError(
             f"the target callable failed on the model's whole output, a {kind} "
@@ -81,6 +85,17 @@ def sample_of(out: object, i: int) -> object:
         return {k: sample_of(v, i) for k, v in out.items()}
     if isinstance(out, tuple | list):
         return type(out)(sample_of(v, i) for v in out)
+    return out
+
+
+def repeated(out: object, n: int) -> object:
+    """A one-sample model output as a batch of ``n`` copies, keeping its structure."""
+    if isinstance(out, torch.Tensor):
+        return out.expand(n, *out.shape[1:])
+    if isinstance(out, dict):
+        return {k: repeated(v, n) for k, v in out.items()}
+    if isinstance(out, tuple | list):
+        return type(out)(repeated(v, n) for v in out)
     return out
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from exporters.metadata import ExportMetadata
-from xcam.core.artifact import check_input_shape
+from xcam.core.artifact import check_input_shape, static_mismatch
 from xcam.errors import InputError, ModelSpecError
 
 
@@ -164,13 +164,9 @@ class Backend:
         shape = self.metadata.input_shape
         if x.dim() != len(shape):
             raise InputError(f"{self.path.name} takes {len(shape)}-D input, got {tuple(x.shape)}")
-        for i, (got, want) in enumerate(zip(x.shape, shape, strict=True)):
-            if want is not None and got != want:
-                dims = "x".join("?" if s is None else str(s) for s in shape)
-                raise InputError(
-                    f"{self.path.name} was exported for input {dims}; got {tuple(x.shape)} "
-                    f"(dimension {i} is static; export with dynamic shapes to change it)"
-                )
+        problem = static_mismatch(self.path.name, shape, tuple(x.shape))
+        if problem is not None:
+            raise InputError(problem)
 
     @property
     def exported_dtype(self) -> torch.dtype:

@@ -11,6 +11,7 @@ refused unless the caller says it trusts them (``trust_code=True``, ``--trust-co
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,3 +107,16 @@ def check_input_shape(
             f"limit of {MAX_CHANNELS} channels and {MAX_SIDE} pixels a side; refused"
         )
     return claimed
+
+
+def static_mismatch(name: str, shape: Sequence, got: Sequence[int]) -> str | None:
+    """Why an input of shape ``got`` does not fit a file exported for ``shape`` (None: a
+    dynamic dimension), or None when it fits."""
+    for i, (have, want) in enumerate(zip(got, shape, strict=False)):
+        if want is not None and have != want:
+            dims = "x".join("?" if s is None else str(s) for s in shape)
+            return (
+                f"{name} was exported for input {dims}; got {tuple(got)} (dimension {i} is "
+                "static; export with dynamic shapes to change it)"
+            )
+    return None

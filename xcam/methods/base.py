@@ -244,6 +244,7 @@ class BaseCAM:
         self.pre_activation = pre_activation
         self._activation: str | None = None  # the eager model's final activation, if any
         self._watched = False  # whether a forward has looked for it yet
+        self._warned = False  # about a saturating final activation
         if isinstance(model, Backend):
             self.model = None
             self.backend = model
@@ -270,8 +271,8 @@ class BaseCAM:
         self._layers = resolve_layers(model, layers)
         final = final_activation(model)
         self._in_channels = first_conv_channels(model)  # checked against every input
-        self._warned = final is not None and not pre_activation and self.needs_gradients
-        if self._warned:
+        if final is not None and not pre_activation and self.needs_gradients:
+            self._warned = True
             warnings.warn(
                 _saturation_warning(model, type(final).__name__), UserWarning, stacklevel=3
             )
@@ -306,11 +307,21 @@ class BaseCAM:
             )
         if meta.pre_activation:
             self.pre_activation = True
-        elif self.pre_activation and meta.activation is not None:
+        elif meta.activation is not None and self.pre_activation:
             raise XCamError(
                 f"pre_activation=True, but {backend.path.name} applies the model's final "
                 f"{meta.activation} in its graph: re-export with --pre-activation "
                 "(pre_activation=True)"
+            )
+        elif meta.activation is not None and self.needs_gradients and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"{backend.path.name} outputs probabilities (its model ends in "
+                f"{meta.activation}): their gradient saturates (near 0 or 1 it vanishes), so "
+                "maps can be flat. Export with --pre-activation (pre_activation=True) to "
+                "explain the score before it",
+                UserWarning,
+                stacklevel=4,
             )
 
     @property

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from xcam.layers import Layers
 from xcam.methods import register_method
 from xcam.methods.base import BatchedCAM, LayerContext
+from xcam.targets import repeated
 
 
 @register_method
@@ -78,8 +79,7 @@ class ScoreCAM(BatchedCAM):
             scores[chunk] = ctx.score(ctx.forward(masked), sample, probability).float().cpu()
         dead = rows[~live]
         if len(dead):  # a constant channel masks every input to zero: one forward for all
-            out = ctx.forward(torch.zeros_like(x[:1]))
-            out = out.expand(len(dead), *out.shape[1:])
+            out = repeated(ctx.forward(torch.zeros_like(x[:1])), len(dead))
             scores[dead] = ctx.score(out, dead // c, probability).float().cpu()
         weights = scores.view(b, c)
         if self.channel_softmax:
