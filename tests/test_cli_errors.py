@@ -659,11 +659,6 @@ def test_a_class_out_of_range_is_bad_usage_before_any_work(runner, img, tmp_path
     assert explain(runner, "demo", str(img), "--out", str(out)).exit_code == 0
 
 
-def test_an_unknown_layer_is_bad_usage(runner, img, tmp_path) -> None:
-    res = explain(runner, "demo", str(img), "--layer", "nosuch", "--out", str(tmp_path / "o"))
-    one_error(res, 2, "--layer", "nosuch")
-
-
 def test_a_run_that_failed_before_its_first_image_does_not_block_the_next(img, tmp_path) -> None:
     """Its record holds nothing: the next run takes the folder without --overwrite."""
     import xcam

@@ -305,8 +305,8 @@ def _probe(info, spec: str, input_size: str | None, layers=(), run: bool = True)
         return
     try:
         named = [resolve_layer(model, name) for name in layers]
-    except XCamError as e:  # no such layer: bad usage, as a layer without a spatial output
-        raise click.BadParameter(str(e), param_hint="--layer") from None
+    except XCamError as e:
+        _fail(str(e))
     for pname, value in model.named_parameters():  # nothing explains a diverged model
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             _fail(
@@ -396,7 +396,7 @@ def _check_class(target: object, info, probed: object, output: object) -> None:
         )
     if k > 1 and not 0 <= target < k:
         raise click.BadParameter(
-            f"{target} is out of range for {info.spec}'s {k} classes (0..{k - 1})",
+            f"{target} is out of range for {k} classes (0..{k - 1}) of {info.spec}",
             param_hint="--class",
         )
 

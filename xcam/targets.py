@@ -38,17 +38,18 @@ def describe_output(out: dict | tuple | list) -> str:
 
 
 def _call(fn: Callable, out: object) -> object:
-    """``fn(out)``; a target function that fails on what it was given is a
-    :class:`TargetError` that says what that was (a tuple / dict output given whole: how to
-    give it one part instead)."""
+    """``fn(out)``. A target function's own exception passes through unchanged, with a note
+    of what it was given; one that can't read a tuple / dict output it was given whole is a
+    :class:`TargetError` that says how to give it one part instead."""
     try:
         return fn(out)
     except Exception as e:
         if isinstance(out, torch.Tensor):
-            raise TargetError(
-                f"the target callable failed on the model's output, Tensor{list(out.shape)} "
-                f"(with output= or an exported file, the part chosen): {type(e).__name__}: {e}"
-            ) from None
+            e.add_note(
+                f"xcam gave the target callable the model's output Tensor{list(out.shape)} "
+                "(with output= or an exported file: the part chosen)"
+            )
+            raise
         kind, pick = ("dict", "output=KEY") if isinstance(out, dict) else ("tuple", "output=INDEX")
         raise TargetError(
             f"the target callable failed on the model's whole output, a {kind} "
