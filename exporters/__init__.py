@@ -125,7 +125,7 @@ def export(
     from exporters.parity import DEFAULT_TOLERANCE, check_parity
     from xcam.cammodel import CamModel
     from xcam.capture import preserved_state
-    from xcam.layers import default_layer
+    from xcam.layers import default_layer, floating_dtype
     from xcam.methods.base import check_input
 
     if format not in FORMATS:
@@ -140,10 +140,10 @@ def export(
     example = check_input(example)
     path = Path(path)
     notes: list[str] = []
-    param = next((p for p in model.parameters() if p.is_floating_point()), None)
-    if param is not None and example.dtype != param.dtype:  # e.g. a model.half()
-        notes.append(f"example cast from {example.dtype} to the model's {param.dtype}")
-        example = example.to(param.dtype)
+    dtype = floating_dtype(model)
+    if dtype is not None and example.dtype != dtype:  # e.g. a model.half()
+        notes.append(f"example cast from {example.dtype} to the model's {dtype}")
+        example = example.to(dtype)
     if tolerance is None and example.dtype in (torch.float16, torch.bfloat16):
         tolerance = 16 * torch.finfo(example.dtype).eps  # the rounding of a 16-bit float
     if dynamic_batch and example.shape[0] == 1:

@@ -51,6 +51,8 @@ class ExportMetadata:
     @classmethod
     def from_json(cls, text: str) -> ExportMetadata:
         data: dict[str, Any] = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object")
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -423,6 +423,8 @@ HOSTILE_METADATA = {
     "gradients-no-outputs": (_set(gradients=True), "grad"),
     "gradients-string": (_set(gradients="yes"), "gradients"),
     "input-names-target": (_set(input_names=["input", "target"]), "target"),
+    "output-list": (_set(output=[0, 1]), "output"),
+    "pre-activation-string": (_set(pre_activation="yes"), "pre_activation"),
     "not-an-object": (lambda meta: [1, 2], "metadata"),
     "not-json": (lambda meta: "{nope", "metadata"),
     "missing-fields": (lambda meta: {"format": "onnx"}, "metadata"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -413,8 +414,6 @@ class FinalActivations(TorchFunctionMode):
         return out
 
     def _remember(self, out: torch.Tensor, kind: str, pre: torch.Tensor) -> None:
-        import weakref
-
         self._added += 1
         if self._added % self.PRUNE_EVERY == 0:
             self._seen = {k: v for k, v in self._seen.items() if v[0]() is not None}

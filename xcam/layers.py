@@ -24,6 +24,13 @@ def module_names(model: nn.Module) -> dict[nn.Module, str]:
     return names
 
 
+def floating_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of the model's floating parameters (float16 for a ``model.half()``), or
+    None when it has none."""
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return None if param is None else param.dtype
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The eager module to hook: a ``torch.compile``d model's original module (its
     ``_orig_mod``, the same parameters), ``model`` itself otherwise. A TorchScript module
@@ -114,9 +121,9 @@ def candidate_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]
     """
     from xcam.capture import preserved_state
 
-    param = next((p for p in model.parameters() if p.is_floating_point()), None)
-    if param is not None and example.is_floating_point() and example.dtype != param.dtype:
-        example = example.to(param.dtype)
+    dtype = floating_dtype(model)
+    if dtype is not None and example.is_floating_point() and example.dtype != dtype:
+        example = example.to(dtype)
     infos: list[LayerInfo] = []
     names = module_names(model)
 

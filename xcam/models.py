@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from exporters.errors import first_line
 from xcam.core.artifact import format_of
 from xcam.core.files import sha256_file
 from xcam.errors import ModelSpecError
@@ -47,12 +48,11 @@ class ModelInfo:
         """The dtype inputs are made in: the model's floating parameters' (float16 for a
         ``model.half()``), the exported file's, float32 otherwise."""
         from xcam.backends import Backend
+        from xcam.layers import floating_dtype
 
         if isinstance(self.model, Backend):
-            dtype = getattr(torch, self.model.metadata.dtype or "float32", None)
-            return dtype if isinstance(dtype, torch.dtype) else torch.float32
-        param = next((p for p in self.model.parameters() if p.is_floating_point()), None)
-        return torch.float32 if param is None else param.dtype
+            return self.model.exported_dtype
+        return floating_dtype(self.model) or torch.float32
 
     def class_name(self, k: int) -> str:
         if self.classes is not None and 0 <= k < len(self.classes):
@@ -113,11 +113,6 @@ def _load_state_dict(model: nn.Module, weights: str | Path, trust: bool = False)
             f"{str(path)!r} does not fit {type(model).__name__}: " + " ".join(first)
         ) from None
     return notes
-
-
-def first_line(error: BaseException) -> str:
-    """An exception's first line (its type's name when it has no message)."""
-    return next(iter(str(error).strip().splitlines()), "") or type(error).__name__
 
 
 def checkpoint_damage(path: Path, error: BaseException | None = None) -> str | None:

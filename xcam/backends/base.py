@@ -15,14 +15,9 @@ def read_metadata(name: str, text: str) -> ExportMetadata:
     """The metadata JSON an exported file carries, parsed; anything else is a
     :class:`ModelSpecError` naming the file (its fields are checked by
     :func:`check_metadata`)."""
-    import json
-
     from exporters.metadata import METADATA_KEY
 
     try:
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError(f"a JSON {type(data).__name__}, not an object")
         return ExportMetadata.from_json(text)
     except (ValueError, TypeError) as e:
         msg = f"{name}: its '{METADATA_KEY}' metadata is unreadable ({e})"
@@ -82,6 +77,8 @@ def check_metadata(
         refuse("outputs", "an object of output names and descriptions")
     if not isinstance(meta.versions, dict):
         refuse("versions", "an object")
+    if meta.output is not None and not (isinstance(meta.output, str) or is_int(meta.output)):
+        refuse("output", "an output index, a key or null")
     for field in ("num_classes", "opset"):
         value = getattr(meta, field)
         if value is not None and not (is_int(value) and value >= 1):
