@@ -123,9 +123,9 @@ def export(
     that activation instead (a confident sigmoid's gradient vanishes in float32).
     """
     from exporters.parity import DEFAULT_TOLERANCE, check_parity
-    from xcam.cammodel import CamModel
-    from xcam.capture import preserved_state
-    from xcam.layers import default_layer, floating_dtype
+    from xcam.core.cammodel import CamModel
+    from xcam.core.capture import preserved_state
+    from xcam.core.layers import default_layer, floating_dtype
     from xcam.methods.base import check_input
 
     if format not in FORMATS:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from xcam.errors import XCamError
+from xcam.core.errors import XCamError
 
 
 class ExportError(XCamError):

@@ -266,8 +266,8 @@ class GradModel(nn.Module):
         activation: str | None = None,
     ):
         super().__init__()
-        from xcam.cammodel import CamModel
-        from xcam.core.targets import decision_threshold
+        from xcam.core.cammodel import CamModel
+        from xcam.core.decision import decision_threshold
 
         self.static_spatial = static_spatial
         self.model = model
@@ -279,7 +279,7 @@ class GradModel(nn.Module):
         self.closed = list(closed_form or [None] * len(layers))
 
     def forward(self, x: torch.Tensor, target: torch.Tensor | None = None):
-        from xcam.targets import flatten_logits
+        from xcam.core.targets import flatten_logits
 
         # detached weights: the graph holds no parameter gradients, only dS/dA
         params = {f"model.{k}": v.detach() for k, v in self.model.named_parameters()}
@@ -323,10 +323,10 @@ def closed_form_heads(
     pre_activation: bool = False,
 ) -> list[nn.Linear | None]:
     """For each layer, the Linear of a pooled-linear head right after it, if there is one."""
-    from xcam.cammodel import CamModel
-    from xcam.errors import HeadError
+    from xcam.core.cammodel import CamModel
+    from xcam.core.errors import HeadError
     from xcam.methods.cam import pooled_linear_head
-    from xcam.targets import flatten_logits
+    from xcam.core.targets import flatten_logits
 
     with torch.no_grad():
         cam_model = CamModel(model, list(layers), output=output, pre_activation=pre_activation)

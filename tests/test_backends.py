@@ -12,7 +12,7 @@ from torch import nn
 
 import exporters
 import xcam
-from xcam.tail import InjectedTail, split_tail
+from xcam.core.tail import InjectedTail, split_tail
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from xcam.bench import BenchConfig, BenchReport, Row, goals, measure, run_bench, spread
 from xcam.cli import main
-from xcam.errors import XCamError
+from xcam.core.errors import XCamError
 
 
 def test_measure_warms_up_then_rotates_the_order() -> None:

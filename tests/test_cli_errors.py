@@ -22,7 +22,7 @@ from onnx import TensorProto, helper
 
 import xcam
 from xcam.cli import main
-from xcam.errors import ModelSpecError, NumericalError, XCamError
+from xcam.core.errors import ModelSpecError, NumericalError, XCamError
 
 MODULE = "xcam_test_error_models"
 SOURCE = '''

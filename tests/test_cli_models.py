@@ -118,7 +118,7 @@ def _eager_probs(model, x: torch.Tensor) -> np.ndarray:
 
 
 def test_preprocess_gives_the_channels_of_mean() -> None:
-    from xcam.errors import InputError
+    from xcam.core.errors import InputError
     from xcam.images import preprocess
 
     rgb = np.random.default_rng(0).integers(0, 256, (8, 10, 3), dtype=np.uint8)
@@ -354,7 +354,7 @@ def test_export_of_a_half_precision_model_unchecked(runner, mods, images, tmp_pa
 
 
 def test_layers_and_explain_of_a_half_precision_model(runner, mods, images, tmp_path) -> None:
-    from xcam.layers import default_layer
+    from xcam.core.layers import default_layer
 
     assert default_layer(_user("half"), torch.zeros(1, 3, 16, 16)) == "3"  # a float32 probe
     res = _run(runner, "layers", f"{MODULE}:half", "--input-size", "16")
@@ -399,8 +399,8 @@ def test_scripted_factory_is_a_clear_error(runner, mods) -> None:
 
 
 def test_unwrap_model() -> None:
-    from xcam.errors import XCamError
-    from xcam.layers import unwrap_model
+    from xcam.core.errors import XCamError
+    from xcam.core.layers import unwrap_model
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1))
     assert unwrap_model(net) is net
@@ -425,7 +425,7 @@ def test_library_methods_take_a_compiled_model(mods) -> None:
 
 def test_library_methods_refuse_a_scripted_model_clearly(mods) -> None:
     import xcam
-    from xcam.errors import XCamError
+    from xcam.core.errors import XCamError
 
     scripted = _user("scripted")
     with pytest.raises(XCamError, match="TorchScript"):

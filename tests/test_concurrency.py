@@ -150,7 +150,7 @@ class _AroundNet(torch.nn.Module):
 @pytest.mark.parametrize("name", ["gradcam", "ablationcam"])
 def test_eight_threads_share_one_injected_tail(tmp_path: Path, name: str) -> None:
     import exporters
-    from xcam.tail import InjectedTail
+    from xcam.core.tail import InjectedTail
 
     model = _AroundNet().eval()
     path = tmp_path / "around.onnx"
@@ -179,7 +179,7 @@ def test_cutting_a_tail_never_breaks_other_threads_forwards(demo_model) -> None:
     ones, instead."""
     import copy
 
-    from xcam.tail import split_tail
+    from xcam.core.tail import split_tail
 
     other = copy.deepcopy(demo_model)
     explainer = xcam.GradCAM(demo_model, "block3")

@@ -24,7 +24,7 @@ import exporters
 import xcam
 from xcam.cli import main
 from xcam.demo import sample_images
-from xcam.errors import ModelSpecError
+from xcam.core.errors import ModelSpecError
 from xcam.files import atomic, locked_folder
 
 XCAM = [sys.executable, "-m", "xcam"]

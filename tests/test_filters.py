@@ -14,7 +14,7 @@ from PIL import Image
 
 from xcam.cli import main
 from xcam.demo import MEAN, STD, sample_images
-from xcam.errors import InputError, LayerNotFoundError, LayerTypeError, XCamError
+from xcam.core.errors import InputError, LayerNotFoundError, LayerTypeError, XCamError
 from xcam.filters import (
     activation_maximisation,
     feature_map_grid,

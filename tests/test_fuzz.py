@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import xcam
-from xcam.errors import XCamError
+from xcam.core.errors import XCamError
 from xcam.images import load_image
 
 SETTINGS = settings(

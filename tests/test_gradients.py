@@ -341,7 +341,7 @@ def test_lite_validates_as_the_main_library_does(demo_model, tmp_path) -> None:
     """Issue 12.7: ``xcam.lite`` took ``-1`` (and reported it), ``1.7`` (as 1), ``4`` / ``99``
     (ONNX Runtime's raw INVALID_ARGUMENT) and a 1e38 input (NaN maps). Same checks, same
     errors as ``xcam.GradCAM(xcam.load(file))``."""
-    from xcam.errors import InputError, NumericalError, TargetError
+    from xcam.core.errors import InputError, NumericalError, TargetError
     from xcam.lite import OnnxExplainer
 
     path = _export(demo_model, "block3", tmp_path, target_input=True).path

@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 import xcam
-from xcam.capture import guided_relus
+from xcam.core.capture import guided_relus
 from xcam.methods import get_method
 from xcam.methods.gradcam import GradCAM
 from xcam.methods.guided import GuidedBackprop, GuidedGradCAM

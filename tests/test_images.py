@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xcam.errors import InputError
+from xcam.core.errors import InputError
 from xcam.images import load_image
 
 

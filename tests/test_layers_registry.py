@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import xcam
-from xcam.layers import candidate_layers, default_layer, resolve_layers
+from xcam.core.layers import candidate_layers, default_layer, resolve_layers
 from xcam.methods import register_method
 from xcam.methods.base import BaseCAM
 

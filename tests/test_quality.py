@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from xcam.errors import InputError, TargetError
+from xcam.core.errors import InputError, TargetError
 from xcam.quality import (
     auc,
     baseline_image,

@@ -21,7 +21,7 @@ from torch import nn
 
 import exporters
 import xcam
-from xcam.errors import NumericalError
+from xcam.core.errors import NumericalError
 
 
 class HeadPose(nn.Module):

@@ -24,7 +24,7 @@ from PIL import Image
 
 import xcam
 from xcam.cli import main
-from xcam.errors import ModelSpecError, UntrustedFileError, XCamError
+from xcam.core.errors import ModelSpecError, UntrustedFileError, XCamError
 
 # (kind, file name, format): every kind of malicious file, and the name it is tested under
 KINDS = {

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 import xcam
 from xcam.backends.onnxruntime import check_external_data
 from xcam.cli import main
-from xcam.errors import ModelSpecError, UntrustedFileError
+from xcam.core.errors import ModelSpecError, UntrustedFileError
 from xcam.models import load_model
 
 

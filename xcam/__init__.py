@@ -12,16 +12,16 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
-    "CamModel": "xcam.cammodel",
-    "CamResult": "xcam.result",
-    "LayerNotFoundError": "xcam.errors",
-    "resolve_layers": "xcam.layers",
-    "candidate_layers": "xcam.layers",
-    "TargetError": "xcam.errors",
-    "InputError": "xcam.errors",
-    "LayerTypeError": "xcam.errors",
-    "HeadError": "xcam.errors",
-    "XCamError": "xcam.errors",
+    "CamModel": "xcam.core.cammodel",
+    "CamResult": "xcam.core.result",
+    "LayerNotFoundError": "xcam.core.errors",
+    "resolve_layers": "xcam.core.layers",
+    "candidate_layers": "xcam.core.layers",
+    "TargetError": "xcam.core.errors",
+    "InputError": "xcam.core.errors",
+    "LayerTypeError": "xcam.core.errors",
+    "HeadError": "xcam.core.errors",
+    "XCamError": "xcam.core.errors",
     "get_method": "xcam.methods",
     "list_methods": "xcam.methods",
     "register_method": "xcam.methods",
@@ -82,8 +82,8 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from xcam.backends import Backend, load
-    from xcam.cammodel import CamModel
-    from xcam.errors import (
+    from xcam.core.cammodel import CamModel
+    from xcam.core.errors import (
         HeadError,
         InputError,
         LayerNotFoundError,
@@ -91,7 +91,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         TargetError,
         XCamError,
     )
-    from xcam.layers import candidate_layers, resolve_layers
+    from xcam.core.layers import candidate_layers, resolve_layers
     from xcam.methods import get_method, list_methods, register_method
     from xcam.methods.ablationcam import AblationCAM
     from xcam.methods.base import BaseCAM
@@ -108,7 +108,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from xcam.methods.scorecam import ScoreCAM
     from xcam.methods.xgradcam import XGradCAM
     from xcam.models import load_model
-    from xcam.result import CamResult
+    from xcam.core.result import CamResult
 
 
 def __getattr__(name: str) -> Any:

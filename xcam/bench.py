@@ -36,7 +36,7 @@ from torch import nn
 
 from xcam.core.artifact import FORMATS, format_of
 from xcam.core.tracing import TRACE_LOCK
-from xcam.errors import XCamError
+from xcam.core.errors import XCamError
 
 BACKENDS = ("eager", "torchscript", "onnxruntime", "pt2", "ingraph")
 PEERS = ("pytorch-grad-cam", "torchcam", "captum")
@@ -404,7 +404,7 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None] = print) -> BenchRep
     """Time every arm of ``cfg``; ``echo`` gets one progress line per group of arms."""
     import exporters
     from xcam.backends import load
-    from xcam.layers import default_layer
+    from xcam.core.layers import default_layer
     from xcam.models import load_model
 
     cfg.check()

@@ -100,7 +100,7 @@ class _Group(click.Group):
             raise
         except Exception as e:
             from exporters.errors import first_line
-            from xcam.errors import XCamError
+            from xcam.core.errors import XCamError
 
             if isinstance(e, XCamError):
                 _fail(_one_line(str(e)))
@@ -230,7 +230,7 @@ def _load(
 ):
     """Load MODEL; ``stats``: the command normalises inputs (--mean/--std, and a note of
     the ones assumed); ``images``: it reads images (a note on how they are converted)."""
-    from xcam.errors import XCamError
+    from xcam.core.errors import XCamError
     from xcam.models import load_model
 
     meta = click.get_current_context().meta
@@ -296,9 +296,9 @@ def _probe(info, spec: str, input_size: str | None, layers=(), run: bool = True)
     from torch import nn
 
     from exporters.errors import first_line
-    from xcam.capture import Capture, preserved_state
-    from xcam.errors import XCamError
-    from xcam.layers import resolve_layer
+    from xcam.core.capture import Capture, preserved_state
+    from xcam.core.errors import XCamError
+    from xcam.core.layers import resolve_layer
 
     model = info.model
     if not isinstance(model, nn.Module):
@@ -376,9 +376,9 @@ def _check_class(target: object, info, probed: object, output: object) -> None:
     if not isinstance(target, int):
         return
     from xcam.backends import Backend
-    from xcam.cammodel import select_output
-    from xcam.errors import XCamError
-    from xcam.targets import flatten_logits
+    from xcam.core.cammodel import select_output
+    from xcam.core.errors import XCamError
+    from xcam.core.targets import flatten_logits
 
     if isinstance(info.model, Backend):
         k = info.model.metadata.num_classes
@@ -476,7 +476,7 @@ def layers(model: str, weights: str | None, input_size: str | None) -> None:
     """
     import torch
 
-    from xcam.layers import candidate_layers
+    from xcam.core.layers import candidate_layers
 
     info = _load(model, weights, "cpu", input_size)
     h, w = info.input_size
@@ -603,7 +603,7 @@ def explain(
     'package.module:factory', or a file made by `xcam export` (.onnx, .ts, .pt2).
     Unreadable images are reported and skipped; the exit code is then 1.
     """
-    from xcam.errors import XCamError
+    from xcam.core.errors import XCamError
     from xcam.images import find_images
     from xcam.methods import get_method
     from xcam.pipeline import explain_files
@@ -680,7 +680,7 @@ def _summarise(report) -> None:
 def demo(out: str) -> None:
     """Run the whole job on the bundled demo model and its sample images."""
     from xcam.demo.run import run_demo
-    from xcam.errors import XCamError
+    from xcam.core.errors import XCamError
 
     try:
         paths = run_demo(Path(out), echo=click.echo)
@@ -774,7 +774,7 @@ def export(
 
     import exporters
     from xcam.core.artifact import FORMATS, format_of
-    from xcam.errors import XCamError
+    from xcam.core.errors import XCamError
 
     if target_input and not gradients:
         raise click.BadParameter(
@@ -898,10 +898,10 @@ def filters(
     from torch import nn
 
     from xcam import filters as xf
-    from xcam.errors import LayerTypeError, XCamError
+    from xcam.core.errors import LayerTypeError, XCamError
     from xcam.files import unique_stems
     from xcam.images import find_images, load_image, preprocess
-    from xcam.layers import resolve_layer
+    from xcam.core.layers import resolve_layer
     from xcam.viz import save_png
 
     chans = _parse_channels(channels)
@@ -1037,7 +1037,7 @@ def bench(
 
     from xcam.bench import PRESETS, BenchConfig, run_bench, to_markdown, to_terminal
     from xcam.bench import plot as make_plot
-    from xcam.errors import XCamError
+    from xcam.core.errors import XCamError
 
     preset = dict(PRESETS["quick" if quick else "full"])
     given = {

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from xcam.core.files import atomic, sha256_file, staged
-from xcam.errors import OutputError
+from xcam.core.errors import OutputError
 
 __all__ = ["LOCK_NAME", "atomic", "fit_stem", "locked_folder", "sha256_file", "staged"]
 

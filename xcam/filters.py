@@ -2,7 +2,7 @@
 and what input a channel of a layer responds to most (activation maximisation).
 
 Tensors are computed with torch; numpy and PIL are imported inside the picture helpers
-(the I/O edge). Activations come from :class:`xcam.capture.Capture` (the only place that
+(the I/O edge). Activations come from :class:`xcam.core.capture.Capture` (the only place that
 registers hooks) and every call leaves the model as it was: eval mode during the call,
 training flags restored after, no parameter ``.grad`` written, ``requires_grad`` untouched.
 """
@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
-from xcam.capture import Capture, preserved_state
-from xcam.errors import InputError, LayerTypeError
-from xcam.layers import LayerRef, resolve_layer
+from xcam.core.capture import Capture, preserved_state
+from xcam.core.errors import InputError, LayerTypeError
+from xcam.core.layers import LayerRef, resolve_layer
 from xcam.models import IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xcam.errors import InputError
+from xcam.core.errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from xcam.core.artifact import static_mismatch
-from xcam.core.targets import class_targets, decision_threshold
-from xcam.errors import InputError, NumericalError, XCamError
+from xcam.core.decision import class_targets, decision_threshold
+from xcam.core.errors import InputError, NumericalError, XCamError
 
 METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
 _EPS = 1e-7

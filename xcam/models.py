@@ -16,7 +16,7 @@ from torch import nn
 from exporters.errors import first_line
 from xcam.core.artifact import format_of
 from xcam.core.files import sha256_file
-from xcam.errors import ModelSpecError
+from xcam.core.errors import ModelSpecError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -48,7 +48,7 @@ class ModelInfo:
         """The dtype inputs are made in: the model's floating parameters' (float16 for a
         ``model.half()``), the exported file's, float32 otherwise."""
         from xcam.backends import Backend
-        from xcam.layers import floating_dtype
+        from xcam.core.layers import floating_dtype
 
         if isinstance(self.model, Backend):
             return self.model.exported_dtype
@@ -322,7 +322,7 @@ def _factory(spec: str, weights, device, trust_weights: bool) -> ModelInfo:
 def _unwrapped(model: nn.Module, spec: str) -> tuple[nn.Module, list[str]]:
     """A ``torch.compile``d model's original module (with a note); a TorchScript module is
     refused: its layers can't be hooked."""
-    from xcam.layers import unwrap_model
+    from xcam.core.layers import unwrap_model
 
     if isinstance(model, torch.jit.ScriptModule):
         raise ModelSpecError(

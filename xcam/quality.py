@@ -55,9 +55,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xcam.capture import final_activations, preserved_state
-from xcam.errors import InputError, TargetError
-from xcam.targets import class_probability, flatten_logits, resolve_targets, score_functions
+from xcam.core.capture import final_activations, preserved_state
+from xcam.core.errors import InputError, TargetError
+from xcam.core.targets import class_probability, flatten_logits, resolve_targets, score_functions
 
 Baseline = str | float | torch.Tensor
 

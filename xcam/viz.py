@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from xcam.errors import NumericalError, XCamError
+from xcam.core.errors import NumericalError, XCamError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -88,7 +88,7 @@ def colorize(cam: torch.Tensor | np.ndarray, colormap: str = "jet") -> np.ndarra
 
 
 def check_colormap(colormap: str) -> None:
-    """An :class:`~xcam.errors.XCamError` unless ``colormap`` names a matplotlib colormap."""
+    """An :class:`~xcam.core.errors.XCamError` unless ``colormap`` names a matplotlib colormap."""
     _colormap_table(colormap)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from xcam.backends.base import Backend
 from xcam.core.artifact import BACKEND_FORMAT, FORMATS, format_of, untrusted_message
-from xcam.errors import ModelSpecError, UntrustedFileError, XCamError
+from xcam.core.errors import ModelSpecError, UntrustedFileError, XCamError
 
 BACKENDS = ("eager", *BACKEND_FORMAT)
 

@@ -8,7 +8,7 @@ import torch
 
 from exporters.metadata import ExportMetadata
 from xcam.core.artifact import check_input_shape, static_mismatch
-from xcam.errors import InputError, ModelSpecError
+from xcam.core.errors import InputError, ModelSpecError
 
 
 def read_metadata(name: str, text: str) -> ExportMetadata:
@@ -176,7 +176,7 @@ class Backend:
     @property
     def activation(self) -> str | None:
         """The final activation the file's ``logits`` went through (None: raw scores)."""
-        from xcam.core.targets import ACTIVATIONS
+        from xcam.core.decision import ACTIVATIONS
 
         found = self.metadata.activation
         if self.metadata.pre_activation or found not in ACTIVATIONS:

@@ -12,7 +12,7 @@ import torch
 
 from exporters.metadata import METADATA_KEY
 from xcam.backends.base import Backend, read_metadata
-from xcam.errors import ModelSpecError, XCamError
+from xcam.core.errors import ModelSpecError, XCamError
 
 _NP_DTYPES = {
     "tensor(float)": np.float32,

@@ -9,7 +9,7 @@ import torch
 
 from exporters.metadata import METADATA_KEY
 from xcam.backends.base import Backend, read_metadata
-from xcam.errors import XCamError
+from xcam.core.errors import XCamError
 
 EXTRA_FILE = f"{METADATA_KEY}.json"
 

@@ -1,55 +1,305 @@
-"""Class-index targets checked without torch (``xcam.lite`` serves with numpy alone):
-the same rules and the same errors as :func:`xcam.targets.resolve_targets`."""
+"""Targets: which score of the model an explanation is about.
+
+- ``None``: the top-1 class (for a single-logit sigmoid head: the decision it made);
+- an int: one class for every sample;
+- a list / 1-D tensor of ints: one class per sample (length 1 or B);
+- ``"positive"`` / ``"negative"``: for a single-logit sigmoid head, the logit or its negation;
+- a callable ``logits -> scores[B]``: any differentiable score (regression, multi-output);
+  without ``output=``, it receives the model's whole output (a tuple or dict of heads too),
+  so ``lambda out: out[0][:, 0] + out[1][:, 0]`` explains the sum of two heads;
+- a list of callables, one per sample (or one for all), each ``output[i] -> score``:
+  pytorch-grad-cam's target objects (``ClassifierOutputTarget(281)``) work unchanged.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from xcam.errors import TargetError
+import torch
 
-# a single-logit (sigmoid) head's named targets: 1 explains the logit, 0 its negation
-BINARY = {"positive": 1, "pos": 1, "negative": 0, "neg": 0}
+from xcam.core.decision import BINARY, decision_threshold
+from xcam.core.errors import TargetError
 
-# what a model's output may already have gone through: the last op of its forward, detected
-# by xcam.capture.final_activations. ``None``: raw scores (logits).
-ACTIVATIONS = ("sigmoid", "softmax", "log_softmax")
-
-
-def decision_threshold(activation: str | None) -> float:
-    """Where a single-output head's decision flips: a logit at 0, a probability at 0.5."""
-    return 0.5 if activation == "sigmoid" else 0.0
+TargetFn = Callable[[torch.Tensor], torch.Tensor]
+Targets = None | int | str | Sequence[int] | torch.Tensor | TargetFn | Sequence[Callable]
 
 
-def class_targets(targets: object, batch: int, k: int) -> list[int]:
-    """Class indices per sample, validated as :func:`xcam.targets.resolve_targets` does
-    (the same errors): an int, a list of ints (1 or ``batch``), or for a single-logit head
-    0 / 1 / ``"positive"`` / ``"negative"``."""
-    if isinstance(targets, str):
-        if k != 1:
-            raise TargetError(
-                f"target {targets!r} is for single-logit (sigmoid) heads; this model has {k} logits"
+def describe_output(out: dict | tuple | list) -> str:
+    """``'logits': Tensor[2, 10], 'aux': tuple`` — what each entry of an output is."""
+    items = out.items() if isinstance(out, dict) else enumerate(out)
+
+    def what(v: object) -> str:
+        if isinstance(v, torch.Tensor):
+            return f"Tensor{list(v.shape)}"
+        return type(v).__name__
+
+    return ", ".join(f"{k!r}: {what(v)}" for k, v in items)
+
+
+def _call(fn: Callable, out: object) -> object:
+    """``fn(out)``. A target function's own exception passes through unchanged, with a note
+    of what it was given; one that can't read a tuple / dict output it was given whole is a
+    :class:`TargetError` that says how to give it one part instead."""
+    try:
+        return fn(out)
+    except Exception as e:
+        if isinstance(out, torch.Tensor):
+            e.add_note(
+                f"xcam gave the target callable the model's output Tensor{list(out.shape)} "
+                "(with output= or an exported file: the part chosen)"
             )
-        if targets.lower() not in BINARY:
-            raise TargetError(f"binary target must be 'positive' or 'negative', got {targets!r}")
-        return [BINARY[targets.lower()]] * batch
-    if isinstance(targets, bool | np.bool_):
-        raise TargetError("a target is a class index, not a bool")
-    t = np.asarray(targets)
-    if t.ndim == 0 and t.dtype.kind in "iu":
-        values = [int(t)] * batch
-    elif t.ndim == 1 and t.dtype.kind in "iu":
-        if t.size not in (1, batch):
-            raise TargetError(f"{t.size} targets given for a batch of {batch}; give 1 or {batch}")
-        values = [int(v) for v in np.broadcast_to(t, (batch,))]
-    else:
+            raise
+        kind, pick = ("dict", "output=KEY") if isinstance(out, dict) else ("tuple", "output=INDEX")
         raise TargetError(
-            f"per-sample targets must be a 1-D list or tensor of ints, got {t.shape} {t.dtype}"
+            f"the target callable failed on the model's whole output, a {kind} "
+            f"({describe_output(out)}): {type(e).__name__}: {e}. Without output=, a callable "
+            f"target receives the whole output; choose one part with {pick} (--output on the "
+            "command line)"
+        ) from None
+
+
+def output_tensors(out: object) -> list[torch.Tensor]:
+    """The tensors of a model output, in order: a tensor, or a tuple / list / dict of them."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, tuple | list):
+        return [t for o in out for t in output_tensors(o)]
+    return []
+
+
+def batch_size(out: object) -> int:
+    """The batch of a model output (its first tensor's first dimension)."""
+    tensors = output_tensors(out)
+    if not tensors or tensors[0].dim() == 0:
+        raise TargetError(f"the model returned {type(out).__name__}, with no batch of tensors")
+    return tensors[0].shape[0]
+
+
+def sample_of(out: object, i: int) -> object:
+    """Sample ``i`` of a model output, keeping its structure."""
+    if isinstance(out, torch.Tensor):
+        return out[i]
+    if isinstance(out, dict):
+        return {k: sample_of(v, i) for k, v in out.items()}
+    if isinstance(out, tuple | list):
+        return type(out)(sample_of(v, i) for v in out)
+    return out
+
+
+def repeated(out: object, n: int) -> object:
+    """A one-sample model output as a batch of ``n`` copies, keeping its structure."""
+    if isinstance(out, torch.Tensor):
+        return out.expand(n, *out.shape[1:])
+    if isinstance(out, dict):
+        return {k: repeated(v, n) for k, v in out.items()}
+    if isinstance(out, tuple | list):
+        return type(out)(repeated(v, n) for v in out)
+    return out
+
+
+def flat_output(out: object) -> torch.Tensor:
+    """Every tensor of a model output, flattened per sample and side by side: ``[B, N]``."""
+    tensors = output_tensors(out)
+    b = batch_size(out)
+    return torch.cat([t.reshape(b, -1) for t in tensors], dim=1)
+
+
+def flatten_logits(logits: torch.Tensor) -> torch.Tensor:
+    """``[B, K]`` as is; ``[B, K, 1, 1]`` (a fully convolutional head) becomes ``[B, K]``."""
+    if not isinstance(logits, torch.Tensor):
+        raise TargetError(
+            f"the model returned {type(logits).__name__}, not a tensor of logits; wrap it so "
+            "that forward returns one [B, K] tensor"
         )
+    if logits.dim() == 2:
+        return logits
+    if logits.dim() > 2 and all(s == 1 for s in logits.shape[2:]):
+        return logits.reshape(logits.shape[0], logits.shape[1])
+    if logits.dim() == 1:
+        return logits[:, None]
+    raise TargetError(
+        f"logits of shape {tuple(logits.shape)} are neither [B, K] nor [B, K, 1, 1]; "
+        "pass a callable target that maps them to one score per sample"
+    )
+
+
+@dataclass
+class Resolved:
+    """Scores to explain (``[B]``, differentiable) and the class index behind each, if any.
+
+    For a single-logit head, ``classes`` is 1 for the positive and 0 for the negative decision.
+    """
+
+    scores: torch.Tensor
+    classes: torch.Tensor | None
+    sign: torch.Tensor | None = None  # +1 / -1 per sample for single-logit heads
+    # the final activation the model's output went through ("sigmoid", "softmax",
+    # "log_softmax"; see xcam.core.decision.ACTIVATIONS), None for raw logits
+    activation: str | None = None
+
+
+def _per_sample(targets: Sequence[int] | torch.Tensor, batch: int) -> torch.Tensor:
+    t = torch.as_tensor(targets)
+    if t.dim() != 1 or t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise TargetError(
+            f"per-sample targets must be a 1-D list or tensor of ints, got {tuple(t.shape)} "
+            f"{t.dtype}"
+        )
+    if t.numel() not in (1, batch):
+        raise TargetError(f"{t.numel()} targets given for a batch of {batch}; give 1 or {batch}")
+    return t.long().expand(batch).clone()
+
+
+def score_functions(targets: object) -> bool:
+    """Whether ``targets`` are score functions: one callable for the batch, or a list of
+    callables, one per sample (pytorch-grad-cam's target objects)."""
+    if isinstance(targets, torch.Tensor):
+        return False
+    if callable(targets):
+        return True
+    return (
+        isinstance(targets, list | tuple)
+        and len(targets) > 0
+        and all(callable(t) and not isinstance(t, torch.Tensor) for t in targets)
+    )
+
+
+def per_sample_scores(
+    logits: torch.Tensor, fns: Sequence[Callable], rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``scores[i] = fns[rows[i]](logits[i])``: each sample's own function on its own output
+    (a 1-D row, as pytorch-grad-cam's ``ClassifierOutputTarget`` and friends expect); one
+    function serves every sample."""
+    n = batch_size(logits)
+    owners = range(n) if rows is None else rows.tolist()
+    scores = []
+    for i, owner in enumerate(owners):
+        fn = fns[0] if len(fns) == 1 else fns[owner]
+        value = _call(fn, sample_of(logits, i))
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise TargetError(
+                f"a per-sample target must return one score for its sample's output, got {shape}"
+            )
+        scores.append(value.reshape(()))
+    return torch.stack(scores)
+
+
+def resolve_targets(
+    logits: torch.Tensor, targets: Targets, activation: str | None = None
+) -> Resolved:
+    """Turn ``targets`` into one differentiable score per sample of ``logits``.
+
+    ``activation``: what the model's output already went through (a final ``Sigmoid``
+    makes a single output a probability, whose decision flips at 0.5, not at 0)."""
+    found = _resolve(logits, targets, activation)
+    found.activation = activation
+    return found
+
+
+def _resolve(logits: torch.Tensor, targets: Targets, activation: str | None) -> Resolved:
+    if score_functions(targets) and not callable(targets):  # one function per sample
+        fns = list(targets)  # type: ignore[arg-type]
+        b = batch_size(logits)
+        if len(fns) not in (1, b):
+            raise TargetError(
+                f"{len(fns)} target functions given for a batch of {b}; give 1 or {b}"
+            )
+        return Resolved(per_sample_scores(logits, fns), None)
+    if callable(targets) and not isinstance(targets, torch.Tensor):
+        scores = _call(targets, logits)
+        if not isinstance(scores, torch.Tensor):
+            raise TargetError(f"the target callable returned {type(scores).__name__}, not a tensor")
+        b = batch_size(logits)
+        if scores.shape not in ((b,), (b, 1)):
+            raise TargetError(
+                f"the target callable must return one score per sample, shape [{b}], "
+                f"got {tuple(scores.shape)}"
+            )
+        return Resolved(scores.reshape(b), None)
+
+    flat = flatten_logits(logits)
+    b, k = flat.shape
     if k == 1:
-        if any(v not in (0, 1) for v in values):
+        return _resolve_binary(flat[:, 0], targets, activation)
+    if isinstance(targets, str):
+        raise TargetError(
+            f"target {targets!r} is for single-logit (sigmoid) heads; this model has {k} logits"
+        )
+    if targets is None:
+        classes = flat.detach().argmax(dim=1)
+    elif isinstance(targets, bool):
+        raise TargetError("a target is a class index, not a bool")
+    elif isinstance(targets, int):
+        classes = torch.full((b,), targets, dtype=torch.long)
+    else:
+        classes = _per_sample(targets, b)
+    classes = classes.to(flat.device)
+    bad = (classes < 0) | (classes >= k)
+    if bool(bad.any()):
+        raise TargetError(
+            f"target class {int(classes[bad][0])} is out of range for {k} classes (0..{k - 1})"
+        )
+    scores = flat.gather(1, classes[:, None])[:, 0]
+    return Resolved(scores, classes)
+
+
+def decision_score(
+    output: torch.Tensor, sign: torch.Tensor, activation: str | None, probability: bool = False
+) -> torch.Tensor:
+    """The score of a single-output head's decision (``sign`` +1 positive, -1 negative): a
+    logit ``z`` gives ``z`` or ``-z`` (with ``probability``, their sigmoid); a probability
+    ``p`` (a final sigmoid) gives ``p`` or ``1 - p``. Either way its gradient is the
+    output's, signed."""
+    if activation == "sigmoid":
+        return torch.where(sign > 0, output, 1 - output)
+    signed = output * sign
+    return torch.sigmoid(signed) if probability else signed
+
+
+def class_probability(
+    flat: torch.Tensor, classes: torch.Tensor, activation: str | None = None
+) -> torch.Tensor:
+    """The probability of each row's class in ``[B, K]`` scores: the softmax of logits (for
+    one logit, the sigmoid of the signed logit; class 1 positive, 0 negative), or, where
+    the scores already went through ``activation``, that probability as it is."""
+    if flat.shape[1] == 1:
+        sign = classes.to(flat.dtype) * 2 - 1
+        return decision_score(flat[:, 0], sign, activation, probability=True)
+    if activation == "log_softmax":
+        probs = flat.exp()
+    elif activation in ("sigmoid", "softmax"):
+        probs = flat
+    else:
+        probs = flat.softmax(dim=1)
+    return probs.gather(1, classes[:, None])[:, 0]
+
+
+def _resolve_binary(logit: torch.Tensor, targets: Targets, activation: str | None) -> Resolved:
+    """A single-output head: explain the positive (the output) or the negative (its
+    negation) decision; by default the decision made, ``output >= threshold``."""
+    b = logit.shape[0]
+    if targets is None:
+        positive = (logit.detach() >= decision_threshold(activation)).long()
+    elif isinstance(targets, str):
+        key = targets.lower()
+        if key not in BINARY:
+            raise TargetError(f"binary target must be 'positive' or 'negative', got {targets!r}")
+        positive = torch.full((b,), BINARY[key], dtype=torch.long)
+    elif isinstance(targets, int) and not isinstance(targets, bool):
+        if targets not in (0, 1):
+            raise TargetError(
+                f"target {targets} is out of range for a single-logit head: use 1 (positive) "
+                "or 0 (negative)"
+            )
+        positive = torch.full((b,), targets, dtype=torch.long)
+    else:
+        positive = _per_sample(targets, b)  # type: ignore[arg-type]
+        if bool(((positive != 0) & (positive != 1)).any()):
             raise TargetError("targets for a single-logit head are 1 (positive) or 0 (negative)")
-        return values
-    bad = [v for v in values if not 0 <= v < k]
-    if bad:
-        raise TargetError(f"target class {bad[0]} is out of range for {k} classes (0..{k - 1})")
-    return values
+    positive = positive.to(logit.device)
+    sign = positive.to(logit.dtype) * 2 - 1
+    return Resolved(decision_score(logit, sign, activation), positive, sign)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from xcam.errors import XCamError
+from xcam.core.errors import XCamError
 from xcam.methods.base import BaseCAM
 
 M = TypeVar("M", bound=type[BaseCAM])

@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xcam.cammodel import WHOLE, CamModel, OutputSelector, select_output
-from xcam.capture import final_activations, preserved_state
+from xcam.core.cammodel import WHOLE, CamModel, OutputSelector, select_output
+from xcam.core.capture import final_activations, preserved_state
 from xcam.core.tracing import FX_GATE
-from xcam.errors import InputError, LayerTypeError, NumericalError, TargetError, XCamError
-from xcam.layers import Layers, default_layer, resolve_layers, unwrap_model
-from xcam.result import CamResult
-from xcam.targets import (
+from xcam.core.errors import InputError, LayerTypeError, NumericalError, TargetError, XCamError
+from xcam.core.layers import Layers, default_layer, resolve_layers, unwrap_model
+from xcam.core.result import CamResult
+from xcam.core.targets import (
     Resolved,
     Targets,
     class_probability,
@@ -199,7 +199,7 @@ class BaseCAM:
     checked against eager, and cached per input shape; ``export_options`` go to
     :func:`exporters.export`), or a backend from :func:`xcam.load`. ``model`` may itself be a
     loaded backend. Gradients then come from the eager *tail* of the model after each layer
-    (see :mod:`xcam.tail`).
+    (see :mod:`xcam.core.tail`).
     """
 
     name: ClassVar[str] = ""
@@ -574,7 +574,7 @@ class BaseCAM:
             return self._tail_locked(name)
 
     def _tail_locked(self, name: str) -> nn.Module:
-        from xcam.tail import InjectedTail, SplitTail, split_tail
+        from xcam.core.tail import InjectedTail, SplitTail, split_tail
 
         if name not in self._tails:
             assert self.model is not None

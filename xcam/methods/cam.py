@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xcam.errors import HeadError
+from xcam.core.errors import HeadError
 from xcam.methods import register_method
 from xcam.methods.base import BaseCAM, LayerContext
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from xcam.errors import NumericalError
+from xcam.core.errors import NumericalError
 from xcam.methods import register_method
 from xcam.methods.base import BaseCAM, LayerContext, first_component
 

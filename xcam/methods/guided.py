@@ -16,7 +16,7 @@ Grad-CAM map L (normalised to [0, 1], upsampled bilinearly to the input)::
 Both return ``maps`` shaped like the input, ``[B, C, H, W]``: raw attributions, not
 normalised (see :func:`xcam.viz.attribution_image` for a picture). They run on the eager
 model only; the model is never modified (the ReLUs are guided by hooks scoped to the call,
-see :func:`xcam.capture.guided_relus`).
+see :func:`xcam.core.capture.guided_relus`).
 
 Example::
 
@@ -40,16 +40,16 @@ from typing import Any
 
 import torch
 
-from xcam.cammodel import select_output
-from xcam.capture import guided_relus, preserved_state
+from xcam.core.cammodel import select_output
+from xcam.core.capture import guided_relus, preserved_state
 from xcam.core.tracing import FX_GATE
-from xcam.errors import NumericalError, XCamError
-from xcam.layers import Layers
+from xcam.core.errors import NumericalError, XCamError
+from xcam.core.layers import Layers
 from xcam.methods import register_method
 from xcam.methods.base import BaseCAM, _flat_or_raw, check_input
 from xcam.methods.gradcam import GradCAM
-from xcam.result import CamResult
-from xcam.targets import Targets, resolve_targets
+from xcam.core.result import CamResult
+from xcam.core.targets import Targets, resolve_targets
 
 
 def _degenerate(maps: torch.Tensor) -> torch.Tensor:

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from xcam.errors import NumericalError
-from xcam.layers import Layers
+from xcam.core.errors import NumericalError
+from xcam.core.layers import Layers
 from xcam.methods import register_method
 from xcam.methods.base import BatchedCAM, LayerContext
 

@@ -33,10 +33,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from xcam.layers import Layers
+from xcam.core.layers import Layers
 from xcam.methods import register_method
 from xcam.methods.base import BatchedCAM, LayerContext
-from xcam.targets import repeated
+from xcam.core.targets import repeated
 
 
 @register_method

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xcam.capture import Capture, final_activations
-from xcam.errors import TargetError
-from xcam.layers import Layers, resolve_layers
-from xcam.targets import describe_output as _structure
+from xcam.core.capture import Capture, final_activations
+from xcam.core.errors import TargetError
+from xcam.core.layers import Layers, resolve_layers
+from xcam.core.targets import describe_output as _structure
 
 
 class _Whole:

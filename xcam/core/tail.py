@@ -19,7 +19,7 @@ import math
 import torch
 from torch import fx, nn
 
-from xcam.capture import replaced_output
+from xcam.core.capture import replaced_output
 from xcam.core.tracing import FX_GATE, TRACE_LOCK
 
 

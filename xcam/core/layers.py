@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from xcam.errors import InputError, LayerNotFoundError, ModelSpecError
+from xcam.core.errors import InputError, LayerNotFoundError, ModelSpecError
 
 LayerRef = str | nn.Module
 Layers = LayerRef | Sequence[LayerRef] | None
@@ -119,7 +119,7 @@ def candidate_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]
     The model's mode and hooks are left as they were. A floating ``example`` is cast to
     the model's floating dtype (a probe of a ``model.half()``).
     """
-    from xcam.capture import preserved_state
+    from xcam.core.capture import preserved_state
 
     dtype = floating_dtype(model)
     if dtype is not None and example.is_floating_point() and example.dtype != dtype:

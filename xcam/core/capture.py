@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from xcam.errors import InputError
-from xcam.targets import output_tensors
+from xcam.core.errors import InputError
+from xcam.core.targets import output_tensors
 
 
 @contextmanager
