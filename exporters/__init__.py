@@ -17,10 +17,17 @@ import torch
 from torch import nn
 
 from exporters.errors import ExportError, ParityError, UnsupportedOpError
-from exporters.metadata import ExportMetadata, describe_outputs, versions
 from exporters.onnx import DYNAMO_MIN_OPSET
+from exporters.versions import versions
 from xcam.core.artifact import FORMATS as _FORMAT_TABLE
-from xcam.core.artifact import MAX_SIDE
+from xcam.core.artifact import (
+    GRADCAM,
+    LOGITS,
+    MAX_SIDE,
+    ExportMetadata,
+    describe_outputs,
+    grad_name,
+)
 from xcam.core.files import staged
 from xcam.core.tracing import TRACE_LOCK
 
@@ -179,7 +186,7 @@ def export(
         input_names = ["input"]
         closed: list[str] = []
         if gradients:
-            from exporters.gradients import GradModel, closed_form_heads, grad_name, trace
+            from exporters.gradients import GradModel, closed_form_heads, trace
 
             heads = closed_form_heads(model, layer_names, example, output, pre_activation)
             closed = [n for n, h in zip(layer_names, heads, strict=True) if h is not None]
@@ -218,9 +225,9 @@ def export(
             )
         with torch.no_grad():
             outs = reference(*args)
-        names = ["logits", *layer_names]
+        names = [LOGITS, *layer_names]
         if gradients:
-            names += [grad_name(n) for n in layer_names] + ["gradcam"]
+            names += [grad_name(n) for n in layer_names] + [GRADCAM]
         batch = torch.export.Dim("batch", min=1, max=65536) if dynamic_batch else None
         dims: dict[int, Any] = {}
         if batch is not None:

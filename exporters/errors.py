@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
-
-from xcam.core.errors import XCamError
+from xcam.core.errors import XCamError, first_line
 
 
 class ExportError(XCamError):
@@ -29,17 +27,6 @@ class ParityError(ExportError):
     def __init__(self, message: str, errors: dict[str, dict[str, float]]):
         self.errors = errors
         super().__init__(message)
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an exception's message (its type name if the message is empty),
-    without terminal colour codes: exporters' messages run to pages, the headline is what a
-    user reads."""
-    text = _ANSI.sub("", str(error)).strip()
-    return (text.splitlines() or [type(error).__name__])[0]
 
 
 def root_cause(error: BaseException) -> BaseException:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from exporters.errors import ExportError, UnsupportedOpError, explain_failure
-from exporters.metadata import METADATA_KEY, ExportMetadata
+from xcam.core.artifact import METADATA_KEY, ExportMetadata
 
 _OP = re.compile(r"op='([\w.:]+)'|\b(aten(?:::|\.)\w+(?:\.\w+)?)")
 # the dynamo exporter writes this opset and above; below it, torch's TorchScript-based one

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from exporters.errors import ParityError
+from xcam.core.artifact import GRAD_SUFFIX, GRADCAM, is_gradient_output
 
 # max |exported - eager| / max(|eager|, 1) per output; fp32 kernels differ (fused BN, conv
 # algorithms) by ~1e-6 relative, so 1e-4 leaves room without hiding a real mismatch
@@ -25,10 +26,6 @@ GRADIENT_TOLERANCE = 1e-2
 SATURATED = 1e-4
 
 
-def is_gradient(name: str) -> bool:
-    return name.endswith(".grad") or name == "gradcam"
-
-
 def _sample_norms(t: torch.Tensor) -> torch.Tensor:
     return t.detach().float().cpu().flatten(1).norm(dim=1)
 
@@ -40,7 +37,7 @@ def saturated_samples(
     score before the activation), and which samples are saturated in every layer."""
     floors, saturated = {}, None
     for name, w, u in zip(names, want, unsaturated, strict=True):
-        if name.endswith(".grad"):
+        if name.endswith(GRAD_SUFFIX):
             floors[name] = SATURATED * _sample_norms(u)
             low = _sample_norms(w) < floors[name]
             saturated = low if saturated is None else saturated & low
@@ -68,7 +65,7 @@ def compare(
                 "eager",
                 {},
             )
-        if name == "gradcam" and saturated is not None:
+        if name == GRADCAM and saturated is not None:
             g, w = g[~saturated], w[~saturated]
         if not (bool(torch.isfinite(w).all()) and bool(torch.isfinite(g).all())):
             which = "eager PyTorch's" if not bool(torch.isfinite(w).all()) else "the export's"
@@ -78,7 +75,7 @@ def compare(
                 {},
             )
         diff = float((g - w).abs().max()) if g.numel() else 0.0
-        if is_gradient(name):
+        if is_gradient_output(name):
             if floors is not None and name in floors:
                 norm = float(torch.maximum(_sample_norms(w), floors[name]).norm())
             else:
@@ -148,7 +145,8 @@ def check_parity(
     bad = {
         n: e
         for n, e in worst.items()
-        if e["max_rel"] > (max(tolerance, GRADIENT_TOLERANCE) if is_gradient(n) else tolerance)
+        if e["max_rel"]
+        > (max(tolerance, GRADIENT_TOLERANCE) if is_gradient_output(n) else tolerance)
     }
     if bad:
         lines = ", ".join(

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
-from exporters.errors import ExportError, explain_failure, first_line
-from exporters.metadata import METADATA_KEY, ExportMetadata
+from exporters.errors import ExportError, explain_failure
+from xcam.core.artifact import METADATA_FILE, METADATA_KEY, ExportMetadata
+from xcam.core.errors import first_line
 
 
 def compiler_available() -> bool:
@@ -53,7 +54,5 @@ def export_pt2(
         notes.append(f"AOTInductor package compiled for {args[0].device.type}")
     else:
         metadata.exporter = "torch.export (ExportedProgram)"
-        torch.export.save(
-            program, str(path), extra_files={f"{METADATA_KEY}.json": metadata.to_json()}
-        )
+        torch.export.save(program, str(path), extra_files={METADATA_FILE: metadata.to_json()})
     return notes

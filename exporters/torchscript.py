@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
-from exporters.errors import ExportError, first_line
-from exporters.metadata import METADATA_KEY, ExportMetadata
+from exporters.errors import ExportError
+from xcam.core.artifact import METADATA_FILE, ExportMetadata
+from xcam.core.errors import first_line
 
 
 def scriptable(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -48,7 +49,7 @@ def export_torchscript(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit.save is deprecated upstream
-            extra = {f"{METADATA_KEY}.json": metadata.to_json()}
+            extra = {METADATA_FILE: metadata.to_json()}
             torch.jit.save(traced, str(path), _extra_files=extra)
     except Exception as e:
         raise ExportError(f"TorchScript save failed: {first_line(e)}") from e

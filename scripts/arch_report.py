@@ -112,8 +112,10 @@ def main() -> None:
     print(f"\nlongest functions (top {top}):")
     for size, name in funcs[:top]:
         print(f"  {size:5d}  {name}")
-    print(f"  files over 400 lines: {sum(s > 400 for s, _ in sizes)}; "
-          f"functions over 60 lines: {sum(s > 60 for s, _ in funcs)}")
+    print(
+        f"  files over 400 lines: {sum(s > 400 for s, _ in sizes)}; "
+        f"functions over 60 lines: {sum(s > 60 for s, _ in funcs)}"
+    )
     groups = cycles(graph)
     print(f"\nmodules in import cycles: {sum(map(len, groups))} in {len(groups)} cycle(s)")
     for group in groups:

@@ -23,8 +23,8 @@ from torch import nn
 import exporters
 import xcam
 from xcam.cli import main
-from xcam.demo import sample_images
 from xcam.core.errors import ModelSpecError
+from xcam.demo import sample_images
 from xcam.files import atomic, locked_folder
 
 XCAM = [sys.executable, "-m", "xcam"]

@@ -13,8 +13,8 @@ from conftest import assert_same_snapshot, snapshot
 from PIL import Image
 
 from xcam.cli import main
-from xcam.demo import MEAN, STD, sample_images
 from xcam.core.errors import InputError, LayerNotFoundError, LayerTypeError, XCamError
+from xcam.demo import MEAN, STD, sample_images
 from xcam.filters import (
     activation_maximisation,
     feature_map_grid,

@@ -16,7 +16,7 @@ from torch import nn
 
 import exporters
 import xcam
-from exporters.gradients import grad_name
+from xcam.core.artifact import grad_name
 
 SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "pt2": ".pt2"}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from xcam.core.version import __version__
 
 # public name -> module that defines it
 _LAZY = {
@@ -92,6 +92,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         XCamError,
     )
     from xcam.core.layers import candidate_layers, resolve_layers
+    from xcam.core.result import CamResult
     from xcam.methods import get_method, list_methods, register_method
     from xcam.methods.ablationcam import AblationCAM
     from xcam.methods.base import BaseCAM
@@ -108,7 +109,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from xcam.methods.scorecam import ScoreCAM
     from xcam.methods.xgradcam import XGradCAM
     from xcam.models import load_model
-    from xcam.core.result import CamResult
 
 
 def __getattr__(name: str) -> Any:

@@ -35,8 +35,8 @@ import torch
 from torch import nn
 
 from xcam.core.artifact import FORMATS, format_of
-from xcam.core.tracing import TRACE_LOCK
 from xcam.core.errors import XCamError
+from xcam.core.tracing import TRACE_LOCK
 
 BACKENDS = ("eager", "torchscript", "onnxruntime", "pt2", "ingraph")
 PEERS = ("pytorch-grad-cam", "torchcam", "captum")

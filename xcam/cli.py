@@ -99,8 +99,7 @@ class _Group(click.Group):
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as e:
-            from exporters.errors import first_line
-            from xcam.core.errors import XCamError
+            from xcam.core.errors import XCamError, first_line
 
             if isinstance(e, XCamError):
                 _fail(_one_line(str(e)))
@@ -295,9 +294,8 @@ def _probe(info, spec: str, input_size: str | None, layers=(), run: bool = True)
     import torch
     from torch import nn
 
-    from exporters.errors import first_line
     from xcam.core.capture import Capture, preserved_state
-    from xcam.core.errors import XCamError
+    from xcam.core.errors import XCamError, first_line
     from xcam.core.layers import resolve_layer
 
     model = info.model
@@ -679,8 +677,8 @@ def _summarise(report) -> None:
 )
 def demo(out: str) -> None:
     """Run the whole job on the bundled demo model and its sample images."""
-    from xcam.demo.run import run_demo
     from xcam.core.errors import XCamError
+    from xcam.demo.run import run_demo
 
     try:
         paths = run_demo(Path(out), echo=click.echo)
@@ -899,9 +897,9 @@ def filters(
 
     from xcam import filters as xf
     from xcam.core.errors import LayerTypeError, XCamError
+    from xcam.core.layers import resolve_layer
     from xcam.files import unique_stems
     from xcam.images import find_images, load_image, preprocess
-    from xcam.core.layers import resolve_layer
     from xcam.viz import save_png
 
     chans = _parse_channels(channels)

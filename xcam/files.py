@@ -8,8 +8,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from xcam.core.files import atomic, sha256_file, staged
 from xcam.core.errors import OutputError
+from xcam.core.files import atomic, sha256_file, staged
 
 __all__ = ["LOCK_NAME", "atomic", "fit_stem", "locked_folder", "sha256_file", "staged"]
 

@@ -13,10 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from exporters.errors import first_line
 from xcam.core.artifact import format_of
+from xcam.core.errors import ModelSpecError, first_line
 from xcam.core.files import sha256_file
-from xcam.core.errors import ModelSpecError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

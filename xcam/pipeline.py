@@ -14,11 +14,11 @@ from typing import Any
 import torch
 
 from xcam.core.errors import InputError, OutputError
+from xcam.core.targets import Targets, score_functions
 from xcam.images import load_image, preprocess
 from xcam.methods.base import BaseCAM
 from xcam.models import ModelInfo
 from xcam.record import SUMMARY, Record, differences, image_key, image_stamp
-from xcam.core.targets import Targets, score_functions
 
 
 @dataclass

@@ -55,7 +55,7 @@ def load(path: str | Path, device: str = "cpu", trust_code: bool = False, **opti
     except XCamError:
         raise
     except Exception as e:  # a damaged or foreign file: the runtime's own error, in one line
-        from exporters.errors import first_line
+        from xcam.core.errors import first_line
 
         raise ModelSpecError(f"{path.name} can't be read as {fmt}: {first_line(e)}") from e
 

@@ -6,8 +6,15 @@ from pathlib import Path
 
 import torch
 
-from exporters.metadata import ExportMetadata
-from xcam.core.artifact import check_input_shape, static_mismatch
+from xcam.core.artifact import (
+    LOGITS,
+    METADATA_KEY,
+    TARGET_INPUT,
+    ExportMetadata,
+    check_input_shape,
+    grad_name,
+    static_mismatch,
+)
 from xcam.core.errors import InputError, ModelSpecError
 
 
@@ -15,7 +22,6 @@ def read_metadata(name: str, text: str) -> ExportMetadata:
     """The metadata JSON an exported file carries, parsed; anything else is a
     :class:`ModelSpecError` naming the file (its fields are checked by
     :func:`check_metadata`)."""
-    from exporters.metadata import METADATA_KEY
 
     try:
         return ExportMetadata.from_json(text)
@@ -39,8 +45,6 @@ def check_metadata(
     are the graph's (where the runtime tells them); else a :class:`ModelSpecError` naming
     the field. A file is untrusted input: its metadata decides what is read and run."""
     import math
-
-    from exporters.gradients import grad_name
 
     def refuse(field: str, what: str) -> None:
         raise ModelSpecError(
@@ -101,7 +105,7 @@ def check_metadata(
             refuse(field, "a list of positive numbers (inputs are divided by it)")
         if channels is not None and len(value) != channels:
             refuse(field, f"one number per input channel ({channels})")
-    wanted = ["logits", *meta.layers]
+    wanted = [LOGITS, *meta.layers]
     if meta.gradients:
         wanted += [grad_name(layer) for layer in meta.layers]
     missing = [n for n in wanted if n not in meta.output_names]
@@ -189,7 +193,7 @@ class Backend:
 
     @property
     def has_target_input(self) -> bool:
-        return "target" in self.metadata.input_names
+        return TARGET_INPUT in self.metadata.input_names
 
     def _run(self, x: torch.Tensor, target: torch.Tensor | None) -> list[torch.Tensor]:
         raise NotImplementedError

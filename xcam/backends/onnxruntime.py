@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exporters.metadata import METADATA_KEY
 from xcam.backends.base import Backend, read_metadata
+from xcam.core.artifact import METADATA_KEY, TARGET_INPUT
 from xcam.core.errors import ModelSpecError, XCamError
 
 _NP_DTYPES = {
@@ -133,7 +133,7 @@ _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
 
 def _run_failure(name: str, shape: tuple[int, ...], error: Exception) -> XCamError:
     """ONNX Runtime's error from running a file, as one line naming the file."""
-    from exporters.errors import first_line
+    from xcam.core.errors import first_line
 
     text = str(error)
     found = _ALLOCATION.search(text)
@@ -221,7 +221,7 @@ class OnnxRuntimeBackend(Backend):
         arr = x.detach().cpu().numpy().astype(self.input_dtype, copy=False)
         feed = {self.input_name: np.ascontiguousarray(arr)}
         if target is not None:
-            feed["target"] = target.cpu().numpy().astype(np.int64)
+            feed[TARGET_INPUT] = target.cpu().numpy().astype(np.int64)
         try:
             outs = self.session.run(names, feed)
         except Exception as e:  # onnxruntime's own error types, with pages of context

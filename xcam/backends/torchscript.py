@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from exporters.metadata import METADATA_KEY
 from xcam.backends.base import Backend, read_metadata
+from xcam.core.artifact import METADATA_FILE
 from xcam.core.errors import XCamError
 
-EXTRA_FILE = f"{METADATA_KEY}.json"
+EXTRA_FILE = METADATA_FILE  # where the metadata JSON is stored
 
 
 class TorchScriptBackend(Backend):

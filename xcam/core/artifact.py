@@ -1,4 +1,5 @@
-"""What an exported file is, as data (torch-free): the one table of formats.
+"""What an exported file is, as data (torch-free): the one table of formats, the names of
+its inputs and outputs, and the schema of the metadata it carries.
 
 Every command, :func:`xcam.load`, the exporters and the benchmarks read this table, so a
 suffix, a loader or the "carries code" flag is written once. A format *carries code* when
@@ -11,9 +12,11 @@ refused unless the caller says it trusts them (``trust_code=True``, ``--trust-co
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -120,3 +123,81 @@ def static_mismatch(name: str, shape: Sequence, got: Sequence[int]) -> str | Non
                 "static; export with dynamic shapes to change it)"
             )
     return None
+
+
+# the names of an export's inputs and outputs: every writer, reader and check uses these
+INPUT = "input"
+TARGET_INPUT = "target"  # the class per sample an in-graph gradient explains (-1: top-1)
+LOGITS = "logits"
+GRADCAM = "gradcam"  # the in-graph Grad-CAM map, fused over the layers
+GRAD_SUFFIX = ".grad"
+
+
+def grad_name(layer: str) -> str:
+    """The output holding ``d score / d A`` of ``layer`` in an export with gradients."""
+    return f"{layer}{GRAD_SUFFIX}"
+
+
+def is_gradient_output(name: str) -> bool:
+    """True for the outputs an in-graph gradient computes (a layer's gradient, the map)."""
+    return name.endswith(GRAD_SUFFIX) or name == GRADCAM
+
+
+# how the metadata JSON is stored: ONNX metadata_props key, TorchScript / pt2 extra file
+METADATA_KEY = "xcam"
+METADATA_FILE = f"{METADATA_KEY}.json"
+SCHEMA = 1
+
+
+@dataclass
+class ExportMetadata:
+    """The contract between an exported file and the backend that runs it."""
+
+    format: str
+    exporter: str
+    layers: list[str]
+    output_names: list[str]
+    outputs: dict[str, str]  # name -> what it is
+    input_name: str = "input"
+    input_shape: list[int | None] = field(default_factory=list)  # None = dynamic
+    layout: str = "NCHW"
+    dtype: str = "float32"
+    num_classes: int | None = None
+    classes: list[str] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    opset: int | None = None
+    gradients: bool = False
+    input_names: list[str] = field(default_factory=lambda: ["input"])
+    closed_form: list[str] = field(default_factory=list)  # layers whose gradient is W/(h·w)
+    # the model's final activation ("sigmoid", "softmax", "log_softmax"; None: none), and
+    # whether the file's logits (and its in-graph score) are the scores before it
+    activation: str | None = None
+    pre_activation: bool = False
+    output: int | str | None = None  # which part of a tuple / dict output is ``logits``
+    dynamic_batch: bool = True
+    dynamic_spatial: bool = False
+    model: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    schema: int = SCHEMA
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ExportMetadata:
+        data: dict[str, Any] = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object")
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def describe_outputs(layers: Sequence[str], gradients: bool = False) -> dict[str, str]:
+    """What each output of an export is, by name (stored in its metadata)."""
+    out = {LOGITS: "the model's output, [B, K]"}
+    out.update({name: f"activation of layer {name!r}, [B, C, h, w]" for name in layers})
+    if gradients:
+        out.update({grad_name(name): f"d score / d {name}, [B, C, h, w]" for name in layers})
+        out[GRADCAM] = "Grad-CAM map fused over the layers, [B, H, W] in [0, 1]"
+    return out

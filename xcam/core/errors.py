@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class XCamError(ValueError):
     """Base class of xcam's own errors (a ``ValueError``: the input was wrong)."""
@@ -44,3 +46,14 @@ class OutputError(XCamError):
 
 class NumericalError(XCamError, FloatingPointError):
     """A computation overflowed: non-finite logits, activations, gradients or maps."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name if the message is empty),
+    without terminal colour codes: exporters' messages run to pages, the headline is what a
+    user reads."""
+    text = _ANSI.sub("", str(error)).strip()
+    return (text.splitlines() or [type(error).__name__])[0]

@@ -22,7 +22,6 @@ from torch import nn
 
 from xcam.core.cammodel import WHOLE, CamModel, OutputSelector, select_output
 from xcam.core.capture import final_activations, preserved_state
-from xcam.core.tracing import FX_GATE
 from xcam.core.errors import InputError, LayerTypeError, NumericalError, TargetError, XCamError
 from xcam.core.layers import Layers, default_layer, resolve_layers, unwrap_model
 from xcam.core.result import CamResult
@@ -37,6 +36,7 @@ from xcam.core.targets import (
     resolve_targets,
     score_functions,
 )
+from xcam.core.tracing import FX_GATE
 
 
 @dataclass
@@ -643,7 +643,7 @@ class BaseCAM:
 
     def _in_graph(self, backend, x, layers, targets):
         """Gradients computed inside the exported graph: no eager model is needed."""
-        from exporters.gradients import grad_name
+        from xcam.core.artifact import grad_name
 
         wanted, outs = None, None
         if targets is not None:

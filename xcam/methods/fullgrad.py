@@ -33,10 +33,10 @@ from xcam.core.cammodel import select_output
 from xcam.core.capture import Capture, preserved_state
 from xcam.core.errors import NumericalError, XCamError
 from xcam.core.layers import Layers
-from xcam.methods import register_method
-from xcam.methods.base import BaseCAM, _flat_or_raw, normalize
 from xcam.core.result import CamResult
 from xcam.core.targets import Targets, resolve_targets
+from xcam.methods import register_method
+from xcam.methods.base import BaseCAM, _flat_or_raw, normalize
 
 
 def effective_bias(module: nn.Module) -> torch.Tensor | None:

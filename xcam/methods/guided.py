@@ -42,14 +42,14 @@ import torch
 
 from xcam.core.cammodel import select_output
 from xcam.core.capture import guided_relus, preserved_state
-from xcam.core.tracing import FX_GATE
 from xcam.core.errors import NumericalError, XCamError
 from xcam.core.layers import Layers
+from xcam.core.result import CamResult
+from xcam.core.targets import Targets, resolve_targets
+from xcam.core.tracing import FX_GATE
 from xcam.methods import register_method
 from xcam.methods.base import BaseCAM, _flat_or_raw, check_input
 from xcam.methods.gradcam import GradCAM
-from xcam.core.result import CamResult
-from xcam.core.targets import Targets, resolve_targets
 
 
 def _degenerate(maps: torch.Tensor) -> torch.Tensor:

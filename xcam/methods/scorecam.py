@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from xcam.core.layers import Layers
+from xcam.core.targets import repeated
 from xcam.methods import register_method
 from xcam.methods.base import BatchedCAM, LayerContext
-from xcam.core.targets import repeated
 
 
 @register_method
