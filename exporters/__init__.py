@@ -132,8 +132,8 @@ def export(
     from exporters.parity import DEFAULT_TOLERANCE, check_parity
     from xcam.core.cammodel import CamModel
     from xcam.core.capture import preserved_state
+    from xcam.core.inputs import check_input
     from xcam.core.layers import default_layer, floating_dtype
-    from xcam.methods.base import check_input
 
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; one of {', '.join(FORMATS)}")

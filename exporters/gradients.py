@@ -321,8 +321,8 @@ def closed_form_heads(
     """For each layer, the Linear of a pooled-linear head right after it, if there is one."""
     from xcam.core.cammodel import CamModel
     from xcam.core.errors import HeadError
+    from xcam.core.heads import pooled_linear_head
     from xcam.core.targets import flatten_logits
-    from xcam.methods.cam import pooled_linear_head
 
     with torch.no_grad():
         cam_model = CamModel(model, list(layers), output=output, pre_activation=pre_activation)

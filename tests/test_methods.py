@@ -12,7 +12,7 @@ from conftest import TOY_X, ToyNet
 from torch import nn
 
 import xcam
-from xcam.methods.base import first_component
+from xcam.core.ops import first_component
 
 ALL_CAMS = [m for m in xcam.list_methods() if not m.startswith("guided")]
 LAYER_METHODS = [m for m in ALL_CAMS if m != "fullgrad"]

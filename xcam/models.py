@@ -198,7 +198,7 @@ def _fit_channels(info: ModelInfo) -> None:
         shape = info.model.metadata.input_shape
         channels = shape[1] if len(shape) == 4 and shape[1] else None
     else:
-        from xcam.methods.base import first_conv_channels
+        from xcam.core.inputs import first_conv_channels
 
         channels = first_conv_channels(info.model)
     info.channels = channels or 3

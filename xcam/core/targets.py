@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -303,3 +304,14 @@ def _resolve_binary(logit: torch.Tensor, targets: Targets, activation: str | Non
     positive = positive.to(logit.device)
     sign = positive.to(logit.dtype) * 2 - 1
     return Resolved(decision_score(logit, sign, activation), positive, sign)
+
+
+def reported_logits(logits: Any) -> torch.Tensor:
+    """What a result reports as its logits: ``[B, K]``; a regression output as it is; the
+    heads of a tuple / dict output (seen by a callable target) flattened side by side."""
+    if not isinstance(logits, torch.Tensor):
+        return flat_output(logits).detach()
+    try:
+        return flatten_logits(logits.detach())
+    except TargetError:  # e.g. a regression output explained through a callable target
+        return logits.detach()

@@ -20,19 +20,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xcam.core import ops
 from xcam.core.cammodel import WHOLE, CamModel, OutputSelector, select_output
 from xcam.core.capture import final_activations, preserved_state
-from xcam.core.errors import InputError, LayerTypeError, NumericalError, TargetError, XCamError
+from xcam.core.errors import InputError, LayerTypeError, XCamError
+from xcam.core.inputs import check_input, first_conv_channels
 from xcam.core.layers import Layers, default_layer, resolve_layers, unwrap_model
+from xcam.core.ops import layer_gradients, normalize
 from xcam.core.result import CamResult
 from xcam.core.targets import (
     Resolved,
     Targets,
     class_probability,
     decision_score,
-    flat_output,
     flatten_logits,
     per_sample_scores,
+    reported_logits,
     resolve_targets,
     score_functions,
 )
@@ -83,50 +86,6 @@ class LayerContext:
         return flat.gather(1, classes[:, None])[:, 0]
 
 
-def first_component(weighted: torch.Tensor, center: bool = False) -> torch.Tensor:
-    """Projection of ``[B, C, h, w]`` on its first principal direction: ``[B, h, w]``.
-
-    Per sample, the ``hw x C`` matrix ``M = U S V^T`` (float32 SVD whatever the dtype, not
-    centred, as in Eigen-CAM) gives ``M v_1``. With ``center``, each channel's mean over the
-    positions is subtracted from ``M`` first (a principal component analysis proper, as
-    pytorch-grad-cam computes it). An SVD's sign is arbitrary: it is chosen so that the
-    projection agrees with the channel sum ``sum_c M_c``, the un-weighted map.
-    """
-    b, _, h, w = weighted.shape
-    if not bool(torch.isfinite(weighted).all()):  # an SVD of it can't converge
-        raise NumericalError(
-            "the weighted activations are not finite (overflow in activations or gradients)"
-        )
-    flat = weighted.float().flatten(2).transpose(1, 2)  # [B, hw, C]
-    m = flat - flat.mean(dim=1, keepdim=True) if center else flat
-    _, _, vh = torch.linalg.svd(m, full_matrices=False)
-    proj = m @ vh[:, 0, :, None]  # [B, hw, 1]
-    agree = (proj[:, :, 0] * flat.sum(dim=2)).sum(dim=1)
-    sign = torch.where(agree < 0, -1.0, 1.0).to(proj)
-    return (proj[:, :, 0] * sign[:, None]).reshape(b, h, w)
-
-
-def check_input(x: object) -> torch.Tensor:
-    """A finite ``[B, C, H, W]`` tensor (float, or an integer type the model's dtype is cast
-    from); anything else is an :class:`InputError` that says what it got."""
-    if not isinstance(x, torch.Tensor):
-        raise InputError(f"the input must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() == 3:
-        raise InputError(
-            f"the input is 3-D {tuple(x.shape)}: xcam takes a batch [B, C, H, W] (NCHW); for "
-            "one image use x.unsqueeze(0)"
-        )
-    if x.dim() != 4:
-        raise InputError(f"the input must be [B, C, H, W] (NCHW), got {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise InputError("the input batch is empty")
-    if x.dtype == torch.bool or x.dtype.is_complex:
-        raise InputError(f"the input must be a real number tensor, got {x.dtype}")
-    if x.dtype.is_floating_point and not bool(torch.isfinite(x).all()):
-        raise InputError("the input contains NaN or infinite values")
-    return x
-
-
 FINAL_ACTIVATIONS = (nn.Softmax, nn.Sigmoid, nn.LogSoftmax)
 
 
@@ -157,36 +116,6 @@ def _unprefixed(layers: Layers, prefix: str = "module.") -> Layers:
     return strip(layers)
 
 
-def first_conv_channels(model: nn.Module) -> int | None:
-    """The input channels of the model's first ``Conv2d`` (its stem), if it has one."""
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return None if conv is None else conv.in_channels
-
-
-def normalize(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Min-max scale each ``[H, W]`` map of ``[B, H, W]`` to ``[0, 1]``.
-
-    A constant map (nothing to show) becomes zeros and is flagged, never NaN.
-    """
-    flat = maps.flatten(1)
-    lo = flat.min(dim=1).values[:, None, None]
-    span = flat.max(dim=1).values[:, None, None] - lo
-    constant = span[:, 0, 0] <= 0
-    scaled = (maps - lo) / torch.where(span > 0, span, torch.ones_like(span))
-    return scaled.clamp_(0.0, 1.0), constant
-
-
-def _flat_or_raw(logits: Any) -> torch.Tensor:
-    """What a result reports as its logits: ``[B, K]``; a regression output as it is; the
-    heads of a tuple / dict output (seen by a callable target) flattened side by side."""
-    if not isinstance(logits, torch.Tensor):
-        return flat_output(logits).detach()
-    try:
-        return flatten_logits(logits.detach())
-    except TargetError:  # e.g. a regression output explained through a callable target
-        return logits.detach()
-
-
 class BaseCAM:
     """A class activation map method: ``Method(model, layers=None)(x, targets=None)``.
 
@@ -205,6 +134,9 @@ class BaseCAM:
     name: ClassVar[str] = ""
     needs_gradients: ClassVar[bool] = True
     uses_layers: ClassVar[bool] = True  # False: the method has no target layer (FullGrad, ...)
+    # the map needs only each layer's activations and their gradients, so it can come from a
+    # file with in-graph gradients (no eager model): what `xcam.lite` and `xcam bench` rely on
+    in_graph: ClassVar[bool] = False
     # flips x scales for aug_smooth; (False, 1.0), the input itself, comes first
     augmentations: ClassVar[tuple[tuple[bool, float], ...]] = (
         (False, 1.0),
@@ -533,7 +465,7 @@ class BaseCAM:
             if cam_model.watch:
                 self._learn(cam_model.activation)
             target = resolve_targets(logits, targets, self.activation)
-            grads = self._gradients(target.scores, acts) if self.needs_gradients else None
+            grads = layer_gradients(target.scores, acts) if self.needs_gradients else None
         return logits, acts, target, grads
 
     def _exported(self, x: torch.Tensor, names: list[str]):
@@ -638,7 +570,7 @@ class BaseCAM:
                 out = self._logits(watch, out)
                 _check_tail(out, logits, name, backend)
                 target = resolve_targets(out, per_layer, activation)
-                grads.append(self._gradients(target.scores, [leaf])[0].to(a.device))
+                grads.append(layer_gradients(target.scores, [leaf])[0].to(a.device))
         return logits, acts, target, grads
 
     def _in_graph(self, backend, x, layers, targets):
@@ -713,7 +645,7 @@ class BaseCAM:
             return self._logits(watch, select_output(tail(acts.to(device), example), output))
 
     def _finish(self, x, layers, logits, acts, target, grads, targets, backend) -> CamResult:
-        flat = _flat_or_raw(logits)
+        flat = reported_logits(logits)
         layer_maps: dict[str, torch.Tensor] = {}
         output = self._output_for(targets)
         forward = self._forward_fn(backend, output)
@@ -756,52 +688,8 @@ class BaseCAM:
             activation=target.activation,
         )
 
-    @staticmethod
-    def _gradients(scores: torch.Tensor, acts: list[torch.Tensor]) -> list[torch.Tensor]:
-        """``dS/dA`` for every layer by ``autograd.grad``; a layer S does not use gets zeros.
-
-        The batch's scores are summed: in eval mode samples don't interact, so each
-        sample's gradient is its own.
-        """
-        if not scores.requires_grad:  # the score does not depend on any activation
-            return [torch.zeros_like(a) for a in acts]
-        grads = torch.autograd.grad(scores.sum(), acts, allow_unused=True)
-        return [torch.zeros_like(a) if g is None else g for a, g in zip(acts, grads, strict=True)]
-
-    @staticmethod
-    def combine(
-        acts: torch.Tensor,
-        weights: torch.Tensor,
-        name: str = "",
-        eigen: bool = False,
-        center: bool = False,
-    ) -> torch.Tensor:
-        """``ReLU(sum_c w_c A_c)``: ``[B, h, w]``. ``weights`` is ``[B, C]`` or ``[B, C, h, w]``.
-
-        ``eigen``: the first principal component of ``w_c A_c`` instead of the channel sum.
-        """
-        if weights.dim() == 2:
-            weights = weights[:, :, None, None]
-        weighted = weights * acts
-        cam = F.relu(first_component(weighted, center) if eigen else weighted.sum(dim=1))
-        if not bool(torch.isfinite(cam).all()):
-            raise NumericalError(
-                f"the map of layer {name!r} is not finite (overflow in activations or gradients)"
-            )
-        return cam
-
-    @staticmethod
-    def fuse(
-        layer_maps: list[torch.Tensor], size: tuple[int, int] | torch.Size
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Upsample each layer's map to ``size`` (bilinear), normalise, average, normalise."""
-        ups = []
-        for cam in layer_maps:  # float32 whatever the model's dtype (fp16/bf16 maps too)
-            up = F.interpolate(
-                cam[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False
-            )
-            ups.append(normalize(up[:, 0])[0])
-        return normalize(torch.stack(ups).mean(dim=0))
+    combine = staticmethod(ops.combine)
+    fuse = staticmethod(ops.fuse)
 
 
 def _check_tail(out: torch.Tensor, logits: torch.Tensor, name: str, backend: Any) -> None:

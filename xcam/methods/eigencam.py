@@ -8,7 +8,7 @@ With the activations of one sample as the ``hw x C`` matrix ``A = U S V^T``:
 No gradients and no class: the map shows the dominant pattern of the layer whatever the
 target (the result still reports the top-1 class). The SVD runs in float32 whatever the
 model's dtype; its sign is chosen so the map agrees with the channel sum (see
-:func:`xcam.methods.base.first_component`). Negative values are clipped (ReLU).
+:func:`xcam.core.ops.first_component`). Negative values are clipped (ReLU).
 
 Example::
 
@@ -24,8 +24,9 @@ from __future__ import annotations
 import torch
 
 from xcam.core.errors import NumericalError
+from xcam.core.ops import first_component
 from xcam.methods import register_method
-from xcam.methods.base import BaseCAM, LayerContext, first_component
+from xcam.methods.base import BaseCAM, LayerContext
 
 
 @register_method

@@ -28,6 +28,7 @@ class EigenGradCAM(BaseCAM):
     """First principal component of gradient ⊙ activation."""
 
     name = "eigengradcam"
+    in_graph = True
 
     def weights(self, ctx: LayerContext) -> torch.Tensor:
         assert ctx.gradients is not None

@@ -33,10 +33,11 @@ from xcam.core.cammodel import select_output
 from xcam.core.capture import Capture, preserved_state
 from xcam.core.errors import NumericalError, XCamError
 from xcam.core.layers import Layers
+from xcam.core.ops import normalize
 from xcam.core.result import CamResult
-from xcam.core.targets import Targets, resolve_targets
+from xcam.core.targets import Targets, reported_logits, resolve_targets
 from xcam.methods import register_method
-from xcam.methods.base import BaseCAM, _flat_or_raw, normalize
+from xcam.methods.base import BaseCAM
 
 
 def effective_bias(module: nn.Module) -> torch.Tensor | None:
@@ -110,7 +111,7 @@ class FullGrad(BaseCAM):
             raise NumericalError("the FullGrad map is not finite (overflow in gradients)")
         return CamResult(
             maps=maps,
-            logits=_flat_or_raw(logits),
+            logits=reported_logits(logits),
             targets=target.classes if target.classes is not None else targets,  # type: ignore[arg-type]
             scores=target.scores.detach(),
             layer_maps=terms,

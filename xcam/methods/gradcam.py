@@ -26,6 +26,7 @@ class GradCAM(BaseCAM):
     """Channel weight = spatial mean of the score's gradient."""
 
     name = "gradcam"
+    in_graph = True
 
     def weights(self, ctx: LayerContext) -> torch.Tensor:
         assert ctx.gradients is not None

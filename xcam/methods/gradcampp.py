@@ -31,6 +31,7 @@ class GradCAMPlusPlus(BaseCAM):
     """Channel weight = positive gradients weighted by the closed-form ``a_c,ij``."""
 
     name = "gradcam++"
+    in_graph = True
 
     def weights(self, ctx: LayerContext) -> torch.Tensor:
         assert ctx.gradients is not None

@@ -43,12 +43,13 @@ import torch
 from xcam.core.cammodel import select_output
 from xcam.core.capture import guided_relus, preserved_state
 from xcam.core.errors import NumericalError, XCamError
+from xcam.core.inputs import check_input
 from xcam.core.layers import Layers
 from xcam.core.result import CamResult
-from xcam.core.targets import Targets, resolve_targets
+from xcam.core.targets import Targets, reported_logits, resolve_targets
 from xcam.core.tracing import FX_GATE
 from xcam.methods import register_method
-from xcam.methods.base import BaseCAM, _flat_or_raw, check_input
+from xcam.methods.base import BaseCAM
 from xcam.methods.gradcam import GradCAM
 
 
@@ -113,7 +114,7 @@ class GuidedBackprop(_EagerOnly):
             raise NumericalError("the guided gradient is not finite (overflow in the model)")
         return CamResult(
             maps=maps,
-            logits=_flat_or_raw(logits),
+            logits=reported_logits(logits),
             targets=target.classes if target.classes is not None else targets,  # type: ignore[arg-type]
             scores=target.scores.detach(),
             layer_maps={},

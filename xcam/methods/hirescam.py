@@ -30,6 +30,7 @@ class HiResCAM(BaseCAM):
     """Per-position weight = the gradient itself."""
 
     name = "hirescam"
+    in_graph = True
 
     def weights(self, ctx: LayerContext) -> torch.Tensor:
         assert ctx.gradients is not None

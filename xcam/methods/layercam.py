@@ -30,6 +30,7 @@ class LayerCAM(BaseCAM):
     """Per-position weight = the positive part of the gradient."""
 
     name = "layercam"
+    in_graph = True
 
     def weights(self, ctx: LayerContext) -> torch.Tensor:
         assert ctx.gradients is not None

@@ -30,6 +30,7 @@ class XGradCAM(BaseCAM):
     """Channel weight = activation-weighted mean of the gradient."""
 
     name = "xgradcam"
+    in_graph = True
 
     def weights(self, ctx: LayerContext) -> torch.Tensor:
         assert ctx.gradients is not None
