@@ -18,7 +18,7 @@ import xcam
 from xcam.core.capture import guided_relus
 from xcam.methods import get_method
 from xcam.methods.gradcam import GradCAM
-from xcam.methods.guided import GuidedBackprop, GuidedGradCAM
+from xcam.attributions.guided import GuidedBackprop, GuidedGradCAM
 
 
 class SumHead(nn.Module):

@@ -225,7 +225,7 @@ def test_reciprocam_matches_a_plain_loop(demo_model, gaussian: bool) -> None:
 def test_fullgrad_completeness_and_reference(resnet18) -> None:
     """For a ReLU net, f(x) = ∇x f·x + sum_l ∇z_l f·b_l exactly: this checks every gradient
     and effective bias FullGrad uses; then the map against the formula computed here."""
-    from xcam.methods.fullgrad import effective_bias
+    from xcam.attributions.fullgrad import effective_bias
 
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(6))
     layers = [(n, m) for n, m in resnet18.named_modules() if effective_bias(m) is not None]

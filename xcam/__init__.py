@@ -14,6 +14,7 @@ from xcam.core.version import __version__
 _LAZY = {
     "CamModel": "xcam.core.cammodel",
     "CamResult": "xcam.core.result",
+    "Attribution": "xcam.core.result",
     "LayerNotFoundError": "xcam.core.errors",
     "resolve_layers": "xcam.core.layers",
     "candidate_layers": "xcam.core.layers",
@@ -22,9 +23,9 @@ _LAZY = {
     "LayerTypeError": "xcam.core.errors",
     "HeadError": "xcam.core.errors",
     "XCamError": "xcam.core.errors",
-    "get_method": "xcam.methods",
-    "list_methods": "xcam.methods",
-    "register_method": "xcam.methods",
+    "get_method": "xcam.methods.registry",
+    "list_methods": "xcam.methods.registry",
+    "register_method": "xcam.methods.registry",
     "BaseCAM": "xcam.methods.base",
     "CAM": "xcam.methods.cam",
     "GradCAM": "xcam.methods.gradcam",
@@ -37,9 +38,9 @@ _LAZY = {
     "ScoreCAM": "xcam.methods.scorecam",
     "AblationCAM": "xcam.methods.ablationcam",
     "ReciproCAM": "xcam.methods.reciprocam",
-    "FullGrad": "xcam.methods.fullgrad",
-    "GuidedBackprop": "xcam.methods.guided",
-    "GuidedGradCAM": "xcam.methods.guided",
+    "FullGrad": "xcam.attributions.fullgrad",
+    "GuidedBackprop": "xcam.attributions.guided",
+    "GuidedGradCAM": "xcam.attributions.guided",
     "load_model": "xcam.models",
     "load": "xcam.backends",
     "Backend": "xcam.backends",
@@ -48,6 +49,7 @@ _LAZY = {
 __all__ = [
     "CAM",
     "AblationCAM",
+    "Attribution",
     "Backend",
     "BaseCAM",
     "CamModel",
@@ -81,6 +83,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from xcam.attributions.fullgrad import FullGrad
+    from xcam.attributions.guided import GuidedBackprop, GuidedGradCAM
     from xcam.backends import Backend, load
     from xcam.core.cammodel import CamModel
     from xcam.core.errors import (
@@ -92,20 +96,18 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         XCamError,
     )
     from xcam.core.layers import candidate_layers, resolve_layers
-    from xcam.core.result import CamResult
-    from xcam.methods import get_method, list_methods, register_method
+    from xcam.core.result import Attribution, CamResult
     from xcam.methods.ablationcam import AblationCAM
     from xcam.methods.base import BaseCAM
     from xcam.methods.cam import CAM
     from xcam.methods.eigencam import EigenCAM
     from xcam.methods.eigengradcam import EigenGradCAM
-    from xcam.methods.fullgrad import FullGrad
     from xcam.methods.gradcam import GradCAM
     from xcam.methods.gradcampp import GradCAMPlusPlus
-    from xcam.methods.guided import GuidedBackprop, GuidedGradCAM
     from xcam.methods.hirescam import HiResCAM
     from xcam.methods.layercam import LayerCAM
     from xcam.methods.reciprocam import ReciproCAM
+    from xcam.methods.registry import get_method, list_methods, register_method
     from xcam.methods.scorecam import ScoreCAM
     from xcam.methods.xgradcam import XGradCAM
     from xcam.models import load_model

@@ -19,6 +19,7 @@ from torch import nn
 from xcam.core.capture import Capture, preserved_state
 from xcam.core.errors import InputError, LayerTypeError
 from xcam.core.layers import LayerRef, resolve_layer
+from xcam.core.ops import normalize
 from xcam.models import IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -219,9 +220,8 @@ def feature_map_grid(
             f"feature_map_grid takes one image, [1, 3, H, W] or [3, H, W]; got {shape}"
         )
     maps = feature_maps(model, layer, x, max_channels=max_channels)[0].float().cpu()
-    lo = maps.flatten(1).amin(dim=1)[:, None, None]
-    span = maps.flatten(1).amax(dim=1)[:, None, None] - lo
-    norm = torch.where(span > 0, (maps - lo) / span.clamp_min(1e-12), torch.zeros_like(maps))
+    norm = normalize(maps)[0]
+    norm[maps.isnan().flatten(1).any(dim=1)] = 0.0  # a channel with NaN: drawn as 0 too
     h, w = maps.shape[1:]
     factor = max(1, cell_size // max(h, w))
     cells = [_upscale(colorize(m.numpy(), colormap), factor) for m in norm]
@@ -276,6 +276,31 @@ def activation_maximisation(
     """
     name, module = resolve_layer(model, layer)
     chans = list(channels)
+    _check_maximisation(chans, steps=steps, jitter=jitter, lr=lr, size=size, mean=mean, std=std)
+    h, w = size
+    device = _model_device(model)
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    gen = torch.Generator().manual_seed(seed)
+    start = (0.5 + noise * torch.randn(len(chans), 3, h, w, generator=gen)).clamp(0.0, 1.0)
+    x = ((start.to(device) - m) / s).requires_grad_(True)
+    index = torch.tensor(chans, device=device)
+    with preserved_state(model):
+        _check_channels(model, (name, module), x, chans)
+        _ascend(model, (name, module), x, index, gen, (m, s), steps, lr, jitter, l2, tv)
+    return (x.detach() * s + m).clamp(0.0, 1.0)
+
+
+def _check_maximisation(
+    chans: list[int],
+    steps: int,
+    jitter: int,
+    lr: float,
+    size: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> None:
+    """The arguments of :func:`activation_maximisation` that need no model, checked."""
     if not chans:
         raise InputError("channels is empty: give at least one channel index")
     for c in chans:
@@ -293,47 +318,63 @@ def activation_maximisation(
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise InputError(f"mean and std need 3 values each (std > 0), got {mean!r}, {std!r}")
 
-    device = _model_device(model)
-    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    gen = torch.Generator().manual_seed(seed)
-    start = (0.5 + noise * torch.randn(len(chans), 3, h, w, generator=gen)).clamp(0.0, 1.0)
-    x = ((start.to(device) - m) / s).requires_grad_(True)
-    lo, hi = (0.0 - m) / s, (1.0 - m) / s
-    rows = torch.arange(len(chans), device=device)
-    index = torch.tensor(chans, device=device)
 
-    with preserved_state(model):
-        with torch.no_grad(), Capture([(name, module)]) as capture:  # probe: channel count
-            model(x[:1].detach())
-            (probe,) = capture.ordered()
-        if probe.dim() != 4:
-            raise InputError(
-                f"layer {name!r} outputs a tensor of shape {tuple(probe.shape)}, not [B, C, H, W]"
-            )
-        n_channels = probe.shape[1]
-        bad = [c for c in chans if not 0 <= c < n_channels]
-        if bad:
-            raise InputError(
-                f"channel(s) {', '.join(map(str, bad))} out of range: layer {name!r} has"
-                f" {n_channels} channels (0..{n_channels - 1})"
-            )
-        optimiser = torch.optim.Adam([x], lr=lr)
-        with torch.enable_grad():
-            for _ in range(steps):
-                dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=gen))
-                with Capture([(name, module)]) as capture:
-                    model(torch.roll(x, shifts=(dy, dx), dims=(2, 3)))
-                    (act,) = capture.ordered()
-                score = act[rows, index].mean(dim=(1, 2))  # [N]
-                img = x * s + m
-                penalty = l2 * ((img - 0.5) ** 2).mean(dim=(1, 2, 3)) + tv * _total_variation(img)
-                (grad,) = torch.autograd.grad((penalty - score).sum(), [x])
-                x.grad = grad
-                optimiser.step()
-                with torch.no_grad():
-                    x.copy_(torch.maximum(torch.minimum(x, hi), lo))
-    return (x.detach() * s + m).clamp(0.0, 1.0)
+def _check_channels(
+    model: nn.Module, target: tuple[str, nn.Module], x: torch.Tensor, chans: list[int]
+) -> None:
+    """One image through ``model`` (no gradients): ``target`` must output ``[B, C, H, W]``
+    and every one of ``chans`` be one of its ``C`` channels."""
+    name = target[0]
+    with torch.no_grad(), Capture([target]) as capture:
+        model(x[:1].detach())
+        (probe,) = capture.ordered()
+    if probe.dim() != 4:
+        raise InputError(
+            f"layer {name!r} outputs a tensor of shape {tuple(probe.shape)}, not [B, C, H, W]"
+        )
+    n_channels = probe.shape[1]
+    bad = [c for c in chans if not 0 <= c < n_channels]
+    if bad:
+        raise InputError(
+            f"channel(s) {', '.join(map(str, bad))} out of range: layer {name!r} has"
+            f" {n_channels} channels (0..{n_channels - 1})"
+        )
+
+
+def _ascend(
+    model: nn.Module,
+    target: tuple[str, nn.Module],
+    x: torch.Tensor,
+    index: torch.Tensor,
+    gen: torch.Generator,
+    norm: tuple[torch.Tensor, torch.Tensor],
+    steps: int,
+    lr: float,
+    jitter: int,
+    l2: float,
+    tv: float,
+) -> None:
+    """``steps`` Adam steps on the normalised input ``x``, in place (kept in [0, 1] in image
+    space), row ``i`` maximising channel ``index[i]`` as :func:`activation_maximisation`
+    says; ``norm``: the ``(mean, std)`` of the input normalisation, ``[1, 3, 1, 1]`` each."""
+    m, s = norm
+    lo, hi = (0.0 - m) / s, (1.0 - m) / s
+    rows = torch.arange(len(index), device=x.device)
+    optimiser = torch.optim.Adam([x], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=gen))
+            with Capture([target]) as capture:
+                model(torch.roll(x, shifts=(dy, dx), dims=(2, 3)))
+                (act,) = capture.ordered()
+            score = act[rows, index].mean(dim=(1, 2))  # [N]
+            img = x * s + m
+            penalty = l2 * ((img - 0.5) ** 2).mean(dim=(1, 2, 3)) + tv * _total_variation(img)
+            (grad,) = torch.autograd.grad((penalty - score).sum(), [x])
+            x.grad = grad
+            optimiser.step()
+            with torch.no_grad():
+                x.copy_(torch.maximum(torch.minimum(x, hi), lo))
 
 
 def maximisation_grid(

@@ -122,34 +122,16 @@ def explain_files(
     - files are written atomically and the record as images finish, so an interrupted job
       leaves whole files and resumes where it stopped.
     """
-    from xcam.files import locked_folder, unique_stems
+    from xcam.files import locked_folder
 
     say = echo or (lambda _line: None)
-    unique: dict[str, Path] = {}
-    for p in map(Path, paths):
-        key = image_key(p)
-        if key in unique:
-            say(f"note: {p} is given more than once; explained once")
-        unique.setdefault(key, p)
+    unique = _unique_images(paths, say)
     run = run_settings(info, method, targets, alpha=alpha, colormap=colormap)
     with locked_folder(out, wait):
         record = _record_for(out, run, overwrite)
-        mine = {image_key(out / n) for n in record.owned}  # `-o .` beside the images
-        if any(k in mine for k in unique):
-            say(f"note: skipped this run's own outputs in {out}")
-            unique = {k: p for k, p in unique.items() if k not in mine}
-        known = {k: i["stem"] for k, i in record.items.items()}
-        fresh = [p for k, p in unique.items() if k not in known]
-        new = unique_stems(fresh, taken=known.values())
-        stems = {**known, **{image_key(p): s for p, s in new.items()}}
-        _refuse_foreign(out, record, [f"{s}_{method.name}" for s in new.values()], overwrite)
+        unique, stems = _plan(out, record, unique, method.name, overwrite, say)
         record.open()
-        todo = [p for k, p in unique.items() if not _done(record, k, p)]
-        report = JobReport(out, skipped=len(unique) - len(todo))
-        if report.skipped:
-            say(f"resuming: {report.skipped} of {len(unique)} image(s) already explained")
-            if on_progress is not None:
-                on_progress(report.skipped)
+        todo, report = _resume(out, record, unique, say, on_progress)
         complete = False
         try:
             for start in range(0, len(todo), batch_size):
@@ -159,19 +141,83 @@ def explain_files(
                     on_progress(len(chunk))
             complete = True
         finally:
-            payload = {
-                "model": info.spec,
-                "method": method.name,
-                "layers": method.layers,
-                "input_size": list(info.input_size),
-            }
-            report.predictions = record.close(payload, complete)
-    keys = set(unique)
+            report.predictions = record.close(_summary(info, method), complete)
+    _collect(report, record, set(unique))
+    return report
+
+
+def _unique_images(paths: Sequence[Path], say: Callable[[str], None]) -> dict[str, Path]:
+    """The images by :func:`~xcam.record.image_key`, in order; one given twice is explained
+    once (the first path names it)."""
+    unique: dict[str, Path] = {}
+    for p in map(Path, paths):
+        key = image_key(p)
+        if key in unique:
+            say(f"note: {p} is given more than once; explained once")
+        unique.setdefault(key, p)
+    return unique
+
+
+def _plan(
+    out: Path,
+    record: Record,
+    unique: dict[str, Path],
+    method_name: str,
+    overwrite: bool,
+    say: Callable[[str], None],
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """The images to explain (not this run's own outputs, e.g. with ``-o .`` beside the
+    images) and every image's stem: the record's for images it knows, a new unique one for
+    the rest. Files the new stems would replace that the record doesn't list are refused."""
+    from xcam.files import unique_stems
+
+    mine = {image_key(out / n) for n in record.owned}
+    if any(k in mine for k in unique):
+        say(f"note: skipped this run's own outputs in {out}")
+        unique = {k: p for k, p in unique.items() if k not in mine}
+    known = {k: i["stem"] for k, i in record.items.items()}
+    fresh = [p for k, p in unique.items() if k not in known]
+    new = unique_stems(fresh, taken=known.values())
+    stems = {**known, **{image_key(p): s for p, s in new.items()}}
+    _refuse_foreign(out, record, [f"{s}_{method_name}" for s in new.values()], overwrite)
+    return unique, stems
+
+
+def _resume(
+    out: Path,
+    record: Record,
+    unique: dict[str, Path],
+    say: Callable[[str], None],
+    on_progress: Callable[[int], None] | None,
+) -> tuple[list[Path], JobReport]:
+    """The images still to explain and the job's report; images an earlier run of the same
+    settings finished are skipped, said and counted as progress."""
+    todo = [p for k, p in unique.items() if not _done(record, k, p)]
+    report = JobReport(out, skipped=len(unique) - len(todo))
+    if report.skipped:
+        say(f"resuming: {report.skipped} of {len(unique)} image(s) already explained")
+        if on_progress is not None:
+            on_progress(report.skipped)
+    return todo, report
+
+
+def _summary(info: ModelInfo, method: BaseCAM) -> dict[str, Any]:
+    """What ``predictions.json`` says of the job beside its images."""
+    return {
+        "model": info.spec,
+        "method": method.name,
+        "layers": method.layers,
+        "input_size": list(info.input_size),
+    }
+
+
+def _collect(report: JobReport, record: Record, keys: set[str]) -> None:
+    """Fill ``report`` with the record's items and errors of this job's images (the record
+    may hold other images of the same run)."""
     report.items = [i for k, i in record.items.items() if k in keys]
     report.errors = [
         {"image": e["image"], "error": e["error"]} for k, e in record.errors.items() if k in keys
     ]
-    return report
 
 
 def _done(record: Record, key: str, path: Path) -> bool:

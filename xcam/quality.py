@@ -191,6 +191,9 @@ def baseline_image(
 
 
 def _check_input(x: object) -> torch.Tensor:
+    """A finite, non-empty float ``[B, C, H, W]`` batch, detached. Not
+    :func:`xcam.core.inputs.check_input`: the curves blend ``x`` with a float baseline, so
+    an integer input is refused here, where the methods accept it (and cast it)."""
     if not isinstance(x, torch.Tensor):
         raise InputError(f"the input must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4 or x.shape[0] == 0:
@@ -244,6 +247,38 @@ def deletion_insertion_curves(
     the unmodified input. All ``B · (2 · steps)`` distinct images go through the model in
     batches of ``batch_size``, built as needed (memory stays ``O(batch_size)`` images).
     """
+    x, sal = _check_curves(x, maps, targets, steps, batch_size)
+    base = baseline_image(x, baseline, blur_sigma)
+    rank = _saliency_ranks(sal)
+    b, _, h, w = x.shape
+    n = h * w
+    counts = torch.arange(steps + 1, device=x.device) * n // steps  # pixels changed at step k
+    fractions = counts.to(torch.float64) / n
+    context = preserved_state(model) if isinstance(model, nn.Module) else nullcontext()
+    with context, torch.no_grad():
+        found = [_scores(model, x[part]) for part in _chunks(b, batch_size)]
+        logits, activation = torch.cat([f[0] for f in found]), found[0][1]
+        classes = resolve_targets(logits, targets, activation).classes  # type: ignore[arg-type]
+        assert classes is not None  # callables were rejected above
+        classes = classes.to(x.device)
+        p_x = class_probability(logits, classes, activation)
+        probs = _step_probabilities(model, x, base, rank, counts, classes, activation, batch_size)
+    p_base = probs[:b]
+    middle = probs[b:].view(b, 2, steps - 1)
+    deletion = torch.cat([p_x[:, None], middle[:, 0], p_base[:, None]], dim=1)
+    insertion = torch.cat([p_base[:, None], middle[:, 1], p_x[:, None]], dim=1)
+    return Curves(fractions.cpu(), deletion.cpu(), insertion.cpu(), classes.cpu())
+
+
+def _check_curves(
+    x: object,
+    maps: torch.Tensor,
+    targets: int | Sequence[int] | torch.Tensor | None,
+    steps: int,
+    batch_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The arguments of :func:`deletion_insertion_curves` checked: the input (detached) and
+    the maps' saliency ``[B, H, W]`` on the input's device."""
     x = _check_input(x)
     sal = saliency(maps).to(x.device)
     b, _, h, w = x.shape
@@ -258,45 +293,55 @@ def deletion_insertion_curves(
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
     if score_functions(targets):
         raise TargetError("deletion / insertion needs class targets (ints), not a callable")
-    base = baseline_image(x, baseline, blur_sigma)
+    return x, sal
 
-    n = h * w
+
+def _saliency_ranks(sal: torch.Tensor) -> torch.Tensor:
+    """``[B, HW]``: each pixel's rank by saliency, 0 the most salient; a stable sort ranks
+    the lower row-major index first among equal values."""
+    b, n = sal.shape[0], sal[0].numel()
     order = torch.sort(sal.flatten(1), dim=1, descending=True, stable=True).indices
     rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(n, device=x.device).expand(b, n))
-    counts = torch.arange(steps + 1, device=x.device) * n // steps  # pixels changed at step k
-    fractions = counts.to(torch.float64) / n
+    rank.scatter_(1, order, torch.arange(n, device=sal.device).expand(b, n))
+    return rank
 
-    # the jobs after the unmodified input: B baselines (mode -1), then per sample the
-    # intermediate steps k = 1..steps-1 of deletion (mode 0) and of insertion (mode 1)
+
+def _step_jobs(
+    b: int, steps: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(sample, mode, step)`` of each image after the unmodified input: B baselines
+    (mode -1), then per sample the intermediate steps k = 1..steps-1 of deletion (mode 0)
+    and of insertion (mode 1)."""
     inner = steps - 1
-    job_sample = torch.cat([torch.arange(b), torch.arange(b).repeat_interleave(2 * inner)])
-    job_mode = torch.cat([torch.full((b,), -1), torch.arange(2).repeat_interleave(inner).repeat(b)])
-    job_step = torch.cat([torch.zeros(b, dtype=torch.long), torch.arange(1, steps).repeat(2 * b)])
-    job_sample, job_mode, job_step = (t.to(x.device) for t in (job_sample, job_mode, job_step))
+    sample = torch.cat([torch.arange(b), torch.arange(b).repeat_interleave(2 * inner)])
+    mode = torch.cat([torch.full((b,), -1), torch.arange(2).repeat_interleave(inner).repeat(b)])
+    step = torch.cat([torch.zeros(b, dtype=torch.long), torch.arange(1, steps).repeat(2 * b)])
+    return sample.to(device), mode.to(device), step.to(device)
+
+
+def _step_probabilities(
+    model: Callable[[torch.Tensor], object],
+    x: torch.Tensor,
+    base: torch.Tensor,
+    rank: torch.Tensor,
+    counts: torch.Tensor,
+    classes: torch.Tensor,
+    activation: str | None,
+    batch_size: int,
+) -> torch.Tensor:
+    """The explained class's probability for each image of :func:`_step_jobs`, ``[B +
+    2·B·(steps - 1)]``: the images are built and run ``batch_size`` at a time."""
+    h, w = x.shape[-2:]
+    job_sample, job_mode, job_step = _step_jobs(x.shape[0], len(counts) - 1, x.device)
     probs = torch.empty(len(job_sample), dtype=torch.float32, device=x.device)
-
-    context = preserved_state(model) if isinstance(model, nn.Module) else nullcontext()
-    with context, torch.no_grad():
-        found = [_scores(model, x[part]) for part in _chunks(b, batch_size)]
-        logits, activation = torch.cat([f[0] for f in found]), found[0][1]
-        classes = resolve_targets(logits, targets, activation).classes  # type: ignore[arg-type]
-        assert classes is not None  # callables were rejected above
-        classes = classes.to(x.device)
-        p_x = class_probability(logits, classes, activation)
-        for part in _chunks(len(job_sample), batch_size):
-            i, mode, k = job_sample[part], job_mode[part], job_step[part]
-            changed = rank[i] < counts[k][:, None]  # [N, HW]: the top n_k pixels
-            keep_x = torch.where((mode == 1)[:, None], changed, ~changed)
-            keep_x &= (mode != -1)[:, None]
-            images = torch.where(keep_x.view(-1, 1, h, w), x[i], base[i])
-            probs[part] = class_probability(_logits(model, images), classes[i], activation)
-
-    p_base = probs[:b]
-    middle = probs[b:].view(b, 2, inner)
-    deletion = torch.cat([p_x[:, None], middle[:, 0], p_base[:, None]], dim=1)
-    insertion = torch.cat([p_base[:, None], middle[:, 1], p_x[:, None]], dim=1)
-    return Curves(fractions.cpu(), deletion.cpu(), insertion.cpu(), classes.cpu())
+    for part in _chunks(len(job_sample), batch_size):
+        i, mode, k = job_sample[part], job_mode[part], job_step[part]
+        changed = rank[i] < counts[k][:, None]  # [N, HW]: the top n_k pixels
+        keep_x = torch.where((mode == 1)[:, None], changed, ~changed)
+        keep_x &= (mode != -1)[:, None]
+        images = torch.where(keep_x.view(-1, 1, h, w), x[i], base[i])
+        probs[part] = class_probability(_logits(model, images), classes[i], activation)
+    return probs
 
 
 def deletion_insertion(

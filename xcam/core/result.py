@@ -1,21 +1,24 @@
-"""``CamResult``: what every method returns."""
+"""What methods return: :class:`CamResult` (a map per sample, ``[B, H, W]`` in ``[0, 1]``)
+for the class activation maps and FullGrad, :class:`Attribution` (raw, input-shaped
+``[B, C, H, W]``) for the pixel-space methods, Guided Backprop and Guided Grad-CAM."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import torch
 
+from xcam.core.targets import Resolved, Targets, reported_logits
+
 
 @dataclass
-class CamResult:
-    """An explanation of a batch.
+class Explanation:
+    """The fields every result has (see :class:`CamResult` and :class:`Attribution`).
 
     Attributes:
-        maps: ``[B, H, W]`` float in ``[0, 1]``, at the input's size (layers fused); for the
-            pixel-space methods (Guided Backprop, Guided Grad-CAM) the raw attribution
-            ``[B, C, H, W]`` instead.
+        maps: the explanation itself (its shape is the subclass's contract).
         logits: the model's output, ``[B, K]``.
         targets: the class explained per sample (``[B]`` long; for a single-logit head 1 =
             positive, 0 = negative decision), or the callable that gave the scores.
@@ -45,22 +48,41 @@ class CamResult:
     def __len__(self) -> int:
         return self.maps.shape[0]
 
-    def to(self, device: str | torch.device) -> CamResult:
+    def to(self, device: str | torch.device) -> Any:
         """The same result with every tensor moved to ``device``."""
-        return CamResult(
-            maps=self.maps.to(device),
-            logits=self.logits.to(device),
-            targets=self.targets.to(device)
-            if isinstance(self.targets, torch.Tensor)
-            else self.targets,
-            scores=self.scores.to(device),
-            layer_maps={k: v.to(device) for k, v in self.layer_maps.items()},
-            degenerate=self.degenerate.to(device),
-            method=self.method,
-            layers=list(self.layers),
-            backend=self.backend,
-            activation=self.activation,
-        )
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                moved[f.name] = value.to(device)
+            elif isinstance(value, dict):
+                moved[f.name] = {k: v.to(device) for k, v in value.items()}
+            elif isinstance(value, list):
+                moved[f.name] = list(value)
+        return replace(self, **moved)
 
-    def cpu(self) -> CamResult:
+    def cpu(self) -> Any:
         return self.to("cpu")
+
+
+@dataclass
+class CamResult(Explanation):
+    """An explanation of a batch: ``maps`` is ``[B, H, W]`` float in ``[0, 1]``, at the
+    input's size (layers fused). See :class:`Explanation` for the other fields."""
+
+
+@dataclass
+class Attribution(Explanation):
+    """A pixel-space attribution of a batch (Guided Backprop, Guided Grad-CAM): ``maps`` is
+    the raw attribution shaped like the input, ``[B, C, H, W]``, not normalised (see
+    :func:`xcam.viz.attribution_image` for a picture). See :class:`Explanation`."""
+
+
+def outcome(output: Any, target: Resolved, targets: Targets) -> dict[str, Any]:
+    """The fields a result takes from the explained output and its resolved targets."""
+    return {
+        "logits": reported_logits(output),
+        "targets": target.classes if target.classes is not None else targets,
+        "scores": target.scores.detach(),
+        "activation": target.activation,
+    }

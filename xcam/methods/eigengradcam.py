@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from xcam.core.errors import NumericalError
-from xcam.methods import register_method
 from xcam.methods.base import BaseCAM, LayerContext
+from xcam.methods.registry import register_method
 
 
 @register_method

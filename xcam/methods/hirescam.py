@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from xcam.methods import register_method
 from xcam.methods.base import BaseCAM, LayerContext
+from xcam.methods.registry import register_method
 
 
 @register_method

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 from xcam.core.layers import Layers
 from xcam.core.targets import repeated
-from xcam.methods import register_method
 from xcam.methods.base import BatchedCAM, LayerContext
+from xcam.methods.registry import register_method
 
 
 @register_method

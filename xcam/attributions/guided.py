@@ -13,16 +13,16 @@ Grad-CAM map L (normalised to [0, 1], upsampled bilinearly to the input)::
 
     GGC_c,ij = G(x)_c,ij · L_ij
 
-Both return ``maps`` shaped like the input, ``[B, C, H, W]``: raw attributions, not
-normalised (see :func:`xcam.viz.attribution_image` for a picture). They run on the eager
-model only; the model is never modified (the ReLUs are guided by hooks scoped to the call,
-see :func:`xcam.core.capture.guided_relus`).
+Both return an :class:`~xcam.core.result.Attribution`: ``maps`` shaped like the input,
+``[B, C, H, W]``, raw attributions, not normalised (see :func:`xcam.viz.attribution_image`
+for a picture). They run on the eager model only; the model is never modified (the ReLUs
+are guided by hooks scoped to the call, see :func:`xcam.core.capture.guided_relus`).
 
 Example::
 
     >>> import torch
     >>> from xcam.demo import load_demo_model
-    >>> from xcam.methods.guided import GuidedBackprop, GuidedGradCAM
+    >>> from xcam.attributions.guided import GuidedBackprop, GuidedGradCAM
     >>> model = load_demo_model()
     >>> x = torch.rand(2, 3, 64, 64)
     >>> tuple(GuidedBackprop(model)(x).maps.shape)
@@ -45,12 +45,12 @@ from xcam.core.capture import guided_relus, preserved_state
 from xcam.core.errors import NumericalError, XCamError
 from xcam.core.inputs import check_input
 from xcam.core.layers import Layers
-from xcam.core.result import CamResult
-from xcam.core.targets import Targets, reported_logits, resolve_targets
+from xcam.core.result import Attribution, outcome
+from xcam.core.targets import Targets, resolve_targets
 from xcam.core.tracing import FX_GATE
-from xcam.methods import register_method
 from xcam.methods.base import BaseCAM
 from xcam.methods.gradcam import GradCAM
+from xcam.methods.registry import register_method
 
 
 def _degenerate(maps: torch.Tensor) -> torch.Tensor:
@@ -71,7 +71,7 @@ class _EagerOnly(BaseCAM):
         self._require_eager()
 
     def _require_eager(self) -> None:
-        if self.model is None or self.backend is not None or self._export_format is not None:
+        if self.eager is None or self.source is not self.eager:
             raise XCamError(
                 f"{type(self).__name__} differentiates the eager model down to its input and "
                 "runs on eager PyTorch only; give it the nn.Module with backend='eager' "
@@ -95,16 +95,16 @@ class GuidedBackprop(_EagerOnly):
     def layers(self) -> list[str]:
         return []
 
-    def __call__(self, x: torch.Tensor, targets: Targets = None) -> CamResult:
+    def __call__(self, x: torch.Tensor, targets: Targets = None) -> Attribution:  # type: ignore[override]
         self._require_eager()
         x = self._check_model_input(check_input(x))
         assert self.model is not None
         leaf = x.detach().requires_grad_(True)
         with FX_GATE.shared(), preserved_state(self.model), torch.enable_grad():
-            with self._final() as watch, guided_relus(self.model, stacklevel=2) as report:
+            with self.eager.watch() as watch, guided_relus(self.model, stacklevel=2) as report:
                 out = self.model(leaf)
                 report.exclude_outputs(out)
-            logits = self._logits(watch, select_output(out, self._output_for(targets)))
+            logits = self.eager.scores(watch, select_output(out, self._output_for(targets)))
             target = resolve_targets(logits, targets, self.activation)
             grad = None
             if target.scores.requires_grad:
@@ -112,17 +112,14 @@ class GuidedBackprop(_EagerOnly):
         maps = torch.zeros_like(x) if grad is None else grad.detach()
         if not bool(torch.isfinite(maps).all()):
             raise NumericalError("the guided gradient is not finite (overflow in the model)")
-        return CamResult(
+        return Attribution(
             maps=maps,
-            logits=reported_logits(logits),
-            targets=target.classes if target.classes is not None else targets,  # type: ignore[arg-type]
-            scores=target.scores.detach(),
             layer_maps={},
             degenerate=_degenerate(maps),
             method=self.name,
             layers=[],
             backend="eager",
-            activation=target.activation,
+            **outcome(logits, target, targets),
         )
 
 
@@ -147,7 +144,7 @@ class GuidedGradCAM(_EagerOnly):
     def layers(self) -> list[str] | None:
         return self._gradcam.layers
 
-    def __call__(self, x: torch.Tensor, targets: Targets = None) -> CamResult:
+    def __call__(self, x: torch.Tensor, targets: Targets = None) -> Attribution:  # type: ignore[override]
         self._require_eager()
         x = self._check_model_input(check_input(x))
         guided = self._guided(x, targets)

@@ -26,18 +26,17 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from xcam.core.cammodel import select_output
 from xcam.core.capture import Capture, preserved_state
 from xcam.core.errors import NumericalError, XCamError
 from xcam.core.layers import Layers
-from xcam.core.ops import normalize
-from xcam.core.result import CamResult
-from xcam.core.targets import Targets, reported_logits, resolve_targets
-from xcam.methods import register_method
+from xcam.core.ops import normalize, upsample
+from xcam.core.result import CamResult, outcome
+from xcam.core.targets import Targets, resolve_targets
 from xcam.methods.base import BaseCAM
+from xcam.methods.registry import register_method
 
 
 def effective_bias(module: nn.Module) -> torch.Tensor | None:
@@ -56,13 +55,7 @@ def effective_bias(module: nn.Module) -> torch.Tensor | None:
 
 def _psi(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """|t| scaled to [0, 1] per sample, upsampled to ``size``, summed over channels."""
-    t = t.abs().float()
-    lo = t.flatten(1).amin(dim=1)[:, None, None, None]
-    span = (t.flatten(1).amax(dim=1)[:, None, None, None] - lo).clamp(min=1e-12)
-    t = (t - lo) / span
-    if tuple(t.shape[-2:]) != size:
-        t = F.interpolate(t, size=size, mode="bilinear", align_corners=False)
-    return t.sum(dim=1)
+    return upsample(normalize(t.abs().float(), dims=3)[0], size).sum(dim=1)
 
 
 @register_method
@@ -96,9 +89,11 @@ class FullGrad(BaseCAM):
         biased = self._biased()
         size = (x.shape[-2], x.shape[-1])
         capture = Capture([(n, m) for n, m, _ in biased], grad_handles=True)
-        with preserved_state(self.model), torch.enable_grad(), capture, self._final() as watch:
+        assert self.eager is not None
+        eager = self.eager
+        with preserved_state(self.model), torch.enable_grad(), capture, eager.watch() as watch:
             xi = x.detach().requires_grad_(True)
-            logits = self._logits(watch, select_output(self.model(xi), self._output_for(targets)))
+            logits = eager.scores(watch, select_output(self.model(xi), self._output_for(targets)))
             target = resolve_targets(logits, targets, self.activation)
             outs = capture.ordered()
             grads = torch.autograd.grad(target.scores.sum(), [xi, *outs], allow_unused=True)
@@ -111,15 +106,12 @@ class FullGrad(BaseCAM):
             raise NumericalError("the FullGrad map is not finite (overflow in gradients)")
         return CamResult(
             maps=maps,
-            logits=reported_logits(logits),
-            targets=target.classes if target.classes is not None else targets,  # type: ignore[arg-type]
-            scores=target.scores.detach(),
             layer_maps=terms,
             degenerate=degenerate,
             method=self.name,
             layers=list(terms),
             backend="eager",
-            activation=target.activation,
+            **outcome(logits, target, targets),
         )
 
 
