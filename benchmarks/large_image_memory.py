@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -84,12 +85,51 @@ def _load_module(name: str, path: Path):
     return module
 
 
+def _draw_new(kind: str, im, cam, size: tuple[int, int], png: Path, npy: Path) -> None:
+    """The map resized a strip of rows at a time into ``npy``, drawn into the decoded image."""
+    import xcam.viz
+
+    xcam.viz.save_resized(cam, size, npy, clamp=kind == "heatmap")
+    if kind == "heatmap":
+        xcam.viz.overlay_into(im, cam)
+    else:
+        xcam.viz.attribution_into(im, cam)
+    xcam.viz.save_png(im, png)
+
+
+def _draw_old(kind: str, viz, im, cam, size: tuple[int, int], png: Path, npy: Path) -> None:
+    """The pipeline's former in-memory path: the map and a new picture at the image's size."""
+    import xcam.viz
+    from xcam.files import atomic
+
+    if kind == "heatmap":
+        arr = viz.resize_map(cam, size)
+        picture = viz.overlay(im, arr)
+    else:
+        arr = viz.resize_attribution(cam, size)
+        picture = viz.attribution_image(arr)
+    with atomic(npy) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr.astype(np.float32))
+    xcam.viz.save_png(picture, png)
+
+
+def _peak(explain: Callable[[Path], None], image: Path, warm: Path) -> tuple[int, int, float]:
+    """``explain(image)`` after a warm-up on ``warm``: ``(VmRSS before, VmHWM, seconds)``."""
+    explain(warm)  # imports, lazy tables, the allocator's first arenas
+    gc.collect()
+    before = _vm("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    t0 = time.perf_counter()
+    explain(image)
+    seconds = time.perf_counter() - t0
+    return before, _vm("VmHWM"), seconds
+
+
 def child(kind: str, variant: str, image: Path, warm: Path, out: Path, tree: Path | None) -> dict:
     """One arm, in this process: the figures as a dict (see the module docstring)."""
     import xcam
     import xcam.images
     import xcam.viz
-    from xcam.files import atomic
     from xcam.models import load_model
 
     # the old arm's image loading and pictures from ``tree``; the model is always this one
@@ -107,32 +147,11 @@ def child(kind: str, variant: str, image: Path, warm: Path, out: Path, tree: Pat
         cam, size = result.maps[0], (im.height, im.width)
         png, npy = out / f"{path.stem}.png", out / f"{path.stem}.npy"
         if variant == "new":  # the image is no longer needed: drawn into
-            xcam.viz.save_resized(cam, size, npy, clamp=kind == "heatmap")
-            if kind == "heatmap":
-                xcam.viz.overlay_into(im, cam)
-            else:
-                xcam.viz.attribution_into(im, cam)
-            xcam.viz.save_png(im, png)
-            return
-        # the pipeline's former in-memory path
-        if kind == "heatmap":
-            arr = viz.resize_map(cam, size)
-            picture = viz.overlay(im, arr)
+            _draw_new(kind, im, cam, size, png, npy)
         else:
-            arr = viz.resize_attribution(cam, size)
-            picture = viz.attribution_image(arr)
-        with atomic(npy) as tmp, open(tmp, "wb") as f:
-            np.save(f, arr.astype(np.float32))
-        xcam.viz.save_png(picture, png)
+            _draw_old(kind, viz, im, cam, size, png, npy)
 
-    explain(warm)  # imports, lazy tables, the allocator's first arenas
-    gc.collect()
-    before = _vm("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    t0 = time.perf_counter()
-    explain(image)
-    seconds = time.perf_counter() - t0
-    peak = _vm("VmHWM")
+    before, peak, seconds = _peak(explain, image, warm)
     from PIL import Image
 
     with Image.open(image) as im:

@@ -150,15 +150,24 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
-def main(argv: list[str] | None = None) -> None:
-    a = parse(argv)
-    torch.set_num_threads(a.threads)
-    t0 = time.perf_counter()
+def load_data(n: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """The demo model and ``n`` generated images: ``(model, x, y, masks, accuracy)``."""
     model = load_demo_model()
-    images, labels, mask_arr = make_dataset(a.images, SEED)
+    images, labels, mask_arr = make_dataset(n, SEED)
     x, y, masks = to_tensor(images), torch.from_numpy(labels), torch.from_numpy(mask_arr)
     with torch.no_grad():
         accuracy = float((model(x).argmax(1) == y).float().mean())
+    return model, x, y, masks, accuracy
+
+
+def method_rows(
+    a: argparse.Namespace,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    masks: torch.Tensor,
+) -> list[dict]:
+    """One scored row per method of ``a.methods`` (printed as it is done)."""
     rows = []
     for name in a.methods:
         maps, ms, degenerate = explain(name, model, x, y)
@@ -170,13 +179,85 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(json.dumps(row), flush=True)
         rows.append(row)
+    return rows
+
+
+def reference_rows(
+    a: argparse.Namespace,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    masks: torch.Tensor,
+) -> list[dict]:
+    """The two rows that need no model: a random map and a centred Gaussian."""
+    rows = []
     for kind, label in (("random", "random map"), ("centre", "centre Gaussian")):
         maps = reference_maps(kind, len(x), tuple(x.shape[-2:]))
         row = score(label, "reference", maps, model, x, y, masks, a)
         row.update(layer=None, ms_per_image=None, degenerate=0)
         print(json.dumps(row), flush=True)
         rows.append(row)
+    return rows
 
+
+def describe(
+    a: argparse.Namespace, env: dict, size: tuple[int, int], seconds: float, command: str
+) -> str:
+    """The paragraph above the table: what was measured, how to read it, how to reproduce."""
+    sigma = max(size) / 10  # xcam.quality.baseline_image's default
+    baseline = {
+        "blur": f"a Gaussian-blurred copy (σ = {sigma:g} px)",
+        "mean": "the per-channel mean",
+    }.get(a.baseline, f"the constant {a.baseline}")
+    return (
+        f"The bundled demo model, layer `{LAYER}` for the methods that take one, on "
+        f"{a.images} generated 64x64 images (seed {SEED}, never used in training; model "
+        f"accuracy {env['accuracy']:.3f}), each explained for its true class. Pointing game: "
+        "share of maps whose maximum lies in the object's mask (ties: any maximum inside "
+        f"counts; a constant map misses); a random point hits {env['mask_fraction']:.3f} of the "
+        "time (the mean mask area). Deletion / insertion AUC (Petsiuk et al., BMVC 2018): "
+        "mean area under the true class's softmax probability as the most salient pixels are "
+        f"replaced by / restored from {baseline} of the image, {a.steps} steps; lower deletion "
+        "and higher insertion are more faithful (± one standard error over the images; every "
+        "row scores the same images, so a difference between rows is known more precisely); "
+        "ins − del sums both up. ms/image: median of "
+        f"batch-1 eager calls, CPU, {a.threads} threads, for context (see the speed "
+        "benchmarks). Degenerate: constant maps. torch "
+        f"{env['torch']}, {env['date']}, whole run {seconds:.0f} s. Reproduce: `{command}`."
+    )
+
+
+TITLE = "Explanation quality on the demo model: pointing game, deletion, insertion"
+HEADER = [
+    "method",
+    "pointing game ↑",
+    "deletion AUC ↓",
+    "insertion AUC ↑",
+    "ins − del ↑",
+    "ms/image",
+    "degenerate",
+]
+
+
+def cells(r: dict) -> list[object]:
+    """One table row (reference rows in italics)."""
+    return [
+        r["method"] if r["kind"] == "method" else f"*{r['method']}*",
+        f"{r['pointing_game']:.3f}",
+        f"{r['deletion_auc']:.3f} ± {r['deletion_sem']:.3f}",
+        f"{r['insertion_auc']:.3f} ± {r['insertion_sem']:.3f}",
+        f"{r['insertion_minus_deletion']:.3f}",
+        "—" if r["ms_per_image"] is None else f"{r['ms_per_image']:.1f}",
+        r["degenerate"],
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse(argv)
+    torch.set_num_threads(a.threads)
+    t0 = time.perf_counter()
+    model, x, y, masks, accuracy = load_data(a.images)
+    rows = method_rows(a, model, x, y, masks) + reference_rows(a, model, x, y, masks)
     env = common.environment(a.threads)
     seconds = round(time.perf_counter() - t0, 1)
     env.update(
@@ -193,54 +274,8 @@ def main(argv: list[str] | None = None) -> None:
     command = " ".join(
         ["python benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])]
     )
-    sigma = max(x.shape[-2:]) / 10  # xcam.quality.baseline_image's default
-    baseline = {
-        "blur": f"a Gaussian-blurred copy (σ = {sigma:g} px)",
-        "mean": "the per-channel mean",
-    }.get(a.baseline, f"the constant {a.baseline}")
-    intro = (
-        f"The bundled demo model, layer `{LAYER}` for the methods that take one, on "
-        f"{a.images} generated 64x64 images (seed {SEED}, never used in training; model "
-        f"accuracy {env['accuracy']:.3f}), each explained for its true class. Pointing game: "
-        "share of maps whose maximum lies in the object's mask (ties: any maximum inside "
-        f"counts; a constant map misses); a random point hits {env['mask_fraction']:.3f} of the "
-        "time (the mean mask area). Deletion / insertion AUC (Petsiuk et al., BMVC 2018): "
-        "mean area under the true class's softmax probability as the most salient pixels are "
-        f"replaced by / restored from {baseline} of the image, {a.steps} steps; lower deletion "
-        "and higher insertion are more faithful (± one standard error over the images; every "
-        "row scores the same images, so a difference between rows is known more precisely); "
-        "ins − del sums both up. ms/image: median of "
-        f"batch-1 eager calls, CPU, {a.threads} threads, for context (see the speed "
-        "benchmarks). Degenerate: constant maps. torch "
-        f"{env['torch']}, {env['date']}, whole run {seconds:.0f} s. Reproduce: `{command}`."
-    )
-    print(
-        common.write_results(
-            a.out,
-            env,
-            rows,
-            "Explanation quality on the demo model: pointing game, deletion, insertion",
-            intro,
-            [
-                "method",
-                "pointing game ↑",
-                "deletion AUC ↓",
-                "insertion AUC ↑",
-                "ins − del ↑",
-                "ms/image",
-                "degenerate",
-            ],
-            lambda r: [
-                r["method"] if r["kind"] == "method" else f"*{r['method']}*",
-                f"{r['pointing_game']:.3f}",
-                f"{r['deletion_auc']:.3f} ± {r['deletion_sem']:.3f}",
-                f"{r['insertion_auc']:.3f} ± {r['insertion_sem']:.3f}",
-                f"{r['insertion_minus_deletion']:.3f}",
-                "—" if r["ms_per_image"] is None else f"{r['ms_per_image']:.1f}",
-                r["degenerate"],
-            ],
-        )
-    )
+    intro = describe(a, env, tuple(x.shape[-2:]), seconds, command)
+    print(common.write_results(a.out, env, rows, TITLE, intro, HEADER, cells))
 
 
 if __name__ == "__main__":

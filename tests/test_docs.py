@@ -8,11 +8,13 @@ import pkgutil
 
 import pytest
 
+import xcam.attributions
 import xcam.methods
 
 METHOD_MODULES = sorted(
-    f"xcam.methods.{m.name}"
-    for m in pkgutil.iter_modules(xcam.methods.__path__)
+    f"{package.__name__}.{m.name}"
+    for package in (xcam.methods, xcam.attributions)
+    for m in pkgutil.iter_modules(package.__path__)
     if m.name not in ("base",)
 )
 

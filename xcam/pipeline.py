@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from xcam.core.errors import InputError, OutputError
+from xcam.core.result import Attribution
 from xcam.core.targets import Targets, score_functions
 from xcam.images import load_image, preprocess
 from xcam.methods.base import BaseCAM
@@ -290,7 +291,8 @@ def _explain_chunk(info, chunk, method, record, stems, targets, alpha, colormap,
         key = image_key(p)  # a realpath: resolved once per image
         stem = f"{stems[key]}_{method.name}"
         record.claim([f"{stem}.npy", f"{stem}.png"])
-        kind = _write_outputs(record.out, stem, im, result.maps[i], alpha, colormap)
+        pixels = isinstance(result, Attribution)
+        kind = _write_outputs(record.out, stem, im, result.maps[i], pixels, alpha, colormap)
         target = int(result.targets[i]) if isinstance(result.targets, torch.Tensor) else None
         row = {
             "key": key,
@@ -314,13 +316,15 @@ def _explain_chunk(info, chunk, method, record, stems, targets, alpha, colormap,
         record.add(row)
 
 
-def _write_outputs(out: Path, stem: str, image, cam: torch.Tensor, alpha, colormap) -> str:
+def _write_outputs(
+    out: Path, stem: str, image, cam: torch.Tensor, attribution: bool, alpha, colormap
+) -> str:
     """Write ``<stem>.npy`` and ``<stem>.png`` at the image's size, a strip of rows at a
     time (a 6000² image costs ~4 bytes a pixel, not a full-size float copy of each step);
-    ``image`` is drawn over. Returns the kind."""
+    ``image`` is drawn over. ``attribution``: ``cam`` is an input-shaped ``[C, H, W]``
+    attribution (Guided Backprop), not a heatmap. Returns the kind."""
     from xcam.viz import attribution_into, overlay_into, save_png, save_resized
 
-    attribution = cam.dim() == 3  # an input-shaped attribution (Guided Backprop)
     save_resized(cam, (image.height, image.width), out / f"{stem}.npy", clamp=not attribution)
     if attribution:
         save_png(attribution_into(image, cam), out / f"{stem}.png")

@@ -64,6 +64,7 @@ class FullGrad(BaseCAM):
 
     name = "fullgrad"
     uses_layers = False
+    eager_only = True
 
     def __init__(self, model: Any, layers: Layers = None, backend: Any = "eager", **options: Any):
         if layers is not None:

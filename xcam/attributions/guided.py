@@ -61,6 +61,8 @@ def _degenerate(maps: torch.Tensor) -> torch.Tensor:
 class _EagerOnly(BaseCAM):
     """Pixel attributions: the eager model differentiated down to its input."""
 
+    eager_only = True
+
     def __init__(self, model: Any, layers: Layers = None, backend: Any = "eager", **options: Any):
         if options.get("aug_smooth") or options.get("eigen_smooth"):
             raise XCamError(

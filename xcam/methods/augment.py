@@ -1,5 +1,14 @@
 """Test-time augmentation (``aug_smooth``), as in pytorch-grad-cam: explain flipped and
-rescaled copies of the input for the same classes, map each back and average."""
+rescaled copies of the input for the same classes, map each back and average.
+
+Example::
+
+    >>> import torch, xcam
+    >>> from xcam.demo import load_demo_model
+    >>> cam = xcam.GradCAM(load_demo_model(), "block3", aug_smooth=True)
+    >>> tuple(cam(torch.rand(1, 3, 64, 64)).maps.shape)
+    (1, 64, 64)
+"""
 
 from __future__ import annotations
 

@@ -104,6 +104,9 @@ class BaseCAM:
     # the map needs only each layer's activations and their gradients, so it can come from a
     # file with in-graph gradients (no eager model): what `xcam.lite` and `xcam bench` rely on
     in_graph: ClassVar[bool] = False
+    # the method differentiates the eager model itself (down to its input, or at every
+    # biased layer): no backend or exported file can serve it
+    eager_only: ClassVar[bool] = False
     augmentations: ClassVar[tuple[tuple[bool, float], ...]] = AUGMENTATIONS
     # attributes of a subclass that change its maps (they enter :meth:`settings`)
     output_options: ClassVar[tuple[str, ...]] = ()

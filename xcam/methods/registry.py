@@ -5,6 +5,12 @@ so registering imports nothing above this module. The built-in classes live in t
 packages, :mod:`xcam.methods` (class activation maps) and :mod:`xcam.attributions`
 (pixel-space methods); :func:`get_method` and :func:`list_methods` import both by name on
 first use, as a plugin registry loads its entry points.
+
+Example::
+
+    >>> from xcam.methods.registry import get_method
+    >>> get_method("Grad-CAM++").__name__, get_method("gradcam").in_graph
+    ('GradCAMPlusPlus', True)
 """
 
 from __future__ import annotations

@@ -1,0 +1,204 @@
+"""``xcam explain``: overlays, maps and predictions for a folder of images."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from xcam.cli.loading import load
+from xcam.cli.messages import echo_err, fail, os_reason
+from xcam.cli.options import (
+    PRE_ACTIVATION_HELP,
+    MethodOption,
+    parse_output,
+    parse_target,
+    stats_options,
+    trust_options,
+)
+from xcam.cli.probe import check_class, probe
+
+
+@click.command()
+@trust_options
+@click.argument("model")
+@click.argument("images", nargs=-1, required=True)
+@click.option(
+    "--method",
+    "-m",
+    cls=MethodOption,
+    default="gradcam",
+    show_default=True,
+    help="Method: one of the registered names.",
+)
+@click.option("--layer", "-l", "layer", multiple=True, help="Target layer (repeat to fuse).")
+@click.option(
+    "--aug-smooth", is_flag=True, help="Average over flipped and rescaled copies of each image."
+)
+@click.option(
+    "--eigen-smooth",
+    is_flag=True,
+    help="First principal component of the weighted activations instead of their sum.",
+)
+@click.option("--pre-activation", is_flag=True, help=PRE_ACTIVATION_HELP)
+@click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Output dir.")
+@click.option(
+    "--class",
+    "target",
+    help="Class index to explain (default: top-1), or positive/negative for a single-logit head.",
+)
+@click.option("--weights", type=click.Path(dir_okay=False), help="State dict for the model.")
+@click.option("--input-size", help="Resize images to H or H,W (default: the model's).")
+@stats_options
+@click.option(
+    "--backend",
+    type=click.Choice(["eager", "torchscript", "onnxruntime", "pt2"]),
+    default="eager",
+    show_default=True,
+    help="Where activations come from; non-eager exports the model once, checked against eager.",
+)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--output", "output", help="Index or key of the logits in a tuple/dict output.")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option(
+    "--alpha",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Heatmap weight in the overlay.",
+)
+@click.option("--colormap", default="jet", show_default=True, help="A matplotlib colormap.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Discard a different run's outputs in --out (the same run resumes instead).",
+)
+@click.option(
+    "--wait", is_flag=True, help="If another run is writing to --out, wait for it to finish."
+)
+def explain(
+    model,
+    images,
+    method,
+    layer,
+    aug_smooth,
+    eigen_smooth,
+    pre_activation,
+    out,
+    target,
+    weights,
+    input_size,
+    mean,
+    std,
+    backend,
+    device,
+    output,
+    batch_size,
+    alpha,
+    colormap,
+    overwrite,
+    wait,
+) -> None:
+    """Explain IMAGES (files or folders) with MODEL: overlay PNGs, .npy maps, predictions.json.
+
+    \b
+    MODEL is 'demo', 'torchvision:NAME' (random weights unless --weights FILE),
+    'package.module:factory', or a file made by `xcam export` (.onnx, .ts, .pt2).
+    Unreadable images are reported and skipped; the exit code is then 1.
+    """
+    from xcam.core.errors import XCamError
+
+    targets = parse_target(target)
+    method_cls = _check_options(out, method, colormap)
+    info = load(model, weights, device, input_size, mean=mean, std=std, stats=True, images=True)
+    paths = _find_images(images)
+    if layer and not method_cls.uses_layers:
+        fail(f"{method_cls.name} has no target layer; leave out --layer")
+    probed = probe(info, model, input_size, list(layer) if method_cls.uses_layers else [])
+    check_class(targets, info, probed, parse_output(output))
+    smooth = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth}
+    try:
+        explainer = _explainer(method_cls, info, layer, backend, output, pre_activation, smooth)
+        job = (batch_size, alpha, colormap, device, overwrite, wait)
+        report = _explain_files(info, paths, explainer, Path(out), targets, *job)
+    except XCamError as e:
+        fail(str(e))
+    except OSError as e:  # a full disk, a folder made read-only meanwhile, …
+        fail(f"can't write to {out}: {os_reason(e)}")
+    _summarise(report)
+
+
+def _check_options(out: str, method: str, colormap: str):
+    """--out, --method and --colormap, checked before the model loads; the method's class."""
+    from xcam.core.errors import XCamError
+    from xcam.methods import get_method
+    from xcam.viz import check_colormap
+
+    if not out.strip():
+        raise click.BadParameter("is empty; name a folder", param_hint="--out")
+    try:
+        method_cls = get_method(method)
+    except XCamError as e:
+        raise click.BadParameter(str(e), param_hint="--method") from None
+    try:
+        check_colormap(colormap)
+    except XCamError as e:
+        raise click.BadParameter(str(e), param_hint="--colormap") from None
+    return method_cls
+
+
+def _find_images(images: tuple[str, ...]) -> list[Path]:
+    """The image files IMAGES name (folders searched); none at all is an error."""
+    from xcam.images import find_images
+
+    paths = find_images(images)
+    if not paths:
+        fail("no images found in " + ", ".join(images))
+    return paths
+
+
+def _explainer(method_cls, info, layer, backend: str, output, pre_activation: bool, smooth):
+    """The method, on MODEL's target layers (--layer, else its default) and --backend."""
+    options = {**smooth, "pre_activation": pre_activation}
+    if method_cls.uses_layers:
+        options["layers"] = list(layer) or info.default_layer
+    if backend != "eager":
+        options["export_options"] = {"aoti": False} if backend == "pt2" else None
+    return method_cls(info.model, backend=backend, output=parse_output(output), **options)
+
+
+def _explain_files(
+    info, paths, explainer, out: Path, targets, batch_size, alpha, colormap, device, overwrite, wait
+):
+    """Explain each image of ``paths`` into ``out``, with a progress bar on stderr."""
+    from xcam.pipeline import explain_files
+
+    with click.progressbar(length=len(paths), label="explaining", file=sys.stderr) as bar:
+        return explain_files(
+            info,
+            paths,
+            explainer,
+            out,
+            targets,
+            batch_size,
+            alpha,
+            colormap,
+            device,
+            on_progress=bar.update,
+            overwrite=overwrite,
+            wait=wait,
+            echo=echo_err,
+        )
+
+
+def _summarise(report) -> None:
+    """What was written where; the images that failed, each on a line, then exit code 1."""
+    done = len(report.items) - report.skipped
+    skipped = f" ({report.skipped} already there from an earlier run)" if report.skipped else ""
+    click.echo(f"wrote {done} overlay(s) and map(s) to {report.out}{skipped}")
+    click.echo(f"predictions: {report.predictions}")
+    for err in report.errors:
+        click.echo(f"error: {err['error']}", err=True)
+    if report.errors:
+        fail(f"{len(report.errors)} image(s) could not be explained (listed above)")

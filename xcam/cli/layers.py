@@ -1,0 +1,58 @@
+"""``xcam layers``: the candidate target layers of a model (or an exported file's outputs)."""
+
+from __future__ import annotations
+
+import click
+
+from xcam.cli.loading import load
+from xcam.cli.messages import fail
+from xcam.cli.options import trust_options
+
+
+@click.command()
+@trust_options
+@click.argument("model")
+@click.option("--weights", type=click.Path(dir_okay=False), help="State dict for the model.")
+@click.option("--input-size", help="Probe input size H or H,W (default: the model's).")
+def layers(model: str, weights: str | None, input_size: str | None) -> None:
+    """List candidate target layers of MODEL with their output shapes.
+
+    The layer marked * is the default (the last one with a spatial output).
+    """
+    import torch
+
+    from xcam.backends import Backend
+    from xcam.core.layers import candidate_layers
+
+    info = load(model, weights, "cpu", input_size)
+    h, w = info.input_size
+    c = info.channels
+    if isinstance(info.model, Backend):
+        _list_outputs(model, info.model.metadata)
+        return
+    try:
+        infos = candidate_layers(info.model, torch.zeros(1, c, h, w, dtype=info.input_dtype))
+    except Exception as e:
+        reason = next(iter(str(e).strip().splitlines()), type(e).__name__)
+        which = "another size" if input_size else "the size it takes"
+        fail(
+            f"{model} failed on a probe input of 1x{c}x{h}x{w}: {reason}. "
+            f"Pass --input-size H,W with {which}"
+        )
+    if not infos:
+        fail(f"{model} has no layer with a 4-D output")
+    default = [i for i in infos if i.spatial] or infos
+    name_w = max(len(i.name) for i in infos)
+    kind_w = max(len(i.kind) for i in infos)
+    click.echo(f"layers of {model} for a 1x{c}x{h}x{w} input (* = default):")
+    for i in infos:
+        mark = "*" if i is default[-1] else " "
+        shape = "x".join(map(str, i.shape))
+        click.echo(f"{mark} {i.name:<{name_w}}  {i.kind:<{kind_w}}  {shape}")
+
+
+def _list_outputs(model: str, meta) -> None:
+    """An exported file has no layers to choose from: its named outputs instead."""
+    click.echo(f"outputs of {model} ({meta.format}, exported by {meta.exporter}):")
+    for name in meta.output_names:
+        click.echo(f"  {name:<20} {meta.outputs.get(name, '')}")
