@@ -2,7 +2,7 @@
 """Set up and run xcam from a fresh clone with nothing but python3.
 
     python3 scripts/dev.py demo [--out DIR]   # venv + install + `xcam demo`
-    python3 scripts/dev.py test [PYTEST ARGS] # venv + install + ruff + the whole pytest suite
+    python3 scripts/dev.py test [PYTEST ARGS] # venv + install + ruff + import-linter + pytest
     python3 scripts/dev.py setup              # venv + install only
     python3 scripts/dev.py train-demo         # retrain the bundled demo model
 
@@ -55,6 +55,7 @@ def main(argv: list[str]) -> None:
     elif cmd == "test":
         run(BIN / "ruff", "check", ".")
         run(BIN / "ruff", "format", "--check", ".")
+        run(BIN / "lint-imports")  # the layers of ARCHITECTURE.md (pyproject's importlinter)
         run(PY, "-m", "pytest", *rest)
     elif cmd == "train-demo":
         run(PY, "-m", "xcam.demo.train", *rest)
