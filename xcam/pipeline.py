@@ -15,7 +15,7 @@ import torch
 
 from xcam.core.errors import InputError, OutputError
 from xcam.core.result import Attribution
-from xcam.core.targets import Targets, score_functions
+from xcam.core.targets import Targets, probabilities, score_functions
 from xcam.images import load_image, preprocess
 from xcam.methods.base import BaseCAM
 from xcam.models import ModelInfo
@@ -42,17 +42,12 @@ def top_predictions(
     logits = logits.detach().float().cpu()
     if logits.dim() != 1:
         return [{"output": logits.tolist()}]
-    if activation in ("sigmoid", "softmax"):  # a sigmoid's: one, or multi-label
-        probs = logits
-    elif activation == "log_softmax":
-        probs = logits.exp()
-    elif logits.numel() == 1:
-        p = float(torch.sigmoid(logits[0]))
-        return [{"class": 1, "name": "positive", "probability": p, "logit": float(logits[0])}]
-    else:
-        probs = logits.softmax(0)
+    probs = probabilities(logits[None], activation)[0]  # a sigmoid's: one, or multi-label
     if logits.numel() == 1:
-        return [{"class": 1, "name": "positive", "probability": float(probs[0])}]
+        row = {"class": 1, "name": "positive", "probability": float(probs[0])}
+        if activation is None:  # a raw logit, reported beside its probability
+            row["logit"] = float(logits[0])
+        return [row]
     top = probs.topk(min(k, probs.numel()))
     return [
         {"class": int(c), "name": info.class_name(int(c)), "probability": float(p)}

@@ -261,22 +261,26 @@ def decision_score(
     return torch.sigmoid(signed) if probability else signed
 
 
+def probabilities(flat: torch.Tensor, activation: str | None = None) -> torch.Tensor:
+    """Every class's probability in ``[B, K]`` scores: the softmax of logits (of one logit,
+    its sigmoid), or, where the scores already went through ``activation``, the scores as
+    they are (a log-softmax's exponent)."""
+    if activation == "log_softmax":
+        return flat.exp()
+    if activation in ("sigmoid", "softmax"):
+        return flat
+    return torch.sigmoid(flat) if flat.shape[1] == 1 else flat.softmax(dim=1)
+
+
 def class_probability(
     flat: torch.Tensor, classes: torch.Tensor, activation: str | None = None
 ) -> torch.Tensor:
-    """The probability of each row's class in ``[B, K]`` scores: the softmax of logits (for
-    one logit, the sigmoid of the signed logit; class 1 positive, 0 negative), or, where
-    the scores already went through ``activation``, that probability as it is."""
+    """The probability of each row's class in ``[B, K]`` scores (see :func:`probabilities`);
+    for one logit, of the decision: class 1 positive, 0 negative (``1 - p``)."""
     if flat.shape[1] == 1:
         sign = classes.to(flat.dtype) * 2 - 1
         return decision_score(flat[:, 0], sign, activation, probability=True)
-    if activation == "log_softmax":
-        probs = flat.exp()
-    elif activation in ("sigmoid", "softmax"):
-        probs = flat
-    else:
-        probs = flat.softmax(dim=1)
-    return probs.gather(1, classes[:, None])[:, 0]
+    return probabilities(flat, activation).gather(1, classes[:, None])[:, 0]
 
 
 def _resolve_binary(logit: torch.Tensor, targets: Targets, activation: str | None) -> Resolved:

@@ -31,9 +31,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from xcam.core.layers import Layers
+from xcam.core.ops import normalize, upsample
 from xcam.core.targets import repeated
 from xcam.methods.base import BatchedCAM, LayerContext
 from xcam.methods.registry import register_method
@@ -71,10 +71,8 @@ class ScoreCAM(BatchedCAM):
         n = self.rows_per_batch(x[0].numel() * x.element_size() * 40, cap=256)
         for chunk in rows[live].split(n):
             sample, channel = chunk // c, chunk % c
-            m = a[sample.to(a.device), channel.to(a.device)][:, None].float()
-            m = F.interpolate(m, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
-            lo = m.amin(dim=(2, 3), keepdim=True)
-            m = (m - lo) / (m.amax(dim=(2, 3), keepdim=True) - lo).clamp(min=1e-12)
+            m = upsample(a[sample.to(a.device), channel.to(a.device)][:, None], x.shape[-2:])
+            m = normalize(m)[0]  # each mask scaled to [0, 1]
             masked = x[sample.to(x.device)] * m.to(x)
             scores[chunk] = ctx.score(ctx.forward(masked), sample, probability).float().cpu()
         dead = rows[~live]
