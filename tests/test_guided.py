@@ -15,10 +15,10 @@ from PIL import Image
 from torch import nn
 
 import xcam
+from xcam.attributions.guided import GuidedBackprop, GuidedGradCAM
 from xcam.core.capture import guided_relus
 from xcam.methods import get_method
 from xcam.methods.gradcam import GradCAM
-from xcam.attributions.guided import GuidedBackprop, GuidedGradCAM
 
 
 class SumHead(nn.Module):

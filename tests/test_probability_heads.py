@@ -294,7 +294,7 @@ def test_deletion_insertion_reads_a_probability_head_as_probabilities() -> None:
 def test_the_final_activation_is_looked_for_once() -> None:
     """Watching every op costs a Python call each: a model is watched on its first call
     only (and on every call with ``pre_activation``, which needs the logits)."""
-    from xcam.core.capture import FinalActivations
+    from xcam.core.final import FinalActivations
 
     entered = []
     original = FinalActivations.__enter__

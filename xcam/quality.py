@@ -55,8 +55,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xcam.core.capture import final_activations, preserved_state
+from xcam.core.capture import preserved_state
 from xcam.core.errors import InputError, TargetError
+from xcam.core.final import final_activations
 from xcam.core.targets import class_probability, flatten_logits, resolve_targets, score_functions
 
 Baseline = str | float | torch.Tensor

@@ -17,10 +17,7 @@ from xcam.bench.floors import plain_floor
 from xcam.bench.goals import goals
 from xcam.bench.report import BenchReport, Row, environment
 from xcam.bench.timing import measure, spread, torch_threads
-from xcam.core.artifact import FORMATS
-
-# the export format each non-eager backend reads
-_FORMAT = {"ingraph": "onnx", "onnxruntime": "onnx"}
+from xcam.core.artifact import BACKEND_FORMAT, FORMATS
 
 
 def _targets(cfg: BenchConfig) -> Iterator[Target]:
@@ -46,7 +43,8 @@ def _export(target: Target, backend: str, folder: Path, threads: int | None) -> 
     import exporters
     from xcam.backends import load
 
-    fmt = _FORMAT.get(backend, backend)
+    # the format the backend reads; "ingraph" is an ONNX file with gradients
+    fmt = BACKEND_FORMAT["onnxruntime" if backend == "ingraph" else backend].name
     path = folder / f"model{FORMATS[fmt].suffix}"
     exporters.export(
         target.model,

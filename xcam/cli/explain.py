@@ -18,6 +18,7 @@ from xcam.cli.options import (
     trust_options,
 )
 from xcam.cli.probe import check_class, probe
+from xcam.core.artifact import BACKEND_FORMAT
 
 
 @click.command()
@@ -53,7 +54,7 @@ from xcam.cli.probe import check_class, probe
 @stats_options
 @click.option(
     "--backend",
-    type=click.Choice(["eager", "torchscript", "onnxruntime", "pt2"]),
+    type=click.Choice(["eager", *BACKEND_FORMAT]),
     default="eager",
     show_default=True,
     help="Where activations come from; non-eager exports the model once, checked against eager.",

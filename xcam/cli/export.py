@@ -11,6 +11,7 @@ from xcam.cli.loading import load
 from xcam.cli.messages import fail, os_reason
 from xcam.cli.options import PRE_ACTIVATION_HELP, parse_output, stats_options, trust_options
 from xcam.cli.probe import probe
+from xcam.core.artifact import FORMATS
 
 
 @click.command()
@@ -26,7 +27,7 @@ from xcam.cli.probe import probe
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["onnx", "torchscript", "pt2"]),
+    type=click.Choice(list(FORMATS)),
     default="onnx",
     show_default=True,
 )

@@ -13,10 +13,13 @@ refused unless the caller says it trusts them (``trust_code=True``, ``--trust-co
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from xcam.core.errors import ModelSpecError
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,7 @@ class ExportMetadata:
     layers: list[str]
     output_names: list[str]
     outputs: dict[str, str]  # name -> what it is
-    input_name: str = "input"
+    input_name: str = INPUT
     input_shape: list[int | None] = field(default_factory=list)  # None = dynamic
     layout: str = "NCHW"
     dtype: str = "float32"
@@ -168,7 +171,7 @@ class ExportMetadata:
     std: list[float] | None = None
     opset: int | None = None
     gradients: bool = False
-    input_names: list[str] = field(default_factory=lambda: ["input"])
+    input_names: list[str] = field(default_factory=lambda: [INPUT])
     closed_form: list[str] = field(default_factory=list)  # layers whose gradient is W/(h·w)
     # the model's final activation ("sigmoid", "softmax", "log_softmax"; None: none), and
     # whether the file's logits (and its in-graph score) are the scores before it
@@ -201,3 +204,163 @@ def describe_outputs(layers: Sequence[str], gradients: bool = False) -> dict[str
         out.update({grad_name(name): f"d score / d {name}, [B, C, h, w]" for name in layers})
         out[GRADCAM] = "Grad-CAM map fused over the layers, [B, H, W] in [0, 1]"
     return out
+
+
+# -- reading a file's metadata: a file is untrusted input, its metadata decides what is read
+# and run, so every field is checked before it is used (the backends and xcam.lite alike)
+
+
+def read_metadata(name: str, text: str) -> ExportMetadata:
+    """The metadata JSON an exported file carries, parsed; anything else is a
+    :class:`ModelSpecError` naming the file (its fields are checked by
+    :func:`check_file_metadata`)."""
+    try:
+        return ExportMetadata.from_json(text)
+    except (ValueError, TypeError) as e:
+        msg = f"{name}: its '{METADATA_KEY}' metadata is unreadable ({e})"
+        raise ModelSpecError(msg) from None
+
+
+def check_file_metadata(
+    name: str,
+    meta: ExportMetadata,
+    graph_input_shape: list[int | None] | None = None,
+    graph_inputs: list[str] | None = None,
+    graph_outputs: list[str] | None = None,
+) -> None:
+    """All a reader checks before using a file's metadata: its input size (never trusted: it
+    decides how large images are made, see :func:`check_input_shape`), then every field
+    (:func:`check_metadata`); a :class:`ModelSpecError` naming the file otherwise."""
+    try:
+        check_input_shape(name, meta.input_shape, graph_input_shape)
+    except ValueError as e:
+        raise ModelSpecError(str(e)) from None
+    check_metadata(name, meta, graph_inputs, graph_outputs)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _refuse(name: str, meta: ExportMetadata, key: str, what: str) -> NoReturn:
+    raise ModelSpecError(
+        f"{name}: its metadata's {key} {_short(getattr(meta, key))} is not {what}; the "
+        "file is damaged or was not written by `xcam export` (export it again)"
+    )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_names(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(n, str) and n for n in value)
+
+
+def check_metadata(
+    name: str,
+    meta: ExportMetadata,
+    graph_inputs: list[str] | None = None,
+    graph_outputs: list[str] | None = None,
+) -> None:
+    """Every field of a file's metadata has the type xcam writes, and the names it lists
+    are the graph's (where the runtime tells them); else a :class:`ModelSpecError` naming
+    the field. The input size is :func:`check_input_shape`'s."""
+    _check_scalars(name, meta)
+    _check_name_lists(name, meta)
+    _check_numbers(name, meta)
+    _check_normalisation(name, meta)
+    _check_graph_names(name, meta, graph_inputs, graph_outputs)
+
+
+def _check_scalars(name: str, meta: ExportMetadata) -> None:
+    """Strings, optional strings and flags."""
+    for key in ("format", "exporter", "input_name", "layout", "dtype"):
+        if not isinstance(getattr(meta, key), str):
+            _refuse(name, meta, key, "a string")
+    for key in ("activation", "model"):
+        if getattr(meta, key) is not None and not isinstance(getattr(meta, key), str):
+            _refuse(name, meta, key, "a string or null")
+    for key in ("gradients", "pre_activation", "dynamic_batch", "dynamic_spatial"):
+        if not isinstance(getattr(meta, key), bool):
+            _refuse(name, meta, key, "true or false")
+
+
+def _check_name_lists(name: str, meta: ExportMetadata) -> None:
+    """The lists of names and the objects of names."""
+    layers, outputs = meta.layers, meta.output_names
+    if not _is_names(layers) or not layers or len(set(layers)) != len(layers):
+        _refuse(name, meta, "layers", "a non-empty list of distinct layer names")
+    if not _is_names(outputs) or len(set(outputs)) != len(outputs):
+        _refuse(name, meta, "output_names", "a list of distinct output names")
+    if not _is_names(meta.input_names) or not meta.input_names:
+        _refuse(name, meta, "input_names", "a non-empty list of input names")
+    if not _is_names(meta.closed_form):
+        _refuse(name, meta, "closed_form", "a list of layer names")
+    if not isinstance(meta.outputs, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in meta.outputs.items()
+    ):
+        _refuse(name, meta, "outputs", "an object of output names and descriptions")
+    if not isinstance(meta.versions, dict):
+        _refuse(name, meta, "versions", "an object")
+
+
+def _check_numbers(name: str, meta: ExportMetadata) -> None:
+    """Which output is the logits, the class count and names, the opset."""
+    if meta.output is not None and not (isinstance(meta.output, str) or _is_int(meta.output)):
+        _refuse(name, meta, "output", "an output index, a key or null")
+    for key in ("num_classes", "opset"):
+        value = getattr(meta, key)
+        if value is not None and not (_is_int(value) and value >= 1):
+            _refuse(name, meta, key, "a positive integer or null")
+    if meta.classes is not None and not (
+        isinstance(meta.classes, list) and all(isinstance(c, str) for c in meta.classes)
+    ):
+        _refuse(name, meta, "classes", "a list of class names or null")
+
+
+def _check_normalisation(name: str, meta: ExportMetadata) -> None:
+    """``mean`` and ``std``: finite numbers, one per input channel, ``std`` positive."""
+    channels = meta.input_shape[1] if len(meta.input_shape) == 4 else None
+    for key in ("mean", "std"):
+        value = getattr(meta, key)
+        if value is None:
+            continue
+        if not isinstance(value, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in value
+        ):
+            _refuse(name, meta, key, "a list of finite numbers or null")
+        if key == "std" and min(value, default=1.0) <= 0:
+            _refuse(name, meta, key, "a list of positive numbers (inputs are divided by it)")
+        if channels is not None and len(value) != channels:
+            _refuse(name, meta, key, f"one number per input channel ({channels})")
+
+
+def _check_graph_names(
+    name: str,
+    meta: ExportMetadata,
+    graph_inputs: list[str] | None,
+    graph_outputs: list[str] | None,
+) -> None:
+    """Every output a reader needs is listed, and every name listed is the graph's."""
+    wanted = [LOGITS, *meta.layers]
+    if meta.gradients:
+        wanted += [grad_name(layer) for layer in meta.layers]
+    missing = [n for n in wanted if n not in meta.output_names]
+    if missing:
+        _refuse(name, meta, "output_names", f"complete: it lacks {', '.join(map(repr, missing))}")
+    for key, listed, real in (
+        ("output_names", meta.output_names, graph_outputs),
+        ("input_names", meta.input_names, graph_inputs),
+    ):
+        unknown = [n for n in listed if real is not None and n not in real]
+        if unknown:
+            _refuse(
+                name,
+                meta,
+                key,
+                f"the graph's: it has no {', '.join(map(repr, unknown))} (it has "
+                f"{', '.join(map(repr, real or []))})",
+            )

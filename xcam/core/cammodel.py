@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xcam.core.capture import Capture, final_activations
+from xcam.core.capture import Capture
 from xcam.core.errors import TargetError
+from xcam.core.final import final_activations
 from xcam.core.layers import Layers, resolve_layers
 from xcam.core.targets import describe_output as _structure
 

@@ -11,7 +11,7 @@ from xcam.core.errors import TargetError
 BINARY = {"positive": 1, "pos": 1, "negative": 0, "neg": 0}
 
 # what a model's output may already have gone through: the last op of its forward, detected
-# by xcam.core.capture.final_activations. ``None``: raw scores (logits).
+# by xcam.core.final.final_activations. ``None``: raw scores (logits).
 ACTIVATIONS = ("sigmoid", "softmax", "log_softmax")
 
 

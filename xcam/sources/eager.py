@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from xcam.core.cammodel import CamModel, OutputSelector, select_output
-from xcam.core.capture import final_activations, preserved_state
+from xcam.core.capture import preserved_state
 from xcam.core.errors import XCamError
+from xcam.core.final import final_activations
 from xcam.core.ops import layer_gradients
 from xcam.core.tail import InjectedTail, SplitTail, split_tail
 from xcam.core.targets import Targets, resolve_targets
