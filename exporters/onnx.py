@@ -29,8 +29,6 @@ def export_onnx(
     input_names: list[str],
 ) -> list[str]:
     """Write ``path``; returns notes for the report."""
-    import onnx
-
     notes: list[str] = []
     n_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     external = n_bytes > _SIDE_CAR_BYTES
@@ -55,31 +53,43 @@ def export_onnx(
                     **kwargs,
                 )
     except Exception as e:
-        text = str(e)
-        match = _OP.search(text)
-        if match and (
-            "not supported" in text.lower()
-            or "no decomposition" in text.lower()
-            or "translation" in text.lower()
-            or "unsupported" in text.lower()
-        ):
-            op = match.group(1) or match.group(2)
-            raise UnsupportedOpError(op, "ONNX", type(e).__name__) from e
-        raise ExportError(f"ONNX export failed: {explain_failure(e)}") from e
+        raise _failure(e) from e
     if external:
         notes.append("weights over 1.8 GB: stored in a .data file beside the .onnx")
+    notes.append(_write_metadata(path, metadata, opset))
+    return notes
+
+
+def _failure(error: Exception) -> ExportError:
+    """The exporter's error: an :class:`UnsupportedOpError` where it names an operator it
+    can't translate, else an :class:`ExportError` with the root cause."""
+    text = str(error)
+    match = _OP.search(text)
+    if match and any(
+        phrase in text.lower()
+        for phrase in ("not supported", "no decomposition", "translation", "unsupported")
+    ):
+        op = match.group(1) or match.group(2)
+        return UnsupportedOpError(op, "ONNX", type(error).__name__)
+    return ExportError(f"ONNX export failed: {explain_failure(error)}")
+
+
+def _write_metadata(path: Path, metadata: ExportMetadata, opset: int | None) -> str:
+    """Record the opset written in ``metadata`` (refusing another than the one asked for)
+    and store it in the file's ``metadata_props``; returns the note saying which."""
+    import onnx
+
     model = onnx.load(str(path), load_external_data=False)
     metadata.opset = next(
         (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None
     )
     if opset is not None and metadata.opset != opset:
         raise ExportError(f"ONNX export wrote opset {metadata.opset}, not the {opset} asked for")
-    notes.append(f"ONNX opset {metadata.opset}")
     del model.metadata_props[:]
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, metadata.to_json()
     onnx.save(model, str(path))
-    return notes
+    return f"ONNX opset {metadata.opset}"
 
 
 def _export_legacy(

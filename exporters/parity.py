@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -108,26 +108,17 @@ def check_parity(
     reference for the scores before the activation. Where a sample's probability is
     saturated, its gradient is compared on that scale and its map is not compared (see
     ``SATURATED``); how many were is added to ``notes``."""
-    gen = torch.Generator().manual_seed(seed)
-    mean, std = float(example.mean()), float(example.std()) or 1.0
-    worst: dict[str, dict[str, float]] = {}
-    shapes = [(b, *example.shape[1:]) for b in batches]
-    shapes += [(batches[-1], example.shape[1], h, w) for h, w in sizes]
-    # (scale of the spread, shift of the mean in stds) per input
-    looks = [(1.0, 0.0)] * len(shapes) + [(2.0, 2.0), (0.5, -2.0)]
-    shapes += [shapes[0]] * 2
     names = list(backend.output_names)
+    worst: dict[str, dict[str, float]] = {}
     counted = [0, 0]  # saturated samples, samples
-    for shape, (spread, shift) in zip(shapes, looks, strict=True):
-        x = torch.randn(*shape, generator=gen) * std * spread + mean + shift * std
-        x = x.to(example.dtype)  # a half-precision model gets half-precision inputs
+    for x in parity_inputs(example, batches, sizes, seed):
         with torch.no_grad():
-            want = eager(x.to(example.device))
-        got = backend(x.to(example.device))
+            want = eager(x)
+        got = backend(x)
         floors = saturated = None
         if unsaturated is not None:
             with torch.no_grad():
-                scale = unsaturated(x.to(example.device))
+                scale = unsaturated(x)
             floors, saturated = saturated_samples(names, want, scale)
             counted[0] += int(saturated.sum())
             counted[1] += saturated.numel()
@@ -142,6 +133,35 @@ def check_parity(
             "the logit's scale, their maps not; export with --pre-activation to explain the "
             "logit"
         )
+    _refuse_beyond(backend.path.name, worst, tolerance)
+    return worst
+
+
+def parity_inputs(
+    example: torch.Tensor,
+    batches: Sequence[int],
+    sizes: Sequence[tuple[int, int]],
+    seed: int = 0,
+) -> Iterator[torch.Tensor]:
+    """Fresh inputs with ``example``'s mean and spread, dtype and device: one per batch size,
+    one per extra spatial size (at the last batch size), then a bright, high-contrast and a
+    dark, low-contrast one at the first shape."""
+    gen = torch.Generator().manual_seed(seed)
+    mean, std = float(example.mean()), float(example.std()) or 1.0
+    shapes = [(b, *example.shape[1:]) for b in batches]
+    shapes += [(batches[-1], example.shape[1], h, w) for h, w in sizes]
+    # (scale of the spread, shift of the mean in stds) per input
+    looks = [(1.0, 0.0)] * len(shapes) + [(2.0, 2.0), (0.5, -2.0)]
+    shapes += [shapes[0]] * 2
+    for shape, (spread, shift) in zip(shapes, looks, strict=True):
+        x = torch.randn(*shape, generator=gen) * std * spread + mean + shift * std
+        x = x.to(example.dtype)  # a half-precision model gets half-precision inputs
+        yield x.to(example.device)
+
+
+def _refuse_beyond(name: str, worst: dict[str, dict[str, float]], tolerance: float) -> None:
+    """A :class:`ParityError` listing the outputs whose worst error is beyond the tolerance
+    (for gradients and maps, at least ``GRADIENT_TOLERANCE``)."""
     bad = {
         n: e
         for n, e in worst.items()
@@ -153,7 +173,6 @@ def check_parity(
             f"{n}: max abs {e['max_abs']:.3g} (rel {e['max_rel']:.3g})" for n, e in bad.items()
         )
         raise ParityError(
-            f"{backend.path.name} does not match eager PyTorch within {tolerance:g}: {lines}",
+            f"{name} does not match eager PyTorch within {tolerance:g}: {lines}",
             worst,
         )
-    return worst

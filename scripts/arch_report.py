@@ -15,6 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("xcam", "exporters")
+SCRIPTS = ("benchmarks", "scripts")  # sized too, not part of the import graph
 
 
 def modules() -> dict[str, Path]:
@@ -107,12 +108,13 @@ def main() -> None:
     top = parser.parse_args().top
     found = modules()
     graph = {name: imports(name, path, set(found)) for name, path in found.items()}
-    sizes = sorted(((len(p.read_text().splitlines()), n) for n, p in found.items()), reverse=True)
-    funcs = sorted((f for p in found.values() for f in functions(p)), reverse=True)
-    print(f"modules: {len(found)}, lines: {sum(s for s, _ in sizes)}")
+    files = [*found.values(), *(p for d in SCRIPTS for p in sorted((ROOT / d).glob("*.py")))]
+    sizes = sorted(((len(p.read_text().splitlines()), p) for p in files), reverse=True)
+    funcs = sorted((f for p in files for f in functions(p)), reverse=True)
+    print(f"modules: {len(found)}, files: {len(files)}, lines: {sum(s for s, _ in sizes)}")
     print(f"\nlargest files (top {top}):")
-    for size, name in sizes[:top]:
-        print(f"  {size:5d}  {found[name].relative_to(ROOT)}")
+    for size, path in sizes[:top]:
+        print(f"  {size:5d}  {path.relative_to(ROOT)}")
     print(f"\nlongest functions (top {top}):")
     for size, name in funcs[:top]:
         print(f"  {size:5d}  {name}")

@@ -10,6 +10,8 @@ activations and gradients into maps with the gradient methods' weighting rules:
 - ``xgradcam``  Fu et al. 2020: ``w_c = sum_ij(G·A) / sum_ij(A)``
 - ``hirescam``  Draelos & Carin 2020: ``L = sum_c G ⊙ A`` (no spatial averaging)
 - ``layercam``  Jiang et al. 2021: ``L = sum_c ReLU(G) ⊙ A``
+- ``eigengradcam`` Muhammad & Yeasin 2020 (on ``G ⊙ A``): ``L = (G ⊙ A) v_1``, the first
+  principal direction of the positions x channels matrix
 
 then ``ReLU``, bilinear upsampling to the input (as ``torch.nn.functional.interpolate``
 with ``align_corners=False``), min-max normalisation and the mean over layers.
@@ -23,18 +25,24 @@ Example::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from xcam.core.artifact import static_mismatch
+from xcam.core.artifact import (
+    GRADCAM,
+    LOGITS,
+    TARGET_INPUT,
+    check_file_metadata,
+    grad_name,
+    static_mismatch,
+)
 from xcam.core.decision import class_targets, decision_threshold
 from xcam.core.errors import InputError, NumericalError, XCamError
+from xcam.core.runtime import CPU, open_session, session_metadata, session_signature
 
-METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
 _EPS = 1e-7
 
 
@@ -67,13 +75,33 @@ def _layercam(a: np.ndarray, g: np.ndarray) -> np.ndarray:
     return (np.maximum(g, 0) * a).sum(axis=1)
 
 
+def _eigengradcam(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """The projection of ``G ⊙ A`` on its first principal direction (not centred; float32
+    SVD), signed to agree with the channel sum, as :func:`xcam.core.ops.first_component`."""
+    b, c, h, w = a.shape
+    flat = (g * a).astype(np.float32).reshape(b, c, h * w).transpose(0, 2, 1)  # [B, hw, C]
+    _, _, vh = np.linalg.svd(flat, full_matrices=False)
+    proj = (flat @ vh[:, 0, :, None])[:, :, 0]  # [B, hw]
+    agree = (proj * flat.sum(axis=2)).sum(axis=1)
+    return (proj * np.where(agree < 0, -1.0, 1.0)[:, None]).reshape(b, h, w)
+
+
 RULES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "gradcam": _gradcam,
     "gradcam++": _gradcam_pp,
     "xgradcam": _xgradcam,
     "hirescam": _hirescam,
     "layercam": _layercam,
+    "eigengradcam": _eigengradcam,
 }
+# the methods whose map a file with in-graph gradients gives: those whose class declares
+# ``in_graph`` (tests/test_lite_rules.py checks each rule against its class)
+METHODS = tuple(RULES)
+
+
+def layer_map(method: str, a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """``method``'s map of one layer, ``ReLU`` of its rule: ``[B, h, w]``."""
+    return np.maximum(RULES[method](a, g), 0)
 
 
 def _resize_axis(x: np.ndarray, n_out: int, axis: int) -> np.ndarray:
@@ -120,33 +148,25 @@ class OnnxExplainer:
         threads: int | None = None,
         spin: bool = True,
     ):
-        import onnxruntime as ort
-
         if method not in RULES:
             raise ValueError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
         self.path, self.method = Path(path), method
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        # ORT's default: idle workers spin (fastest when nothing else shares the cores)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        self.session = ort.InferenceSession(
-            str(self.path), options, providers=list(providers or ["CPUExecutionProvider"])
+        # ONNX Runtime's default: idle workers spin (fastest when nothing else shares the cores)
+        self.session = open_session(
+            self.path, providers=list(providers or [CPU]), threads=threads, spin=spin
         )
-        props = self.session.get_modelmeta().custom_metadata_map
-        if "xcam" not in props:
-            raise ValueError(f"{self.path.name} was not exported by xcam")
-        self.metadata = json.loads(props["xcam"])
-        if not self.metadata.get("gradients"):
+        # checked as every xcam backend checks it: the file is untrusted input
+        self.metadata = session_metadata(self.session, self.path.name)
+        check_file_metadata(self.path.name, self.metadata, **session_signature(self.session))
+        if not self.metadata.gradients:
             raise ValueError(
                 f"{self.path.name} has no gradients in its graph; export it with --gradients"
             )
-        self.layers: list[str] = list(self.metadata["layers"])
+        self.layers: list[str] = list(self.metadata.layers)
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def _check_shape(self, x: np.ndarray) -> None:
-        shape = self.metadata.get("input_shape") or []
-        problem = static_mismatch(self.path.name, shape, x.shape) if len(shape) == 4 else None
+        problem = static_mismatch(self.path.name, self.metadata.input_shape, x.shape)
         if problem is not None:
             raise InputError(problem)
 
@@ -158,36 +178,22 @@ class OnnxExplainer:
             raise ValueError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
         x = _check_input(x)
         self._check_shape(x)
-        feed = {self.inputs[0]: x}
-        k = int(self.metadata.get("num_classes") or 0)
-        wanted = None if targets is None else class_targets(targets, x.shape[0], k)
-        if wanted is not None:
-            if "target" not in self.inputs:
-                raise XCamError(
-                    f"{self.path.name} explains the top-1 class only (no target "
-                    "input); re-export with --target-input"
-                )
-            feed["target"] = np.asarray(wanted, dtype=np.int64)
-        elif "target" in self.inputs:
-            feed["target"] = np.full((x.shape[0],), -1, dtype=np.int64)
-        names = self.metadata["output_names"]
+        feed = self._feed(x, targets)
+        names = self.metadata.output_names
         outs = dict(zip(names, self.session.run(names, feed), strict=True))
-        logits = outs["logits"]
-        if wanted is not None:
-            chosen = feed["target"]
+        logits = outs[LOGITS]
+        if targets is not None:
+            chosen = feed[TARGET_INPUT]
         elif logits.shape[1] == 1:  # the decision: a probability's flips at 0.5
-            activation = (
-                None if self.metadata.get("pre_activation") else self.metadata.get("activation")
-            )
+            meta = self.metadata
+            activation = None if meta.pre_activation else meta.activation
             chosen = (logits[:, 0] >= decision_threshold(activation)).astype(np.int64)
         else:
             chosen = logits.argmax(axis=1)
         size = (x.shape[2], x.shape[3])
-        layer_maps = {
-            n: np.maximum(RULES[method](outs[n], outs[f"{n}.grad"]), 0) for n in self.layers
-        }
+        layer_maps = {n: layer_map(method, outs[n], outs[grad_name(n)]) for n in self.layers}
         if method == "gradcam":
-            maps = outs["gradcam"]
+            maps = outs[GRADCAM]
         else:
             ups = [normalize(upsample(m, size)) for m in layer_maps.values()]
             maps = normalize(np.mean(ups, axis=0))
@@ -197,6 +203,23 @@ class OnnxExplainer:
                 "the model's activations or gradients)"
             )
         return LiteResult(maps.astype(np.float32), logits, chosen, layer_maps)
+
+    def _feed(self, x: np.ndarray, targets: object) -> dict[str, np.ndarray]:
+        """The session's inputs: the batch, and the class per sample where the file takes
+        one (-1: its top-1 class), checked as the main library checks targets."""
+        feed = {self.inputs[0]: x}
+        k = int(self.metadata.num_classes or 0)
+        wanted = None if targets is None else class_targets(targets, x.shape[0], k)
+        if wanted is not None:
+            if TARGET_INPUT not in self.inputs:
+                raise XCamError(
+                    f"{self.path.name} explains the top-1 class only (no target "
+                    "input); re-export with --target-input"
+                )
+            feed[TARGET_INPUT] = np.asarray(wanted, dtype=np.int64)
+        elif TARGET_INPUT in self.inputs:
+            feed[TARGET_INPUT] = np.full((x.shape[0],), -1, dtype=np.int64)
+        return feed
 
 
 def _check_input(x: object) -> np.ndarray:

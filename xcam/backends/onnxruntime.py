@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from xcam.backends.base import Backend, read_metadata
-from xcam.core.artifact import METADATA_KEY, TARGET_INPUT
+from xcam.backends.base import Backend
+from xcam.core.artifact import TARGET_INPUT
 from xcam.core.errors import ModelSpecError, XCamError
+from xcam.core.runtime import (
+    ProviderError,
+    open_session,
+    session_device,
+    session_metadata,
+    session_signature,
+)
+
+__all__ = ["OnnxRuntimeBackend", "ProviderError", "check_external_data", "check_tensor_sizes"]
 
 _NP_DTYPES = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
     "tensor(double)": np.float64,
 }
-
-
-class ProviderError(XCamError):
-    """The execution provider asked for is not the one ONNX Runtime gave."""
 
 
 def _tensors(graph) -> Iterator:
@@ -165,52 +169,16 @@ class OnnxRuntimeBackend(Backend):
         threads: int | None = None,
         spin: bool = False,
     ):
-        import onnxruntime as ort
-
         path = Path(path)
         check_tensor_sizes(path, check_external_data(path))
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        # ORT's idle workers spin by default; beside torch (the eager tail, the map) they
-        # would take the cores torch's next op needs
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        dev = torch.device(device)
-        if dev.type == "cuda":
-            providers = [
-                ("CUDAExecutionProvider", {"device_id": dev.index or 0}),
-                "CPUExecutionProvider",
-            ]
-        else:
-            providers = ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
-        used = self.session.get_providers()
-        if dev.type == "cuda" and "CUDAExecutionProvider" not in used:
-            msg = (
-                f"CUDA was asked for {path.name} but ONNX Runtime runs it with {used} "
-                f"(available here: {ort.get_available_providers()})"
-            )
-            if strict:
-                raise ProviderError(msg)
-            warnings.warn(msg + "; falling back to the CPU", RuntimeWarning, stacklevel=2)
-            dev = torch.device("cpu")
-        self.providers = used
-        props = self.session.get_modelmeta().custom_metadata_map
-        if METADATA_KEY not in props:
-            raise XCamError(f"{path.name} was not exported by xcam (no '{METADATA_KEY}' metadata)")
-        inputs = self.session.get_inputs()
-        if not inputs:
-            raise ModelSpecError(f"{path.name}: its graph has no input")
-        inp = inputs[0]
-        meta = read_metadata(path.name, props[METADATA_KEY])
+        dev = str(torch.device(device))
+        self.session = open_session(path, dev, threads=threads, spin=spin, strict=strict)
+        self.providers = self.session.get_providers()
+        meta = session_metadata(self.session, path.name)
         super().__init__(
-            path,
-            meta,
-            str(dev),
-            graph_input_shape=list(inp.shape),
-            graph_inputs=[i.name for i in inputs],
-            graph_outputs=[o.name for o in self.session.get_outputs()],
+            path, meta, session_device(self.session, dev), **session_signature(self.session)
         )
+        inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_dtype = _NP_DTYPES.get(inp.type, np.float32)
 

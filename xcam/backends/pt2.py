@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from xcam.backends.base import Backend, read_metadata
-from xcam.core.artifact import METADATA_FILE, METADATA_KEY
+from xcam.backends.base import Backend
+from xcam.core.artifact import METADATA_FILE, METADATA_KEY, read_metadata
 from xcam.core.errors import XCamError
 
 EXTRA_FILE = METADATA_FILE  # where the metadata JSON is stored

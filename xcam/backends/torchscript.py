@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from xcam.backends.base import Backend, read_metadata
-from xcam.core.artifact import METADATA_FILE
+from xcam.backends.base import Backend
+from xcam.core.artifact import METADATA_FILE, read_metadata
 from xcam.core.errors import XCamError
 
 EXTRA_FILE = METADATA_FILE  # where the metadata JSON is stored

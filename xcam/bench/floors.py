@@ -16,17 +16,11 @@ Floor = Callable[[torch.Tensor], object]
 
 
 def ort_session(path: Path, threads: int | None, device: str = "cpu"):
-    """A session made as xcam's ONNX Runtime backend makes it (same threads, no spinning)."""
-    import onnxruntime as ort
+    """A session made as xcam's ONNX Runtime backend makes it (same threads, no spinning);
+    on CUDA's absence it runs on the CPU, as ONNX Runtime does, with no error."""
+    from xcam.core.runtime import device_providers, open_session
 
-    opts = ort.SessionOptions()
-    if threads is not None:
-        opts.intra_op_num_threads = threads
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = ["CPUExecutionProvider"]
-    if device == "cuda":
-        providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(str(path), opts, providers=providers)
+    return open_session(path, providers=device_providers(device), threads=threads)
 
 
 def export_plain(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
