@@ -110,7 +110,7 @@ def _plain_model(request: Request) -> tuple[nn.Module, list[LayerRef] | None]:
             f"{type(model).__name__} unwrapped: xcam explains its .module (layer names "
             "without the 'module.' prefix)",
             UserWarning,
-            stacklevel=5,
+            stacklevel=4,
         )
         model = model.module
         layers = _unprefixed(layers)
@@ -125,7 +125,7 @@ def _eager(request: Request, model: nn.Module) -> EagerModel:
     final = final_activation(model)
     if final is not None and not request.pre_activation and request.needs_gradients:
         request.warned = True
-        warnings.warn(saturation_warning(model, type(final).__name__), UserWarning, stacklevel=5)
+        warnings.warn(saturation_warning(model, type(final).__name__), UserWarning, stacklevel=4)
     return EagerModel(
         model,
         pre_activation=request.pre_activation,
@@ -198,5 +198,5 @@ def adopt_file(request: Request, backend: Any) -> None:
             "maps can be flat. Export with --pre-activation (pre_activation=True) to "
             "explain the score before it",
             UserWarning,
-            stacklevel=6,
+            stacklevel=4,
         )
