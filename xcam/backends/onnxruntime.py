@@ -210,6 +210,8 @@ class OnnxRuntimeBackend(Backend):
             list(xin.shape),
             xin.data_ptr(),
         )
+        if target is not None:  # a file with a target input: the class per sample, from the CPU
+            binding.bind_cpu_input(TARGET_INPUT, target.cpu().numpy().astype(np.int64))
         for name in names:
             binding.bind_output(name, "cuda", self.device.index or 0)
         torch.cuda.current_stream(self.device).synchronize()

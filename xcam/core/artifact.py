@@ -64,7 +64,6 @@ MAX_SIDE = 8192
 MAX_CHANNELS = 4096
 
 BACKEND_FORMAT: dict[str, Format] = {f.backend: f for f in FORMATS.values()}
-EXPORTED_SUFFIXES: tuple[str, ...] = tuple(s for f in FORMATS.values() for s in f.suffixes)
 
 
 def format_of(path: str | Path) -> Format | None:

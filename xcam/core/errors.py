@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+import warnings
+from pathlib import Path
 
 
 class XCamError(ValueError):
@@ -57,3 +61,22 @@ def first_line(error: BaseException) -> str:
     user reads."""
     text = _ANSI.sub("", str(error)).strip()
     return (text.splitlines() or [type(error).__name__])[0]
+
+
+# xcam's own folders: a warning about the caller's call names the first line outside them
+_OWN = tuple(
+    str(folder) + os.sep
+    for folder in (
+        Path(__file__).resolve().parents[1],
+        Path(__file__).resolve().parents[2] / "exporters",
+    )
+)
+
+
+def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the first frame outside xcam: the user's line that
+    built or called the explainer, however many of xcam's own calls lie in between."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_OWN):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch import nn
 from torch.overrides import TorchFunctionMode
 
 
@@ -111,3 +112,13 @@ def final_activations(active: bool = True) -> Iterator[FinalActivations | None]:
         return
     with FinalActivations() as watch:
         yield watch
+
+
+FINAL_ACTIVATIONS = (nn.Softmax, nn.Sigmoid, nn.LogSoftmax)
+
+
+def final_activation(model: nn.Module) -> nn.Module | None:
+    """The model's last leaf module when it is a Softmax / Sigmoid / LogSoftmax, else None
+    (seen without running the model; a functional one is found on the first call)."""
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    return leaves[-1] if leaves and isinstance(leaves[-1], FINAL_ACTIVATIONS) else None

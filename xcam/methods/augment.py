@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -33,14 +34,20 @@ AUGMENTATIONS: tuple[tuple[bool, float], ...] = (
 )
 
 
-def augmented(method: Any, x: torch.Tensor, result: CamResult) -> CamResult:
-    """``result`` (the map of ``x`` itself) averaged with the maps of ``method``'s
-    augmentations of ``x``, each explaining the classes ``result`` found."""
+def augmented(
+    x: torch.Tensor,
+    result: CamResult,
+    explain: Callable[[torch.Tensor, Any], CamResult],
+    augmentations: Sequence[tuple[bool, float]] = AUGMENTATIONS,
+    fixed: str | None = None,
+) -> CamResult:
+    """``result`` (the map of ``x`` itself) averaged with ``explain``'s maps of the other
+    ``augmentations`` of ``x``, each explaining the classes ``result`` found. ``fixed``:
+    the name of a file that takes one input size (only the flips run)."""
     size = tuple(x.shape[-2:])
     same = result.targets  # the classes found on x itself, or the callable
     maps = [result.maps]
-    augmentations = method.augmentations[1:]
-    fixed = method._fixed_size()
+    augmentations = tuple(augmentations[1:])
     if fixed is not None:  # a file that takes one size: its rescaled copies can't run
         augmentations = tuple((flip, scale) for flip, scale in augmentations if scale == 1.0)
         warnings.warn(
@@ -55,7 +62,7 @@ def augmented(method: Any, x: torch.Tensor, result: CamResult) -> CamResult:
         if scale != 1.0:
             scaled = [max(1, round(s * scale)) for s in size]
             xt = F.interpolate(xt, size=scaled, mode="bilinear", align_corners=False)
-        m = method._explain(xt, same).maps
+        m = explain(xt, same).maps
         if scale != 1.0:
             m = F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         maps.append(m.flip(-1) if flip else m)

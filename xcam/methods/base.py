@@ -142,8 +142,8 @@ class BaseCAM:
         self.source = opened.source
         self.eager = opened.eager
         self.backend = opened.backend
-        self.output = opened.output
-        self.pre_activation = opened.pre_activation
+        self._output = opened.output
+        self._pre_activation = opened.pre_activation
         self._layers = opened.layers
         self.model: nn.Module | None = None if self.eager is None else self.eager.model
         # checked against every input
@@ -159,9 +159,38 @@ class BaseCAM:
         return None if self.eager is None else self.eager.activation
 
     @property
+    def pre_activation(self) -> bool:
+        """Explain the scores before the model's final sigmoid / softmax (set at
+        construction, or by the loaded file)."""
+        return self._pre_activation
+
+    @pre_activation.setter
+    def pre_activation(self, value: bool) -> None:
+        # one value for every part that reads it: the eager model and future exports
+        self._pre_activation = value
+        if self.eager is not None:
+            self.eager.pre_activation = value
+        if isinstance(self.source, AutoExport):
+            self.source.options["pre_activation"] = value
+
+    @property
+    def output(self) -> OutputSelector:
+        """Which part of a tuple / dict model output holds the logits (None: the output)."""
+        return self._output
+
+    @output.setter
+    def output(self, value: OutputSelector) -> None:
+        self._output = value
+        if isinstance(self.source, AutoExport):
+            self.source.options["output"] = value
+        elif hasattr(self.source, "output"):
+            self.source.output = value
+
+    @property
     def layers(self) -> list[str] | None:
         return None if self._layers is None else [n for n, _ in self._layers]
 
+    # the auto-export's cache, its folder and the eager tails (what the tests look into)
     @property
     def _exports(self) -> dict:
         """The exports made so far (``backend="onnxruntime"`` and friends)."""
@@ -227,7 +256,9 @@ class BaseCAM:
         x = self._check_model_input(check_input(x))
         with FX_GATE.shared():  # see xcam.core.tracing: no torch.fx trace meanwhile
             result = self._explain(x, targets)
-            return augmented(self, x, result) if self.aug_smooth else result
+            if not self.aug_smooth:
+                return result
+            return augmented(x, result, self._explain, self.augmentations, self._fixed_size())
 
     def _check_model_input(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` checked against the eager model (channels, layout) and moved to its device
@@ -273,9 +304,7 @@ class BaseCAM:
 
     def _explain(self, x: torch.Tensor, targets: Targets) -> CamResult:
         layers = self._resolve(x)
-        source = self.source
-        if isinstance(source, AutoExport):
-            source = source.for_input(x, [n for n, _ in layers])
+        source = self.source.for_input(x, [n for n, _ in layers])
         output = self._output_for(targets)
         got = source.capture(x, layers, targets, output, self.needs_gradients)
         forward = source.forward(output)

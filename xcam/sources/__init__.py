@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +17,8 @@ from torch import nn
 from xcam.backends import BACKENDS, Backend
 from xcam.core.artifact import BACKEND_FORMAT
 from xcam.core.cammodel import OutputSelector
-from xcam.core.errors import XCamError
+from xcam.core.errors import XCamError, warn_caller
+from xcam.core.final import final_activation
 from xcam.core.layers import Layers, resolve_layers, unwrap_model
 from xcam.sources.backend import BackendSource
 from xcam.sources.base import Captured, LayerRef, Source
@@ -36,8 +36,6 @@ __all__ = [
     "open_source",
 ]
 
-FINAL_ACTIVATIONS = (nn.Softmax, nn.Sigmoid, nn.LogSoftmax)
-
 
 @dataclass
 class Opened:
@@ -53,7 +51,8 @@ class Opened:
 
 @dataclass
 class Request:
-    """What the caller asked a method for."""
+    """What the caller asked a method for; :func:`open_source` completes it with the
+    choices a loaded file made (its ``output``, ``pre_activation``)."""
 
     model: Any
     layers: Layers
@@ -71,7 +70,7 @@ def open_source(request: Request) -> Opened:
     if isinstance(request.model, Backend):
         layers = backend_layers(request.model, request.layers)
         adopt_file(request, request.model)
-        source = BackendSource(request.model, None, request.method)
+        source = BackendSource(request.model, None, request.method, request.output)
         return Opened(source, None, request.model, layers, request.output, request.pre_activation)
     model, layers = _plain_model(request)
     eager = _eager(request, model)
@@ -82,7 +81,7 @@ def open_source(request: Request) -> Opened:
         if layers is None:
             layers = resolve_layers(model, backend.layer_names)  # all, as the file
         backend_layers(backend, [n for n, _ in layers])
-        source: Any = BackendSource(backend, eager, request.method)
+        source: Any = BackendSource(backend, eager, request.method, request.output)
     elif backend in (None, "eager"):
         source, backend = eager, None
     elif backend in BACKENDS:
@@ -106,11 +105,9 @@ def _plain_model(request: Request) -> tuple[nn.Module, list[LayerRef] | None]:
             f"model must be a torch.nn.Module or a loaded backend, got {type(model).__name__}"
         )
     if isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
-        warnings.warn(
+        warn_caller(
             f"{type(model).__name__} unwrapped: xcam explains its .module (layer names "
-            "without the 'module.' prefix)",
-            UserWarning,
-            stacklevel=4,
+            "without the 'module.' prefix)"
         )
         model = model.module
         layers = _unprefixed(layers)
@@ -125,20 +122,13 @@ def _eager(request: Request, model: nn.Module) -> EagerModel:
     final = final_activation(model)
     if final is not None and not request.pre_activation and request.needs_gradients:
         request.warned = True
-        warnings.warn(saturation_warning(model, type(final).__name__), UserWarning, stacklevel=4)
+        warn_caller(saturation_warning(model, type(final).__name__))
     return EagerModel(
         model,
         pre_activation=request.pre_activation,
         needs_gradients=request.needs_gradients,
         warned=request.warned,
     )
-
-
-def final_activation(model: nn.Module) -> nn.Module | None:
-    """The model's last leaf module when it is a Softmax / Sigmoid / LogSoftmax, else None
-    (seen without running the model; a functional one is found on the first call)."""
-    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
-    return leaves[-1] if leaves and isinstance(leaves[-1], FINAL_ACTIVATIONS) else None
 
 
 def _unprefixed(layers: Layers, prefix: str = "module.") -> Layers:
@@ -192,11 +182,9 @@ def adopt_file(request: Request, backend: Any) -> None:
         )
     elif meta.activation is not None and request.needs_gradients and not request.warned:
         request.warned = True
-        warnings.warn(
+        warn_caller(
             f"{name} outputs probabilities (its model ends in "
             f"{meta.activation}): their gradient saturates (near 0 or 1 it vanishes), so "
             "maps can be flat. Export with --pre-activation (pre_activation=True) to "
-            "explain the score before it",
-            UserWarning,
-            stacklevel=4,
+            "explain the score before it"
         )

@@ -23,11 +23,17 @@ class BackendSource:
     """Activations from ``backend``; gradients from its graph where it has them and the
     targets are classes, else from ``eager``'s tail (None: a file explained alone)."""
 
-    def __init__(self, backend: Any, eager: EagerModel | None, method: str):
+    def __init__(
+        self, backend: Any, eager: EagerModel | None, method: str, output: OutputSelector = None
+    ):
         self.backend = backend
         self.eager = eager
         self.method = method  # the explaining class's name, for messages
+        self.output = output  # the part of the eager tail's output the file's logits are
         self.name = backend.format
+
+    def for_input(self, x: torch.Tensor, names: list[str]) -> BackendSource:
+        return self
 
     def capture(
         self,
@@ -45,7 +51,7 @@ class BackendSource:
         if not gradients:
             return Captured(logits, acts, resolve_targets(logits, targets, self.activation), None)
         eager = self._eager_for_gradients()
-        return self._tail_gradients(eager, x, layers, logits, acts, targets, output)
+        return self._tail_gradients(eager, x, layers, logits, acts, targets)
 
     @property
     def activation(self) -> str | None:
@@ -78,7 +84,7 @@ class BackendSource:
             "`xcam explain MODEL_SPEC --backend onnxruntime|torchscript|pt2`"
         )
 
-    def _tail_gradients(self, eager, x, layers, logits, acts, targets, output) -> Captured:
+    def _tail_gradients(self, eager, x, layers, logits, acts, targets) -> Captured:
         """``dS/dA`` at the backend's activations, through the eager tail after each layer."""
         # targets resolved once on the backend's logits, so every layer explains the same class
         fixed = resolve_targets(logits, targets, self.activation)
@@ -93,7 +99,7 @@ class BackendSource:
                 # a clone, so an in-place op right after the layer (densenet's final
                 # F.relu(inplace=True)) acts on it and never on the leaf
                 with eager.watch() as watch:
-                    out = select_output(tail(leaf.clone(), x.to(device)), output)
+                    out = select_output(tail(leaf.clone(), x.to(device)), self.output)
                 out = eager.scores(watch, out)
                 _check_tail(out, logits, name, self.backend)
                 target = resolve_targets(out, per_layer, self.activation)

@@ -32,6 +32,10 @@ class Source(Protocol):
 
     name: str  # what results report as their ``backend``
 
+    def for_input(self, x: torch.Tensor, names: list[str]) -> Source:
+        """The source that serves ``x`` (itself; an auto-export: the export for its shape)."""
+        ...
+
     def capture(
         self,
         x: torch.Tensor,
@@ -42,5 +46,6 @@ class Source(Protocol):
     ) -> Captured: ...
 
     def forward(self, output: OutputSelector) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Inputs -> logits through the whole model, no gradients."""
+        """Inputs -> logits through the whole model, no gradients (``output``: the part of
+        an eager model's output; a file's logits are the part it was exported with)."""
         ...

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +15,7 @@ from torch import nn
 
 from xcam.core.cammodel import CamModel, OutputSelector, select_output
 from xcam.core.capture import preserved_state
-from xcam.core.errors import XCamError
+from xcam.core.errors import XCamError, warn_caller
 from xcam.core.final import final_activations
 from xcam.core.ops import layer_gradients
 from xcam.core.tail import InjectedTail, SplitTail, split_tail
@@ -45,7 +44,7 @@ class EagerModel:
         self.pre_activation = pre_activation
         self.needs_gradients = needs_gradients
         self.warned = warned  # about a saturating final activation, once
-        self.found: str | None = None  # the final activation the first forward found
+        self.final_seen: str | None = None  # the final activation the first forward saw
         self.watched = False  # whether a forward has looked for it yet
         self._tails: dict[str, nn.Module] = {}
         self._lock = threading.Lock()  # one explainer may serve many threads
@@ -53,7 +52,7 @@ class EagerModel:
     @property
     def activation(self) -> str | None:
         """The final activation the explained scores went through (None: raw scores)."""
-        return None if self.pre_activation else self.found
+        return None if self.pre_activation else self.final_seen
 
     @property
     def device(self) -> torch.device:
@@ -68,7 +67,9 @@ class EagerModel:
         return final_activations(self.pre_activation or not self.watched)
 
     def scores(self, watch: Any, out: torch.Tensor) -> torch.Tensor:
-        """The explained scores of an output seen by :meth:`watch`'s ``watch``."""
+        """The output to explain from ``out``, an output of the model (or a tail) run inside
+        :meth:`watch`: with ``pre_activation``, the scores before the final activation;
+        else ``out`` itself. The first call also learns which activation that was."""
         if watch is not None:
             found, before = watch.find(out)
             if self.pre_activation:
@@ -80,13 +81,16 @@ class EagerModel:
         """What the first forward found at the model's end (later ones add nothing)."""
         if self.watched:
             return
-        self.found, self.watched = found, True
+        self.final_seen, self.watched = found, True
         if found is None or self.pre_activation or not self.needs_gradients or self.warned:
             return
         self.warned = True
-        warnings.warn(saturation_warning(self.model, found), UserWarning, stacklevel=5)
+        warn_caller(saturation_warning(self.model, found))
 
     # -- a source -----------------------------------------------------------------------------
+
+    def for_input(self, x: torch.Tensor, names: list[str]) -> EagerModel:
+        return self
 
     def capture(
         self,
@@ -135,11 +139,10 @@ class EagerModel:
         cut, reason = split_tail(self.model, name)
         if cut is not None:
             return SplitTail(cut)
-        warnings.warn(
+        warn_caller(
             f"gradients for {name!r} come from the whole eager model with the layer's "
             f"output replaced by the backend's activations: {reason}",
             RuntimeWarning,
-            stacklevel=4,
         )
         return InjectedTail(self.model, name)
 

@@ -1,6 +1,7 @@
 """An export made on first use: ``backend="onnxruntime"`` (or ``"torchscript"``, ``"pt2"``)
 exports the eager model for each input shape it meets, checks it against eager PyTorch
-(:mod:`exporters.parity`), caches it, and explains through it with the eager tail."""
+(:mod:`exporters.parity`), caches it, and explains through it: gradients from the eager
+tail, or from the export's own graph with ``export_options={"gradients": True}``."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ class AutoExport:
         with self._lock:
             if key not in self._exports:
                 self._exports[key] = self._export(x, names)
-            return BackendSource(self._exports[key], self.eager, self.method)
+            output = self.options.get("output")
+            return BackendSource(self._exports[key], self.eager, self.method, output)
 
     def _export(self, x: torch.Tensor, names: list[str]) -> Backend:
         import exporters
