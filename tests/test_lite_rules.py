@@ -12,7 +12,7 @@ import torch
 import xcam
 from xcam import lite
 from xcam.core.targets import resolve_targets
-from xcam.methods.base import LayerContext
+from xcam.methods.context import LayerContext
 
 IN_GRAPH = [name for name in xcam.list_methods() if xcam.get_method(name).in_graph]
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from xcam.methods.base import BatchedCAM, LayerContext
+from xcam.methods.base import BatchedCAM
+from xcam.methods.context import LayerContext
 from xcam.methods.registry import register_method
 
 _EPS = 1e-7

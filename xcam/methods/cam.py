@@ -24,7 +24,8 @@ import torch
 
 from xcam.core.errors import HeadError
 from xcam.core.heads import pooled_linear_head
-from xcam.methods.base import BaseCAM, LayerContext
+from xcam.methods.base import BaseCAM
+from xcam.methods.context import LayerContext
 from xcam.methods.registry import register_method
 
 

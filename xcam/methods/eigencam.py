@@ -25,7 +25,8 @@ import torch
 
 from xcam.core.errors import NumericalError
 from xcam.core.ops import first_component
-from xcam.methods.base import BaseCAM, LayerContext
+from xcam.methods.base import BaseCAM
+from xcam.methods.context import LayerContext
 from xcam.methods.registry import register_method
 
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 
 from xcam.core.errors import NumericalError
-from xcam.methods.base import BaseCAM, LayerContext
+from xcam.methods.base import BaseCAM
+from xcam.methods.context import LayerContext
 from xcam.methods.registry import register_method
 
 

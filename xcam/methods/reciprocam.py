@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from xcam.core.errors import NumericalError
 from xcam.core.layers import Layers
-from xcam.methods.base import BatchedCAM, LayerContext
+from xcam.methods.base import BatchedCAM
+from xcam.methods.context import LayerContext
 from xcam.methods.registry import register_method
 
 _GAUSS = torch.tensor([1.0, 2.0, 1.0])

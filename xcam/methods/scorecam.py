@@ -35,7 +35,8 @@ import torch
 from xcam.core.layers import Layers
 from xcam.core.ops import normalize, upsample
 from xcam.core.targets import repeated
-from xcam.methods.base import BatchedCAM, LayerContext
+from xcam.methods.base import BatchedCAM
+from xcam.methods.context import LayerContext
 from xcam.methods.registry import register_method
 
 
