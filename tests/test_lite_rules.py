@@ -58,3 +58,14 @@ def test_lite_rule_equals_the_shipped_method(demo_model, name: str, seed: int) -
     assert (got >= 0).all()
     scale = float(np.abs(want).max()) or 1.0
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale)
+
+
+def test_lite_eigengradcam_refuses_an_overflow_as_the_class_does(demo_model) -> None:
+    from xcam.core.errors import NumericalError
+
+    a = torch.ones(1, 8, 4, 4)
+    g = torch.full((1, 8, 4, 4), float("inf"))
+    with pytest.raises(NumericalError):
+        _shipped_map("eigengradcam", demo_model, a, g)
+    with pytest.raises(NumericalError, match="not finite"):
+        lite.layer_map("eigengradcam", a.numpy(), g.numpy())

@@ -80,6 +80,8 @@ def _eigengradcam(a: np.ndarray, g: np.ndarray) -> np.ndarray:
     SVD), signed to agree with the channel sum, as :func:`xcam.core.ops.first_component`."""
     b, c, h, w = a.shape
     flat = (g * a).astype(np.float32).reshape(b, c, h * w).transpose(0, 2, 1)  # [B, hw, C]
+    if not np.isfinite(flat).all():  # an SVD of it can't converge
+        raise NumericalError("the gradient-weighted activations are not finite (overflow)")
     _, _, vh = np.linalg.svd(flat, full_matrices=False)
     proj = (flat @ vh[:, 0, :, None])[:, :, 0]  # [B, hw]
     agree = (proj * flat.sum(axis=2)).sum(axis=1)
