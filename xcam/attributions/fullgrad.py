@@ -10,7 +10,9 @@ where ``z_l`` is the output of a layer with a bias (every ``Conv2d`` with a bias
 ``BatchNorm2d``, whose effective bias in eval mode is ``β - γ·μ/sqrt(σ²+ε)``), and ``ψ``
 takes the absolute value, min-max scales each sample over channels and positions and
 upsamples to the input; the channels are summed. Not layer-specific: ``layers`` is not an
-option. Eager models only (it needs the gradient at every biased layer).
+option. Eager models only (it needs the gradient at every biased layer). Unlike the class
+activation maps, which record autograd only from the target layer on, it records the whole
+forward: the input gradient and every bias's need the graph from the input up.
 
 Example::
 

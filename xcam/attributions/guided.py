@@ -15,7 +15,9 @@ Grad-CAM map L (normalised to [0, 1], upsampled bilinearly to the input)::
 
 Both return an :class:`~xcam.core.result.Attribution`: ``maps`` shaped like the input,
 ``[B, C, H, W]``, raw attributions, not normalised (see :func:`xcam.viz.attribution_image`
-for a picture). They run on the eager model only; the model is never modified (the ReLUs
+for a picture). They run on the eager model only, and record the whole forward (unlike the
+class activation maps, which record only from the target layer on): the input gradient
+needs the graph from the input up; the model is never modified (the ReLUs
 are guided by hooks scoped to the call, see :func:`xcam.core.capture.guided_relus`).
 
 Example::

@@ -81,6 +81,7 @@ class CamModel(nn.Module):
         *,
         pre_activation: bool = False,
         watch: bool = False,
+        record_from_layers: bool = False,
     ):
         super().__init__()
         resolved = resolve_layers(model, layers)
@@ -91,6 +92,8 @@ class CamModel(nn.Module):
         self._layers = resolved
         # internal: make activations differentiable handles (used by gradient methods)
         self.grad_handles = grad_handles
+        # internal: autograd off until the first layer (see Capture's start_recording)
+        self.record_from_layers = record_from_layers
         # which part of a tuple / dict output holds the logits
         self.output = output
         self.pre_activation = pre_activation
@@ -103,7 +106,7 @@ class CamModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with (
-            Capture(self._layers, grad_handles=self.grad_handles) as cap,
+            Capture(self._layers, self.grad_handles, self.record_from_layers) as cap,
             final_activations(self.watch) as final,
         ):
             logits = select_output(self.model(x), self.output)

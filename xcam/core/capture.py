@@ -47,13 +47,24 @@ class Capture:
     The module's output is handed on as a clone, so an in-place op that follows the
     layer (``ReLU(inplace=True)``) changes the clone and never the captured values.
 
+    With ``start_recording`` the forward is expected to run with autograd off: the first
+    target layer to run turns it on, so only what depends on the captured activations is
+    recorded (nothing below them is: a gradient costs inference plus the tail). The
+    caller's ``torch.no_grad()`` restores its own mode when it exits.
+
     Hooks are module-wide, so a forward of the same model in another thread would see
     them: they act only in the thread that entered the capture.
     """
 
-    def __init__(self, layers: Sequence[tuple[str, nn.Module]], grad_handles: bool = False):
+    def __init__(
+        self,
+        layers: Sequence[tuple[str, nn.Module]],
+        grad_handles: bool = False,
+        start_recording: bool = False,
+    ):
         self.layers = list(layers)
         self.grad_handles = grad_handles
+        self.start_recording = start_recording
         self.activations: dict[str, torch.Tensor] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._thread = threading.get_ident()
@@ -75,6 +86,8 @@ class Capture:
             act = output
             if self.grad_handles and not act.requires_grad:
                 act = act.detach().requires_grad_(True)
+            if self.start_recording:  # record from here on (grad mode is thread-local)
+                torch.set_grad_enabled(True)
             self.activations[name] = act
             return act.clone()
 
@@ -110,12 +123,23 @@ class Capture:
 
 
 @contextmanager
-def replaced_output(module: nn.Module, value: torch.Tensor) -> Iterator[None]:
-    """Within the body, ``module``'s forward returns ``value`` instead of its own output."""
+def replaced_output(
+    module: nn.Module, value: torch.Tensor, grad_mode: bool | None = None
+) -> Iterator[None]:
+    """Within the body, ``module``'s forward returns ``value`` instead of its own output.
+
+    ``grad_mode``: the autograd mode from the replacement on (the body runs the layers
+    before it with autograd off, and their outputs are discarded anyway)."""
     thread = threading.get_ident()
-    handle = module.register_forward_hook(
-        lambda _m, _i, _o: value if threading.get_ident() == thread else None
-    )
+
+    def hook(_module: nn.Module, _inputs: object, _output: object) -> torch.Tensor | None:
+        if threading.get_ident() != thread:
+            return None
+        if grad_mode is not None:
+            torch.set_grad_enabled(grad_mode)
+        return value
+
+    handle = module.register_forward_hook(hook)
     try:
         yield
     finally:

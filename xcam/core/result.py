@@ -79,10 +79,16 @@ class Attribution(Explanation):
 
 
 def outcome(output: Any, target: Resolved, targets: Targets) -> dict[str, Any]:
-    """The fields a result takes from the explained output and its resolved targets."""
+    """The fields a result takes from the explained output and its resolved targets (plain
+    tensors: a gradient-free forward runs under ``inference_mode``, whose tensors can't be
+    changed in place outside it)."""
     return {
-        "logits": reported_logits(output),
-        "targets": target.classes if target.classes is not None else targets,
-        "scores": target.scores.detach(),
+        "logits": _plain(reported_logits(output)),
+        "targets": _plain(target.classes) if target.classes is not None else targets,
+        "scores": _plain(target.scores.detach()),
         "activation": target.activation,
     }
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    return t.clone() if t.is_inference() else t

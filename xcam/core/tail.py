@@ -78,7 +78,13 @@ class InjectedTail(nn.Module):
         self.layer = layer
 
     def forward(self, activation: torch.Tensor, example: torch.Tensor) -> object:
-        with replaced_output(self.model.get_submodule(self.layer), activation):
+        # the layers before ``layer`` run (their output is replaced) but are not recorded:
+        # autograd resumes, in the caller's mode, at the replaced output
+        mode = torch.is_grad_enabled()
+        with (
+            torch.no_grad(),
+            replaced_output(self.model.get_submodule(self.layer), activation, mode),
+        ):
             return self.model(example)
 
 

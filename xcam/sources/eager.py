@@ -107,9 +107,9 @@ class EagerModel:
             output=output,
             pre_activation=self.pre_activation,
             watch=not self.watched,
+            record_from_layers=gradients,
         )
-        grad_mode = torch.enable_grad() if gradients else torch.no_grad()
-        with preserved_state(self.model), grad_mode:
+        with preserved_state(self.model), forward_mode(gradients):
             logits, *acts = cam_model(x)
             if cam_model.watch:
                 self.learn(cam_model.activation)
@@ -121,7 +121,7 @@ class EagerModel:
         model = self.model
 
         def forward(xb: torch.Tensor) -> torch.Tensor:
-            with preserved_state(model), torch.no_grad(), self.watch() as watch:
+            with preserved_state(model), torch.inference_mode(), self.watch() as watch:
                 return self.scores(watch, select_output(model(xb), output))
 
         return forward
@@ -159,8 +159,22 @@ class EagerModel:
         tail = self.tail(name)
         device = self.device
         example = x.to(device)[rows.to(device)]
-        with preserved_state(self.model), torch.no_grad(), self.watch() as watch:
+        with preserved_state(self.model), torch.inference_mode(), self.watch() as watch:
             return self.scores(watch, select_output(tail(acts.to(device), example), output))
+
+
+def forward_mode(gradients: bool) -> contextlib.AbstractContextManager:
+    """The autograd mode of a captured forward. Gradient-free: ``inference_mode``
+    throughout. With gradients: off (even inside a caller's ``inference_mode``) until the
+    first target layer turns it on for what follows, the tail and the score
+    (:class:`~xcam.core.capture.Capture`'s ``start_recording``); the caller's mode is back
+    on exit, after an error too."""
+    if not gradients:
+        return torch.inference_mode()
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode(False))
+    stack.enter_context(torch.no_grad())
+    return stack
 
 
 def no_tail(method: str) -> Callable[..., torch.Tensor]:

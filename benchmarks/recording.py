@@ -1,0 +1,166 @@
+"""What recording autograd only from the target layer saves (issue 14), side by side in one
+run: plain inference (``inference_mode``), xcam's eager Grad-CAM (autograd from the first
+target layer on), the same Grad-CAM with autograd from the input (what xcam did before:
+``enable_grad`` around the whole forward) and torchcam's, the fastest peer.
+
+    python benchmarks/recording.py [--rounds 7] [--threads 2]
+
+Time: median ms per call, arms interleaved (xcam.bench.measure). Memory: the peak RSS
+growth of one call at batch 32 over the loaded, warmed-up model, each arm in a fresh
+process. Writes results/recording.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from common import RESULTS, environment, measure, write_results
+
+import xcam
+
+CASES = [
+    ("resnet50", "layer4", 224, 1),
+    ("resnet50", "layer4", 224, 32),
+    ("resnet18", "layer4", 112, 1),
+]
+ARMS = ("plain", "xcam", "full_graph", "torchcam")
+
+
+def full_graph_gradcam(model: torch.nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM with autograd recording the whole forward (xcam before issue 14)."""
+    seen = {}
+    hook = model.get_submodule(layer).register_forward_hook(lambda m, i, o: seen.setdefault("a", o))
+    try:
+        with torch.enable_grad():
+            out = model(x)
+            score = out.gather(1, out.argmax(1, keepdim=True)).sum()
+            (g,) = torch.autograd.grad(score, seen["a"])
+    finally:
+        hook.remove()
+    cam = F.relu((g.mean(dim=(2, 3), keepdim=True) * seen["a"]).sum(1)).detach()
+    up = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
+    lo = up.amin(dim=(2, 3), keepdim=True)
+    return (up - lo) / (up.amax(dim=(2, 3), keepdim=True) - lo).clamp(min=1e-12)
+
+
+def arm(name: str, model: torch.nn.Module, layer: str, x: torch.Tensor):
+    if name == "plain":
+
+        def plain():
+            with torch.inference_mode():
+                return model(x)
+
+        return plain
+    if name == "xcam":
+        cam = xcam.GradCAM(model, layer)
+        return lambda: cam(x)
+    if name == "full_graph":
+        return lambda: full_graph_gradcam(model, layer, x)
+    from torchcam.methods import GradCAM as TorchcamGradCAM
+
+    def torchcam():
+        with TorchcamGradCAM(model, target_layer=layer) as extractor:
+            out = model(x)
+            return extractor(out.argmax(1).tolist(), out)
+
+    return torchcam
+
+
+def setup(name: str, size: int, batch: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)().eval()
+    return model, torch.randn(batch, 3, size, size)
+
+
+PEAK = """
+import resource, sys, torch
+sys.path.insert(0, {bench!r})
+import recording
+torch.set_num_threads({threads})
+model, x = recording.setup({name!r}, {size}, {batch})
+fn = recording.arm({arm!r}, model, {layer!r}, x)
+fn()  # warm-up: allocator pools, lazy init
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+fn()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+"""
+
+
+def peak_growth_mb(arm_name: str, case: tuple, threads: int) -> float:
+    """Peak RSS growth (MB) of a second call over the first, in a fresh process."""
+    name, layer, size, batch = case
+    code = PEAK.format(
+        bench=str(RESULTS.parent),
+        threads=threads,
+        name=name,
+        size=size,
+        batch=batch,
+        arm=arm_name,
+        layer=layer,
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    rows = []
+    for case in CASES:
+        name, layer, size, batch = case
+        model, x = setup(name, size, batch)
+        med = measure({k: arm(k, model, layer, x) for k in ARMS}, a.rounds if batch == 1 else 3)
+        row = {"model": name, "layer": layer, "size": size, "batch": batch}
+        row.update({f"{k}_ms": round(v, 1) for k, v in med.items()})
+        row.update({f"{k}_vs_plain": round(med[k] / med["plain"], 3) for k in ARMS[1:]})
+        if batch == 32:
+            row.update({f"{k}_peak_mb": round(peak_growth_mb(k, case, a.threads)) for k in ARMS})
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    header = [
+        "model",
+        "input",
+        "batch",
+        "plain ms",
+        *[f"{k} (× plain)" for k in ARMS[1:]],
+        "peak MB: plain / xcam / full graph / torchcam",
+    ]
+
+    def cells(r: dict) -> list[object]:
+        peaks = " / ".join(str(r.get(f"{k}_peak_mb", "–")) for k in ARMS)
+        ratios = [f"{r[f'{k}_ms']} ({r[f'{k}_vs_plain']:.2f}×)" for k in ARMS[1:]]
+        return [
+            f"{r['model']}:{r['layer']}",
+            f"{r['size']}²",
+            r["batch"],
+            r["plain_ms"],
+            *ratios,
+            peaks,
+        ]
+
+    print(
+        write_results(
+            RESULTS / "recording",
+            environment(a.threads),
+            rows,
+            "Autograd from the target layer: cost and memory against plain inference",
+            "Median ms per call, arms interleaved in one run; peak memory: RSS growth of one call "
+            "at batch 32 over the warmed-up model, each arm in a fresh process "
+            "(`python benchmarks/recording.py`).",
+            header,
+            cells,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""Nothing below the target layer is recorded by autograd (issue 14): the eager forward runs
+with gradients off until the first target layer, whose output becomes a fresh leaf, so a
+gradient method costs inference plus the tail. Checked where it is subtle: in-place ops after
+the layer, skip connections around it, several layers, the caller's grad mode (no_grad,
+inference_mode, threads, errors), models that read the grad mode, DataParallel, bf16."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import seeded
+from torch import nn
+
+import xcam
+
+
+def reference_layer_map(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM's layer map by plain full autograd, independent of xcam: ``[B, h, w]``."""
+    seen = {}
+
+    def keep(_module, _inputs, output):  # a clone goes on: an in-place op after the layer
+        seen["a"] = output  # (torchvision's `out += identity`) must not change what is kept
+        return output.clone()
+
+    hook = model.get_submodule(layer).register_forward_hook(keep)
+    try:
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)  # a graph from the input, whatever the params
+            out = model(x)
+    finally:
+        hook.remove()
+    a = seen["a"]
+    score = out.gather(1, out.argmax(1, keepdim=True)).sum()
+    (g,) = torch.autograd.grad(score, a)
+    return F.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(1)).detach()
+
+
+def grad_modes(model: nn.Module):
+    """Hooks noting, per leaf module, whether autograd was recording during its forward."""
+    modes: dict[str, bool] = {}
+
+    def note(name: str):
+        def hook(_module, _inputs, _output) -> None:
+            modes.setdefault(name, torch.is_grad_enabled())
+
+        return hook
+
+    leaves = [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
+    return modes, [m.register_forward_hook(note(n)) for n, m in leaves]
+
+
+@pytest.mark.parametrize("layers", [["layer3"], ["layer2", "layer4"]])
+def test_nothing_below_the_first_layer_is_recorded(layers: list[str]) -> None:
+    model = seeded("resnet18")
+    modes, handles = grad_modes(model)
+    try:
+        xcam.GradCAM(model, layers)(torch.randn(2, 3, 64, 64))
+    finally:
+        for h in handles:
+            h.remove()
+    first = layers[0]
+    below = [n for n in modes if n.split(".")[0] in ("conv1", "bn1", "relu", "maxpool")]
+    below += [n for n in modes if n.startswith(("layer1", "layer2", "layer3")) and n < first]
+    above = [n for n in modes if n.startswith("fc") or (n.startswith("layer") and n > first + "~")]
+    assert below and above
+    assert not any(modes[n] for n in below), [n for n in below if modes[n]]
+    assert all(modes[n] for n in above), [n for n in above if not modes[n]]
+
+
+@pytest.mark.parametrize("layer", ["layer4", "layer3", "layer4.0.conv1", "layer2.1.bn2"])
+def test_maps_equal_full_autograd_with_skip_connections(layer: str) -> None:
+    """Targets inside residual blocks: the shortcut carries values from below the layer to
+    above it, which are constants of the tail (they can't depend on the activation)."""
+    model = seeded("resnet18")
+    x = torch.randn(2, 3, 64, 64)
+    got = xcam.GradCAM(model, layer)(x).layer_maps[layer]
+    torch.testing.assert_close(got, reference_layer_map(model, layer, x), rtol=1e-4, atol=1e-6)
+
+
+def test_densenet_concatenation_from_below() -> None:
+    model = seeded("densenet121")
+    layer = "features.denseblock2.denselayer3.conv2"
+    x = torch.randn(1, 3, 64, 64)
+    got = xcam.GradCAM(model, layer)(x).layer_maps[layer]
+    torch.testing.assert_close(got, reference_layer_map(model, layer, x), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "enable_grad"])
+def test_the_callers_grad_mode_gives_the_same_maps_and_is_restored(mode: str) -> None:
+    model = seeded("resnet18")
+    x = torch.randn(2, 3, 64, 64)
+    want = xcam.GradCAM(model, "layer3")(x)
+    with getattr(torch, mode)():
+        inside = torch.is_grad_enabled()
+        got = xcam.GradCAM(model, "layer3")(x)
+        assert torch.is_grad_enabled() == inside
+    torch.testing.assert_close(got.maps, want.maps)
+    assert torch.equal(got.targets, want.targets)
+
+
+def test_grad_mode_restored_after_an_exception() -> None:
+    model = seeded("resnet18")
+
+    def bad(_logits):
+        raise RuntimeError("boom")
+
+    for ctx in (torch.no_grad, torch.enable_grad):
+        with ctx():
+            before = torch.is_grad_enabled()
+            with pytest.raises(RuntimeError, match="boom"):
+                xcam.GradCAM(model, "layer3")(torch.randn(1, 3, 32, 32), targets=bad)
+            assert torch.is_grad_enabled() == before
+
+
+def test_eight_threads_keep_their_own_grad_mode() -> None:
+    model = seeded("resnet18")
+    cam = xcam.GradCAM(model, "layer3")
+    xs = [torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(i)) for i in range(16)]
+    single = [cam(x).maps for x in xs]
+
+    def run(i: int) -> tuple[bool, bool, torch.Tensor]:
+        want = i % 2 == 0  # half the threads call from inside no_grad
+        with torch.set_grad_enabled(want):
+            maps = cam(xs[i]).maps
+            return want, torch.is_grad_enabled(), maps
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(run, range(16)))
+    for (want, after, maps), ref in zip(results, single, strict=True):
+        assert after == want
+        torch.testing.assert_close(maps, ref)
+    assert threading.active_count() >= 1 and torch.is_grad_enabled()
+
+
+class _ChecksGradMode(nn.Module):
+    """A forward that reads the grad mode: activation checkpointing only when training-like
+    (recording), as memory-saving models do; the values are the same either way."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        if torch.is_grad_enabled():
+            h = checkpoint(self.stem, x, use_reentrant=False)
+        else:
+            h = self.stem(x)
+        return self.head(self.body(h).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("layer", ["stem", "body"])
+def test_a_model_that_reads_the_grad_mode(layer: str) -> None:
+    model = _ChecksGradMode().eval()
+    x = torch.randn(2, 3, 16, 16)
+    got = xcam.GradCAM(model, layer)(x).layer_maps[layer]
+    torch.testing.assert_close(got, reference_layer_map(model, layer, x), rtol=1e-4, atol=1e-6)
+
+
+def test_inplace_relu_after_the_layer_under_no_grad_below() -> None:
+    torch.manual_seed(8)
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(6, 6, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 3),
+    ).eval()
+    plain = nn.Sequential(*[nn.ReLU() if isinstance(m, nn.ReLU) else m for m in net]).eval()
+    x = torch.randn(2, 3, 16, 16)
+    got = xcam.GradCAM(net, "2")(x).layer_maps["2"]
+    torch.testing.assert_close(got, reference_layer_map(plain, "2", x), rtol=1e-4, atol=1e-6)
+
+
+def test_dataparallel_and_bf16() -> None:
+    model = seeded("resnet18")
+    x = torch.randn(2, 3, 64, 64)
+    with pytest.warns(UserWarning, match="unwrapped"):
+        wrapped = xcam.GradCAM(nn.DataParallel(model), "module.layer3")(x)
+    torch.testing.assert_close(wrapped.maps, xcam.GradCAM(model, "layer3")(x).maps)
+    half = seeded("resnet18").to(torch.bfloat16)
+    got = xcam.GradCAM(half, "layer3")(x.to(torch.bfloat16)).layer_maps["layer3"]
+    want = reference_layer_map(half, "layer3", x.to(torch.bfloat16))
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=1e-2)
+
+
+class _AroundNet(nn.Module):
+    """The output needs the input besides ``body``: the backend's tail is the whole model
+    with ``body``'s output replaced (no cut possible)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.body(torch.relu(self.stem(x))))
+        return self.fc(a.mean(dim=(2, 3))) + x.mean(dim=(1, 2, 3))[:, None]
+
+
+def test_the_injected_tail_records_only_after_the_layer(tmp_path) -> None:
+    import exporters
+
+    model = _AroundNet().eval()
+    path = tmp_path / "around.onnx"
+    exporters.export(model, ["body"], torch.rand(1, 3, 16, 16), path)
+    with pytest.warns(RuntimeWarning, match="whole eager model"):
+        cam = xcam.GradCAM(model, "body", backend=xcam.load(path))
+        modes, handles = grad_modes(model)
+        try:
+            got = cam(torch.randn(2, 3, 16, 16))
+        finally:
+            for h in handles:
+                h.remove()
+    assert modes["stem"] is False and modes["fc"] is True
+    assert got.maps.shape == (2, 16, 16)
+
+
+@pytest.mark.parametrize("name", ["scorecam", "ablationcam", "reciprocam", "eigencam", "cam"])
+def test_gradient_free_methods_run_under_inference_mode(name: str) -> None:
+    """Their forwards record nothing at all; what they return is ordinary tensors (an
+    inference tensor can't be changed in place outside inference_mode)."""
+    model = seeded("resnet18")
+    modes: dict[str, bool] = {}
+
+    def note(_module, _inputs, _output) -> None:
+        modes.setdefault("inference", torch.is_inference_mode_enabled())
+
+    hook = model.conv1.register_forward_hook(note)
+    try:
+        result = xcam.get_method(name)(model, "layer4")(torch.randn(1, 3, 32, 32))
+    finally:
+        hook.remove()
+    assert modes["inference"] is True
+    for t in (
+        result.maps,
+        result.logits,
+        result.scores,
+        result.targets,
+        *result.layer_maps.values(),
+    ):
+        assert not t.is_inference()
+    result.logits += 0  # in place, as a caller may
