@@ -6,8 +6,8 @@ target layer on), the same Grad-CAM with autograd from the input (what xcam did 
     python benchmarks/recording.py [--rounds 7] [--threads 2]
 
 Time: median ms per call, arms interleaved (xcam.bench.measure). Memory: the peak RSS
-growth of one call at batch 32 over the loaded, warmed-up model, each arm in a fresh
-process. Writes results/recording.{json,md}.
+growth of one call at batch 32 over the loaded model (warmed up at batch 1), each arm in a
+fresh process (Linux: read from /proc). Writes results/recording.{json,md}.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -79,21 +80,34 @@ def setup(name: str, size: int, batch: int) -> tuple[torch.nn.Module, torch.Tens
 
 
 PEAK = """
-import resource, sys, torch
+import sys, torch
 sys.path.insert(0, {bench!r})
 import recording
 torch.set_num_threads({threads})
 model, x = recording.setup({name!r}, {size}, {batch})
 fn = recording.arm({arm!r}, model, {layer!r}, x)
-fn()  # warm-up: allocator pools, lazy init
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with torch.inference_mode():  # warm-up at batch 1: lazy init, not the batch's memory
+    model(x[:1])
+base = recording.rss_mb(reset=True)
 fn()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+print(recording.rss_mb("VmHWM") - base)
 """
 
 
+def rss_mb(field: str = "VmRSS", reset: bool = False) -> float:
+    """This process's resident memory (``VmHWM``: its peak) in MB, from /proc (Linux).
+    ``reset``: restart the peak from now. (``ru_maxrss`` won't do: a child inherits its
+    parent's peak across exec.)"""
+    if reset:
+        Path("/proc/self/clear_refs").write_text("5")
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
 def peak_growth_mb(arm_name: str, case: tuple, threads: int) -> float:
-    """Peak RSS growth (MB) of a second call over the first, in a fresh process."""
+    """Peak RSS growth (MB) of one call over the loaded model, in a fresh process."""
     name, layer, size, batch = case
     code = PEAK.format(
         bench=str(RESULTS.parent),
