@@ -141,3 +141,32 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def inplace_net(inplace: bool) -> nn.Module:
+    torch.manual_seed(8)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(inplace=inplace),
+        nn.Conv2d(6, 6, 3, padding=1),
+        nn.ReLU(inplace=inplace),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 3),
+    ).eval()
+
+
+class AroundNet(nn.Module):
+    """The output needs the input itself besides ``body``: the tail can't be cut, so the
+    fallback (the whole model with ``body``'s output replaced) runs."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.body(torch.relu(self.stem(x))))
+        return self.fc(a.mean(dim=(2, 3))) + x.mean(dim=(1, 2, 3))[:, None]

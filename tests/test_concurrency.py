@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import AroundNet
 
 import xcam
 
@@ -131,28 +132,12 @@ def test_a_failed_export_leaves_the_process_able_to_export(demo_model, tmp_path:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0.onnx", "2.onnx", "g99.onnx"]
 
 
-class _AroundNet(torch.nn.Module):
-    """The output needs the input itself besides ``body``: the tail can't be cut, so the
-    fallback (the whole model with ``body``'s output replaced) runs."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.body = torch.nn.Conv2d(8, 8, 3, padding=1)
-        self.fc = torch.nn.Linear(8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = torch.relu(self.body(torch.relu(self.stem(x))))
-        return self.fc(a.mean(dim=(2, 3))) + x.mean(dim=(1, 2, 3))[:, None]
-
-
 @pytest.mark.parametrize("name", ["gradcam", "ablationcam"])
 def test_eight_threads_share_one_injected_tail(tmp_path: Path, name: str) -> None:
     import exporters
     from xcam.core.tail import InjectedTail
 
-    model = _AroundNet().eval()
+    model = AroundNet().eval()
     path = tmp_path / "around.onnx"
     exporters.export(model, ["body"], torch.rand(1, 3, 16, 16), path)
     g = torch.Generator().manual_seed(1)

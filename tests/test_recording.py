@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import seeded
+from conftest import AroundNet, inplace_net, seeded
 from torch import nn
 
 import xcam
@@ -166,17 +166,7 @@ def test_a_model_that_reads_the_grad_mode(layer: str) -> None:
 
 
 def test_inplace_relu_after_the_layer_under_no_grad_below() -> None:
-    torch.manual_seed(8)
-    net = nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(6, 6, 3, padding=1),
-        nn.ReLU(inplace=True),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(6, 3),
-    ).eval()
-    plain = nn.Sequential(*[nn.ReLU() if isinstance(m, nn.ReLU) else m for m in net]).eval()
+    net, plain = inplace_net(True), inplace_net(False)
     x = torch.randn(2, 3, 16, 16)
     got = xcam.GradCAM(net, "2")(x).layer_maps["2"]
     torch.testing.assert_close(got, reference_layer_map(plain, "2", x), rtol=1e-4, atol=1e-6)
@@ -194,26 +184,10 @@ def test_dataparallel_and_bf16() -> None:
     torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=1e-2)
 
 
-class _AroundNet(nn.Module):
-    """The output needs the input besides ``body``: the backend's tail is the whole model
-    with ``body``'s output replaced (no cut possible)."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.body = nn.Conv2d(8, 8, 3, padding=1)
-        self.fc = nn.Linear(8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = torch.relu(self.body(torch.relu(self.stem(x))))
-        return self.fc(a.mean(dim=(2, 3))) + x.mean(dim=(1, 2, 3))[:, None]
-
-
 def test_the_injected_tail_records_only_after_the_layer(tmp_path) -> None:
     import exporters
 
-    model = _AroundNet().eval()
+    model = AroundNet().eval()
     path = tmp_path / "around.onnx"
     exporters.export(model, ["body"], torch.rand(1, 3, 16, 16), path)
     with pytest.warns(RuntimeWarning, match="whole eager model"):

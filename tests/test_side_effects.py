@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_same_snapshot, seeded, snapshot
+from conftest import assert_same_snapshot, inplace_net, seeded, snapshot
 from torch import nn
 
 import xcam
@@ -77,24 +77,11 @@ def test_works_under_no_grad_and_frozen_parameters(resnet18) -> None:
     assert not any(p.requires_grad for p in frozen.parameters())
 
 
-def _inplace_net(inplace: bool) -> nn.Module:
-    torch.manual_seed(8)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1),
-        nn.ReLU(inplace=inplace),
-        nn.Conv2d(6, 6, 3, padding=1),
-        nn.ReLU(inplace=inplace),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(6, 3),
-    ).eval()
-
-
 def test_inplace_relu_right_after_target_layer() -> None:
     """Target = conv whose output an in-place ReLU overwrites: the map uses pre-ReLU values."""
     x = torch.randn(2, 3, 16, 16)
-    ref = xcam.GradCAM(_inplace_net(False), "0")(x, targets=1)
-    net = _inplace_net(True)
+    ref = xcam.GradCAM(inplace_net(False), "0")(x, targets=1)
+    net = inplace_net(True)
     res = xcam.GradCAM(net, "0")(x, targets=1)
     torch.testing.assert_close(res.layer_maps["0"], ref.layer_maps["0"])
     assert net[1].inplace and net[3].inplace
