@@ -71,10 +71,10 @@ def resolve_layer(model: nn.Module, ref: LayerRef) -> tuple[str, nn.Module]:
         raise LayerNotFoundError(
             f"a layer is a dotted module name or an nn.Module, got {ref!r} ({type(ref).__name__})"
         )
-    names = [n for n, _ in model.named_modules() if n]
     try:
         return ref, model.get_submodule(ref)
     except AttributeError:
+        names = [n for n, _ in model.named_modules() if n]
         close = _closest(ref, names)
         raise LayerNotFoundError(
             f"no layer named {ref!r} in {type(model).__name__}; closest: {', '.join(close)}"

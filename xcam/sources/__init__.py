@@ -73,11 +73,17 @@ def open_source(request: Request) -> Opened:
         source = BackendSource(request.model, None, request.method, request.output)
         return Opened(source, None, request.model, layers, request.output, request.pre_activation)
     model, layers = _plain_model(request)
-    eager = _eager(request, model)
+    _warn_if_probability(request, model)
     backend = request.backend
     if isinstance(backend, Backend):
-        adopt_file(request, backend)
-        eager.pre_activation, eager.warned = request.pre_activation, request.warned
+        adopt_file(request, backend)  # before the eager model: it settles pre_activation
+    eager = EagerModel(
+        model,
+        pre_activation=request.pre_activation,
+        needs_gradients=request.needs_gradients,
+        warned=request.warned,
+    )
+    if isinstance(backend, Backend):
         if layers is None:
             layers = resolve_layers(model, backend.layer_names)  # all, as the file
         backend_layers(backend, [n for n, _ in layers])
@@ -117,18 +123,12 @@ def _plain_model(request: Request) -> tuple[nn.Module, list[LayerRef] | None]:
     return model, resolve_layers(model, layers)
 
 
-def _eager(request: Request, model: nn.Module) -> EagerModel:
-    """The eager model, warned about when its last module is a probability."""
+def _warn_if_probability(request: Request, model: nn.Module) -> None:
+    """Warn (once) when the model's last module is a probability a gradient saturates."""
     final = final_activation(model)
     if final is not None and not request.pre_activation and request.needs_gradients:
         request.warned = True
         warn_caller(saturation_warning(model, type(final).__name__))
-    return EagerModel(
-        model,
-        pre_activation=request.pre_activation,
-        needs_gradients=request.needs_gradients,
-        warned=request.warned,
-    )
 
 
 def _unprefixed(layers: Layers, prefix: str = "module.") -> Layers:

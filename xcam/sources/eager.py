@@ -102,7 +102,7 @@ class EagerModel:
     ) -> Captured:
         cam_model = CamModel(
             self.model,
-            [m for _, m in layers],
+            [n for n, _ in layers],  # names: found by get_submodule, no walk of the model
             grad_handles=gradients,
             output=output,
             pre_activation=self.pre_activation,
