@@ -72,3 +72,10 @@ def test_duplicate_registration_is_an_error() -> None:
         @register_method
         class Nameless(BaseCAM):
             pass
+
+
+def test_wrong_types_for_layers_and_method_names_are_clear_errors(demo_model) -> None:
+    with pytest.raises(xcam.LayerNotFoundError, match=r"got 123 \(int\)"):
+        xcam.GradCAM(demo_model, 123)
+    with pytest.raises(xcam.XCamError, match=r"named by a string, got 123 \(int\)"):
+        xcam.get_method(123)

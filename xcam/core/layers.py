@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -86,7 +86,8 @@ def resolve_layers(model: nn.Module, layers: Layers) -> list[tuple[str, nn.Modul
     """Resolve one reference or a list of them; ``None`` stays ``None`` (chosen at run time)."""
     if layers is None:
         return None
-    refs = [layers] if isinstance(layers, str | nn.Module) else list(layers)
+    single = isinstance(layers, str | nn.Module) or not isinstance(layers, Iterable)
+    refs = [layers] if single else list(layers)  # a lone 123 is named by resolve_layer
     if not refs:
         raise LayerNotFoundError("an empty list of layers was given")
     resolved = [resolve_layer(model, r) for r in refs]

@@ -53,6 +53,8 @@ def _builtins() -> dict[str, Any]:
 
 def get_method(name: str) -> Any:
     """The method class registered as ``name`` (case, '-' and '_' are ignored)."""
+    if not isinstance(name, str):
+        raise XCamError(f"a method is named by a string, got {name!r} ({type(name).__name__})")
     try:
         return _builtins()[_key(name)]
     except KeyError:
