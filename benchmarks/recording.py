@@ -7,7 +7,9 @@ target layer on), the same Grad-CAM with autograd from the input (what xcam did 
 
 Time: median ms per call, arms interleaved (xcam.bench.measure). Memory: the peak RSS
 growth of one call at batch 32 over the loaded model (warmed up at batch 1), each arm in a
-fresh process, the median of 3 (Linux: read from /proc). Writes results/recording.{json,md}.
+fresh process (Linux: read from /proc): with glibc's default settings, the median of 3, and
+with freed memory returned to the system (xcam.bench.memory). Writes
+results/recording.{json,md}.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import json
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -81,34 +82,25 @@ def setup(name: str, size: int, batch: int) -> tuple[torch.nn.Module, torch.Tens
 
 
 PEAK = """
-import sys, torch
+import contextlib, sys, torch
 sys.path.insert(0, {bench!r})
 import recording
+from xcam.bench.memory import cpu_release, peak_growth_mb
 torch.set_num_threads({threads})
 model, x = recording.setup({name!r}, {size}, {batch})
 fn = recording.arm({arm!r}, model, {layer!r}, x)
 with torch.inference_mode():  # warm-up at batch 1: lazy init, not the batch's memory
     model(x[:1])
-base = recording.rss_mb(reset=True)
-fn()
-print(recording.rss_mb("VmHWM") - base)
+with cpu_release() if {release} else contextlib.nullcontext(True) as readable:
+    assert readable
+    print(peak_growth_mb(fn, "cpu"))
 """
 
 
-def rss_mb(field: str = "VmRSS", reset: bool = False) -> float:
-    """This process's resident memory (``VmHWM``: its peak) in MB, from /proc (Linux).
-    ``reset``: restart the peak from now. (``ru_maxrss`` won't do: a child inherits its
-    parent's peak across exec.)"""
-    if reset:
-        Path("/proc/self/clear_refs").write_text("5")
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def peak_growth_mb(arm_name: str, case: tuple, threads: int) -> float:
-    """Peak RSS growth (MB) of one call over the loaded model, in a fresh process."""
+def peak_growth_mb(arm_name: str, case: tuple, threads: int, release: bool) -> float:
+    """Peak RSS growth (MB) of one call over the loaded model, in a fresh process;
+    ``release``: with freed memory returned to the system (xcam.bench.memory), else with
+    glibc's default allocator settings."""
     name, layer, size, batch = case
     code = PEAK.format(
         bench=str(RESULTS.parent),
@@ -118,6 +110,7 @@ def peak_growth_mb(arm_name: str, case: tuple, threads: int) -> float:
         batch=batch,
         arm=arm_name,
         layer=layer,
+        release=release,
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -138,9 +131,13 @@ def main() -> None:
         row.update({f"{k}_ms": round(v, 1) for k, v in med.items()})
         row.update({f"{k}_vs_plain": round(med[k] / med["plain"], 3) for k in ARMS[1:]})
         if batch == 32:
-            # the allocator's peaks vary by tens of MB between processes: the median of 3
-            peaks = {k: [peak_growth_mb(k, case, a.threads) for _ in range(3)] for k in ARMS}
+            # glibc's default peaks vary by tens of MB between processes: the median of 3;
+            # with freed memory returned, one reading repeats to the megabyte
+            peaks = {k: [peak_growth_mb(k, case, a.threads, False) for _ in range(3)] for k in ARMS}
             row.update({f"{k}_peak_mb": round(statistics.median(v)) for k, v in peaks.items()})
+            row.update(
+                {f"{k}_released_mb": round(peak_growth_mb(k, case, a.threads, True)) for k in ARMS}
+            )
         print(json.dumps(row), flush=True)
         rows.append(row)
     header = [
@@ -150,10 +147,12 @@ def main() -> None:
         "plain ms",
         *[f"{k} (× plain)" for k in ARMS[1:]],
         "peak MB: plain / xcam / full graph / torchcam",
+        "the same, freed memory returned",
     ]
 
     def cells(r: dict) -> list[object]:
         peaks = " / ".join(str(r.get(f"{k}_peak_mb", "–")) for k in ARMS)
+        released = " / ".join(str(r.get(f"{k}_released_mb", "–")) for k in ARMS)
         ratios = [f"{r[f'{k}_ms']} ({r[f'{k}_vs_plain']:.2f}×)" for k in ARMS[1:]]
         return [
             f"{r['model']}:{r['layer']}",
@@ -162,6 +161,7 @@ def main() -> None:
             r["plain_ms"],
             *ratios,
             peaks,
+            released,
         ]
 
     print(
@@ -171,8 +171,10 @@ def main() -> None:
             rows,
             "Autograd from the target layer: cost and memory against plain inference",
             "Median ms per call, arms interleaved in one run; peak memory: RSS growth of one call "
-            "at batch 32 over the warmed-up model, each arm in a fresh process (median of 3) "
-            "(`python benchmarks/recording.py`).",
+            "at batch 32 over the warmed-up model, each arm in a fresh process: with glibc's "
+            "default settings (the median of 3: they scatter by tens of MB, as glibc keeps some "
+            "freed tensors in its heap), and with freed memory returned to the system "
+            "(xcam.bench.memory; repeats to the megabyte) (`python benchmarks/recording.py`).",
             header,
             cells,
         )

@@ -124,6 +124,26 @@ def test_bad_inputs_are_clear_errors(demo_model, x, match: str) -> None:
         xcam.GradCAM(demo_model, "block3")(x)
 
 
+def test_the_finiteness_check_finds_one_bad_value_and_passes_huge_finite_ones() -> None:
+    """check_input tests a sum first (cheap): one NaN or inf anywhere is still found, and
+    finite values whose sum overflows are not mistaken for infinite ones."""
+    from xcam.core.inputs import check_input
+
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = torch.zeros(2, 3, 32, 32)
+        x[1, 2, 31, 5] = bad
+        with pytest.raises(xcam.InputError, match="NaN or infinite"):
+            check_input(x)
+    both = torch.zeros(1, 3, 8, 8)
+    both[0, 0, 0, 0], both[0, 1, 0, 0] = float("inf"), -float("inf")  # the sum is NaN
+    with pytest.raises(xcam.InputError, match="NaN or infinite"):
+        check_input(both)
+    huge = torch.full((1, 3, 8, 8), 3e38)  # finite, but its sum is inf in float32
+    assert check_input(huge) is huge
+    half = torch.full((1, 3, 64, 64), 60000.0, dtype=torch.float16)  # its sum overflows fp16
+    assert check_input(half) is half
+
+
 def test_float64_uint8_and_non_contiguous_inputs_are_handled(demo_model) -> None:
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     cam = xcam.GradCAM(demo_model, "block3")

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from xcam.bench import BenchConfig, BenchReport, Row, goals, measure, run_bench, spread
+from xcam.bench import BenchConfig, BenchReport, Row, goals, measure, run_bench, spread, to_markdown
 from xcam.cli import main
 from xcam.core.errors import XCamError
 
@@ -135,3 +135,72 @@ def test_quick_preset_from_the_command_line(tmp_path: Path) -> None:
     assert "| resnet18 | cpu | eager | 1 | gradcam | xcam |" in md and "## Goals" in md
     assert Image.open(out / "q.png").size[0] > 300
     assert "goal" in res.output
+
+
+def _mem_row(method: str, library: str, batch: int, ms: float, peak: float | None) -> Row:
+    r = _row(method, library, "eager", 1.0, ms=ms)
+    r.batch, r.peak_mb = batch, peak
+    return r
+
+
+def test_the_fastest_peer_and_memory_goals() -> None:
+    rows = [
+        _mem_row("inference", "torch", 1, 10.0, 2.0),
+        _mem_row("gradcam", "xcam", 1, 11.0, 3.0),
+        _mem_row("gradcam", "torchcam", 1, 12.0, 9.0),
+        _mem_row("gradcam", "captum", 1, 10.5, 9.0),  # the fastest peer at batch 1
+        _mem_row("inference", "torch", 32, 300.0, 400.0),
+        _mem_row("gradcam", "xcam", 32, 310.0, 430.0),
+        _mem_row("gradcam", "torchcam", 32, 330.0, 2700.0),
+        _mem_row("layercam", "xcam", 32, 320.0, None),
+    ]
+    found = goals(BenchReport(rows, {}, [], []))
+    peer = [g for g in found if g["goal"] == "eager xcam faster than the fastest peer"]
+    assert [g["status"] for g in peer] == ["missed", "met"]  # 11 vs captum 10.5; 310 vs 330
+    assert "captum 10.5 ms" in peer[0]["detail"] and peer[1]["value"] == round(330 / 310, 3)
+    memory = [g for g in found if g["goal"].startswith("peak memory")]
+    assert len(memory) == 1  # at the largest batch only
+    assert memory[0]["status"] == "met" and memory[0]["value"] == round(430 / 400, 3)
+    assert "torchcam 2700 MB" in memory[0]["detail"]
+    rows[5].peak_mb = 460.0
+    memory = [g for g in goals(BenchReport(rows, {}, [], [])) if "peak memory" in g["goal"]]
+    assert memory[0]["status"] == "missed"
+    rows[4].peak_mb = None
+    memory = [g for g in goals(BenchReport(rows, {}, [], [])) if "peak memory" in g["goal"]]
+    assert memory[0]["status"] == "not measured"
+
+
+def test_peak_memory_reads_one_calls_need() -> None:
+    """A call that holds 200 MB at its peak reads about 200 MB, one that allocates nothing
+    about 0, and the readings repeat (freed memory goes back to the system)."""
+    from xcam.bench.memory import cpu_release, peak_growth_mb, rss_supported
+
+    if not rss_supported():
+        pytest.skip("peak resident set readings need Linux /proc and glibc")
+
+    def hold_200mb() -> float:
+        t = torch.ones(50 * 2**20)  # 200 MB, every page touched
+        return float(t[-1])
+
+    with cpu_release() as readable:
+        assert readable
+        big = [peak_growth_mb(hold_200mb, "cpu") for _ in range(3)]
+        small = peak_growth_mb(lambda: None, "cpu")
+    assert all(190 <= b <= 230 for b in big), big
+    assert max(big) - min(big) < 8 and small < 8
+
+
+def test_bench_rows_carry_peak_memory_except_onnx_runtime() -> None:
+    cfg = BenchConfig(["demo"], ["gradcam"], ["eager", "onnxruntime"], batches=[4], repeats=1)
+    report = run_bench(cfg, echo=lambda _: None)
+    for r in report.rows:
+        if r.backend == "eager":
+            assert r.peak_mb is not None and r.peak_mb >= 0
+        else:  # the session's arena holds what a call needs after warm-up
+            assert r.peak_mb is None
+    md = to_markdown(report)
+    assert "| peak MB |" in md and "– where ONNX Runtime's arena holds it" in md
+    assert any("peak memory" in g["goal"] for g in report.goals)
+    off_cfg = BenchConfig(["demo"], ["gradcam"], ["eager"], repeats=1, memory=False)
+    off = run_bench(off_cfg, echo=lambda _: None)
+    assert all(r.peak_mb is None for r in off.rows)

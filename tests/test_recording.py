@@ -227,3 +227,81 @@ def test_gradient_free_methods_run_under_inference_mode(name: str) -> None:
     ):
         assert not t.is_inference()
     result.logits += 0  # in place, as a caller may
+
+
+# -- the fixed cost per call (issue 14): what is cached or skipped must not change a map ----
+
+
+def test_the_module_walk_finds_every_module_once() -> None:
+    """preserved_state's own walk of the model: the modules of ``model.modules()``, a
+    shared one once; every training flag is back after the call."""
+    from xcam.core.capture import _all_modules, preserved_state
+
+    shared = nn.Conv2d(3, 3, 3)
+    model = nn.Sequential(shared, nn.Sequential(shared, nn.ReLU(), nn.Dropout()), nn.Identity())
+    model.register_module("absent", None)
+    found = _all_modules(model)
+    assert len(found) == len(list(model.modules())) == 6
+    assert {id(m) for m in found} == {id(m) for m in model.modules()}
+    model.train()
+    model[1][2].eval()
+    flags = [m.training for m in model.modules()]
+    with preserved_state(model):
+        assert not any(m.training for m in model.modules())
+    assert [m.training for m in model.modules()] == flags
+
+
+def test_the_wrapped_model_is_kept_once_it_has_nothing_to_watch() -> None:
+    """The eager source keeps its CamModel between calls, except one that watches the
+    final activation (the first call; pre_activation): maps and the learnt activation stay
+    right when pre_activation changes between calls."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    model.append(nn.Linear(4, 3)).append(nn.Softmax(dim=1)).eval()
+    x = torch.randn(2, 3, 12, 12)
+    with pytest.warns(UserWarning, match="ends in Softmax"):
+        cam = xcam.GradCAM(model, "1")
+        first = cam(x)
+    kept = cam.eager._cam_models
+    assert first.activation == "softmax" and len(kept) == 0  # the first call watched
+    second = cam(x)
+    assert len(kept) == 1 and torch.equal(second.maps, first.maps)
+    cam.pre_activation = True
+    before = cam(x)  # scores before the softmax: a watching model, never kept
+    assert before.activation is None and len(kept) == 1
+    reference = xcam.GradCAM(model[:-1], "1")(x)
+    assert torch.allclose(before.maps, reference.maps, atol=1e-6)
+    cam.pre_activation = False
+    assert torch.equal(cam(x).maps, first.maps) and len(kept) == 1
+
+
+def test_a_file_with_in_graph_gradients_gives_its_own_map(tmp_path) -> None:
+    """GradCAM on a file with gradients reads the file's fused map: equal to what the
+    torch post-processing computes from the file's activations and gradients; for a subset
+    of its layers, and for a method that only subclasses GradCAM, the map is computed."""
+    import exporters
+    from xcam.core.ops import fuse
+
+    model = seeded("resnet18")
+    path = tmp_path / "grad.onnx"
+    exporters.export(model, ["layer3", "layer4"], torch.randn(2, 3, 64, 64), path, gradients=True)
+    loaded = xcam.load(path)
+    x = torch.randn(3, 3, 64, 64)
+    x[2] = 0.0  # a flat input: its map may be degenerate, flagged either way alike
+    got = xcam.GradCAM(loaded)(x)
+    maps, degenerate = fuse(list(got.layer_maps.values()), (64, 64))
+    assert torch.allclose(got.maps, maps, atol=1e-5)
+    assert torch.equal(got.degenerate, degenerate)
+    assert torch.equal(got.maps, loaded.run(x)["gradcam"])  # the file's own
+    one = xcam.GradCAM(loaded, "layer4")(x)  # the file's map is of both layers: not read
+    assert torch.allclose(one.maps, xcam.GradCAM(model, "layer4")(x).maps, atol=1e-4)
+
+    class PlusCAM(xcam.GradCAM):  # another rule on the same gradients
+        name = "plus-test"
+
+        def weights(self, ctx):
+            return ctx.gradients.clamp(min=0).mean(dim=(2, 3))
+
+    plus = PlusCAM(loaded)(x)
+    assert not torch.allclose(plus.maps, got.maps, atol=1e-3)
+    assert torch.allclose(plus.maps, fuse(list(plus.layer_maps.values()), (64, 64))[0])

@@ -51,6 +51,7 @@ class BenchConfig:
     peers: bool = False
     layer: str | None = None
     threads: int | None = None
+    memory: bool = True  # each arm's peak memory for one call, after the timings
 
     def check(self) -> None:
         """Refuse an unknown method, backend or device, an exported file, or a count < 1."""

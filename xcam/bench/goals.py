@@ -1,9 +1,11 @@
-"""The speed goals (issue 6), each met / missed / not measured, with the figures behind it."""
+"""The speed and memory goals (issues 6 and 14), each met / missed / not measured, with the
+figures behind it."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from xcam.bench.config import PEERS
 from xcam.bench.report import BenchReport, Row
 
 Goal = dict[str, Any]
@@ -81,7 +83,61 @@ def scorecam_speedup(rows: list[Row]) -> list[Goal]:
     return out
 
 
-GOALS = (eager_gradcam, onnx_activations, ingraph_gradcam, scorecam_speedup)
+def fastest_peer(rows: list[Row]) -> list[Goal]:
+    """xcam's eager method faster than the fastest peer's, per model, device, batch, method."""
+    out = []
+    for r in _find(rows, library="xcam", backend="eager"):
+        peers = [
+            p
+            for p in _find(rows, method=r.method, model=r.model, device=r.device, batch=r.batch)
+            if p.library in PEERS
+        ]
+        if not peers:
+            continue
+        best = min(peers, key=lambda p: p.median_ms)
+        detail = (
+            f"{r.method}, {r.model} {r.device} batch {r.batch}: xcam {r.median_ms:.1f} ms, "
+            f"{best.library} {best.median_ms:.1f} ms"
+        )
+        ratio = round(best.median_ms / r.median_ms, 3)
+        out.append(verdict("eager xcam faster than the fastest peer", ratio, 1.0, detail, True))
+    return out
+
+
+def eager_memory(rows: list[Row]) -> list[Goal]:
+    """Eager Grad-CAM's peak memory at most 1.1x plain inference's, at the run's largest
+    batch per model and device (the peers' for context)."""
+    out = []
+    for r in _find(rows, method="gradcam", library="xcam", backend="eager"):
+        same = _find(rows, model=r.model, device=r.device, backend="eager")
+        if r.batch != max(x.batch for x in same):
+            continue
+        floor = _find(rows, method="inference", model=r.model, device=r.device, batch=r.batch)
+        goal = "peak memory of eager Grad-CAM <= 1.1x plain inference's"
+        if r.peak_mb is None or not floor or not floor[0].peak_mb:
+            out.append(verdict(goal, None, 1.1, f"{r.model} {r.device} batch {r.batch}"))
+            continue
+        peers = [
+            f"{p.library} {p.peak_mb:.0f}"
+            for p in _find(rows, method="gradcam", model=r.model, device=r.device, batch=r.batch)
+            if p.library in PEERS and p.peak_mb is not None
+        ]
+        detail = (
+            f"{r.model} {r.device} batch {r.batch}: xcam {r.peak_mb:.0f} MB, inference "
+            f"{floor[0].peak_mb:.0f} MB" + (f"; {', '.join(peers)} MB" if peers else "")
+        )
+        out.append(verdict(goal, round(r.peak_mb / floor[0].peak_mb, 3), 1.1, detail))
+    return out
+
+
+GOALS = (
+    eager_gradcam,
+    onnx_activations,
+    ingraph_gradcam,
+    scorecam_speedup,
+    fastest_peer,
+    eager_memory,
+)
 
 
 def goals(report: BenchReport) -> list[Goal]:

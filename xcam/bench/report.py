@@ -30,6 +30,8 @@ class Row:
     p90_ms: float
     ratio_to_inference: float
     images_per_s: float
+    # MB one call needs above what is held before it (xcam.bench.memory); None: not read
+    peak_mb: float | None = None
 
 
 @dataclass
@@ -94,6 +96,7 @@ HEADER = [
     "p10-p90 ms",
     "x inference",
     "img/s",
+    "peak MB",
 ]
 
 
@@ -109,6 +112,7 @@ def _cells(r: Row) -> list[str]:
         f"{r.p10_ms:.1f}-{r.p90_ms:.1f}",
         f"{r.ratio_to_inference:.2f}x",
         f"{r.images_per_s:.1f}",
+        "–" if r.peak_mb is None else f"{r.peak_mb:.0f}",
     ]
 
 
@@ -124,7 +128,10 @@ def _markdown_intro(env: dict[str, Any], command: str) -> list[str]:
         f"{v.get('onnxruntime-gpu') or v.get('onnxruntime')}, pytorch-grad-cam "
         f"{v.get('grad-cam')}, torchcam {v.get('torchcam')}, captum {v.get('captum')}. "
         f"Reproduce: `{command}`. Medians over interleaved rounds; `x inference` is the "
-        "ratio to plain inference on the same backend and device.",
+        "ratio to plain inference on the same backend and device; `peak MB` is the memory "
+        "one call needs above what is held before it, measured after the timings (CUDA: "
+        "peak allocated; CPU: peak resident set, Linux; – where ONNX Runtime's arena holds "
+        "it, see xcam.bench.memory).",
     ]
 
 

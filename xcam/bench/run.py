@@ -11,10 +11,19 @@ from typing import Any
 
 import torch
 
-from xcam.bench.arms import Arm, Setup, Target, batch_arms, method_arms, skipped_notes
+from xcam.bench.arms import (
+    Arm,
+    Setup,
+    Target,
+    batch_arms,
+    floor_library,
+    method_arms,
+    skipped_notes,
+)
 from xcam.bench.config import BenchConfig
 from xcam.bench.floors import plain_floor
 from xcam.bench.goals import goals
+from xcam.bench.memory import cpu_release, peak_growth_mb
 from xcam.bench.report import BenchReport, Row, environment
 from xcam.bench.timing import measure, spread, torch_threads
 from xcam.core.artifact import BACKEND_FORMAT, FORMATS
@@ -108,7 +117,7 @@ def _time_batch(
     batch: int,
     notes: list[str],
     echo: Callable[[str], None],
-) -> list[Row]:
+) -> tuple[dict[str, Arm], list[Row]]:
     """Every arm on one seeded batch, explained for its top-1 classes, timed side by side."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, *target.shape, generator=gen).to(target.device, target.dtype)
@@ -122,7 +131,23 @@ def _time_batch(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         times = measure({k: arm.call for k, arm in arms.items()}, cfg.repeats, target.sync)
-    return _rows(target, setup.backend, batch, arms, times)
+    return arms, _rows(target, setup.backend, batch, arms, times)
+
+
+Timed = tuple[str, str, dict[str, Arm], list[Row]]  # device, backend, arms, their rows
+
+
+def _peak_memory(timed: list[Timed], echo: Callable[[str], None]) -> None:
+    """Each arm's peak memory for one call, into its row (see :mod:`xcam.bench.memory`).
+    Read after every timing: the allocator setting the CPU readings need would change them."""
+    with cpu_release() as cpu_readable, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for device, backend, arms, rows in timed:
+            if floor_library(backend) == "onnxruntime" or (device == "cpu" and not cpu_readable):
+                continue  # an ONNX Runtime session's arena; a system without the readings
+            echo(f"{rows[0].model} {device} {backend} batch {rows[0].batch}: peak memory")
+            for arm, row in zip(arms.values(), rows, strict=True):
+                row.peak_mb = round(peak_growth_mb(arm.call, device), 1)
 
 
 def run_bench(cfg: BenchConfig, echo: Callable[[str], None] = print) -> BenchReport:
@@ -130,13 +155,18 @@ def run_bench(cfg: BenchConfig, echo: Callable[[str], None] = print) -> BenchRep
     cfg.check()
     rows: list[Row] = []
     notes: list[str] = []
+    timed: list[Timed] = []
     with torch_threads(cfg.threads), tempfile.TemporaryDirectory(prefix="xcam-bench-") as tmpdir:
         for target in _targets(cfg):
             for backend in cfg.backends:
                 setup = _set_up(cfg, target, backend, Path(tmpdir), echo)
                 notes += skipped_notes(cfg, target.short, setup)
                 for batch in cfg.batches:
-                    rows += _time_batch(cfg, target, setup, batch, notes, echo)
+                    arms, batch_rows = _time_batch(cfg, target, setup, batch, notes, echo)
+                    rows += batch_rows
+                    timed.append((target.device, backend, arms, batch_rows))
+        if cfg.memory:
+            _peak_memory(timed, echo)
     report = BenchReport(rows, environment(cfg.threads, cfg.devices), notes, [])
     report.goals = goals(report)
     return report

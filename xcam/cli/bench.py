@@ -29,6 +29,11 @@ from xcam.core.artifact import MAX_SIDE
 @click.option(
     "--peers/--no-peers", default=None, help="Also time pytorch-grad-cam, torchcam, captum."
 )
+@click.option(
+    "--memory/--no-memory",
+    default=True,
+    help="Also read each arm's peak memory for one call, after the timings (default: on).",
+)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the rows as JSON.")
 @click.option("--markdown", type=click.Path(dir_okay=False), help="Write a Markdown table.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG plot of the ratios.")
@@ -44,6 +49,7 @@ def bench(
     layer,
     threads,
     peers,
+    memory,
     json_out,
     markdown,
     plot,
@@ -53,7 +59,8 @@ def bench(
 
     \b
     Every arm is timed after a warm-up, interleaved in a rotating order with the others;
-    rows give the median, p10-p90, the ratio to plain inference and images/s. Without
+    rows give the median, p10-p90, the ratio to plain inference and images/s, and then
+    the memory one call needs above what is already held (--no-memory: not read). Without
     --quick the full preset runs (resnet50, 224, batch 1 and 32: several minutes on CPU);
     any option overrides the preset.
     """
@@ -72,7 +79,7 @@ def bench(
         "peers": peers,
     }
     preset.update({k: v for k, v in given.items() if v is not None})
-    cfg = BenchConfig(**preset, layer=layer, threads=threads)
+    cfg = BenchConfig(**preset, layer=layer, threads=threads, memory=memory)
     try:
         report = run_bench(cfg, echo=echo_err)
     except XCamError as e:

@@ -21,12 +21,12 @@ def normalize(maps: torch.Tensor, dims: int = 2) -> tuple[torch.Tensor, torch.Te
 
     A constant sample (nothing to show) becomes zeros and is flagged ``[B]``, never NaN.
     """
-    axes = tuple(range(maps.dim() - dims, maps.dim()))
-    lo = maps.amin(dim=axes, keepdim=True)
-    span = maps.amax(dim=axes, keepdim=True) - lo
-    scaled = (maps - lo) / torch.where(span > 0, span, torch.ones_like(span))
+    flat = maps.flatten(maps.dim() - dims)  # [..., N]
+    lo = flat.amin(dim=-1, keepdim=True)  # (torch.aminmax along a dim is many times slower)
+    span = flat.amax(dim=-1, keepdim=True) - lo
+    scaled = (flat - lo) / torch.where(span > 0, span, 1.0)
     constant = (span <= 0).flatten(1).all(dim=1)
-    return scaled.clamp(0.0, 1.0), constant
+    return scaled.clamp(0.0, 1.0).reshape(maps.shape), constant
 
 
 def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -90,6 +90,8 @@ def fuse(
     layer_maps: Sequence[torch.Tensor], size: Sequence[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Upsample each layer's map to ``size`` (bilinear), normalise, average, normalise."""
+    if len(layer_maps) == 1:  # the average of one map is the map, already normalised
+        return normalize(upsample(layer_maps[0], size))
     ups = [normalize(upsample(cam, size))[0] for cam in layer_maps]
     return normalize(torch.stack(ups).mean(dim=0))
 

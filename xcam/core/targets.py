@@ -232,20 +232,26 @@ def _resolve(logits: torch.Tensor, targets: Targets, activation: str | None) -> 
         )
     if targets is None:
         classes = flat.detach().argmax(dim=1)
-    elif isinstance(targets, bool):
+    else:
+        classes = _given_classes(targets, b, k).to(flat.device)
+    scores = flat.gather(1, classes[:, None])[:, 0]
+    return Resolved(scores, classes)
+
+
+def _given_classes(targets: Targets, b: int, k: int) -> torch.Tensor:
+    """The caller's class index(es) as ``[b]``, each checked against ``k`` classes."""
+    if isinstance(targets, bool):
         raise TargetError("a target is a class index, not a bool")
-    elif isinstance(targets, int):
+    if isinstance(targets, int):
         classes = torch.full((b,), targets, dtype=torch.long)
     else:
         classes = _per_sample(targets, b)
-    classes = classes.to(flat.device)
     bad = (classes < 0) | (classes >= k)
     if bool(bad.any()):
         raise TargetError(
             f"target class {int(classes[bad][0])} is out of range for {k} classes (0..{k - 1})"
         )
-    scores = flat.gather(1, classes[:, None])[:, 0]
-    return Resolved(scores, classes)
+    return classes
 
 
 def decision_score(

@@ -53,6 +53,11 @@ class BaseCAM:
     # the map needs only each layer's activations and their gradients, so it can come from a
     # file with in-graph gradients (no eager model): what `xcam.lite` and `xcam bench` rely on
     in_graph: ClassVar[bool] = False
+    # the method's map is the Grad-CAM map a file with in-graph gradients outputs: read from
+    # the file, not recomputed (upsampling and normalising in torch cost as much as the
+    # file's own work). Read from the class that sets it only, so a subclass with another
+    # rule never inherits it
+    reads_gradcam_output: ClassVar[bool] = False
     # the method differentiates the eager model itself (down to its input, or at every
     # biased layer): no backend or exported file can serve it
     eager_only: ClassVar[bool] = False
@@ -258,8 +263,12 @@ class BaseCAM:
         got = source.capture(x, layers, targets, output, self.needs_gradients)
         forward = source.forward(output)
         layer_maps = self._layer_maps(x, layers, got, targets, forward, output)
-        with torch.no_grad():
-            maps, degenerate = self.fuse(list(layer_maps.values()), x.shape[-2:])
+        if self._reads_gradcam(got):
+            maps = got.gradcam.float()
+            degenerate = maps.flatten(1).amax(dim=1) <= 0  # normalised: max 1, or all 0
+        else:
+            with torch.no_grad():
+                maps, degenerate = self.fuse(list(layer_maps.values()), x.shape[-2:])
         return CamResult(
             maps=maps,
             layer_maps=layer_maps,
@@ -269,6 +278,11 @@ class BaseCAM:
             backend=source.name,
             **outcome(got.output, got.target, targets),
         )
+
+    def _reads_gradcam(self, got: Captured) -> bool:
+        """Whether the source's fused Grad-CAM map is this explainer's map."""
+        own = type(self).__dict__.get("reads_gradcam_output", False)
+        return got.gradcam is not None and own and not self.eigen_smooth
 
     def _layer_maps(self, x, layers, got: Captured, targets, forward, output) -> dict:
         """Each layer's map ``[B, h, w]`` from what the source captured."""

@@ -28,6 +28,7 @@ class GradCAM(BaseCAM):
 
     name = "gradcam"
     in_graph = True
+    reads_gradcam_output = True
 
     def weights(self, ctx: LayerContext) -> torch.Tensor:
         assert ctx.gradients is not None

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from xcam.core.artifact import LOGITS, grad_name
+from xcam.core.artifact import GRADCAM, LOGITS, grad_name
 from xcam.core.cammodel import OutputSelector, select_output
 from xcam.core.capture import preserved_state
 from xcam.core.errors import XCamError
@@ -127,11 +127,16 @@ def in_graph(backend: Any, x: torch.Tensor, layers: list[LayerRef], targets: Tar
                 f"{backend.path.name} explains the top-1 class only; re-export with "
                 "--target-input (target_input=True) to explain other classes"
             )
-    acts = [outs[n] for n, _ in layers]
-    grads = [outs[grad_name(n)] for n, _ in layers]
+    names = [n for n, _ in layers]
+    acts = [outs[n] for n in names]
+    grads = [outs[grad_name(n)] for n in names]
     chosen = targets if wanted is None else wanted
     target = resolve_targets(logits.detach(), chosen, backend.activation)
-    return Captured(logits, acts, target, grads)
+    # the file's map is fused over all of its layers: it is these layers' only if they're all
+    fused = outs.get(GRADCAM) if names == list(backend.layer_names) else None
+    if fused is not None and tuple(fused.shape) != (x.shape[0], *x.shape[-2:]):
+        fused = None
+    return Captured(logits, acts, target, grads, fused)
 
 
 def _check_tail(out: torch.Tensor, logits: torch.Tensor, name: str, backend: Any) -> None:

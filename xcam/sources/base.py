@@ -24,6 +24,9 @@ class Captured:
     activations: list[torch.Tensor]  # A per layer, [B, C, h, w]
     target: Resolved
     gradients: list[torch.Tensor] | None  # dS/dA per layer; None for gradient-free methods
+    # the Grad-CAM map fused over these layers at the input's size, [B, H, W] in [0, 1], where
+    # the source computed it already (a file with in-graph gradients); else None
+    gradcam: torch.Tensor | None = None
 
 
 class Source(Protocol):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -47,6 +47,7 @@ class EagerModel:
         self.final_seen: str | None = None  # the final activation the first forward saw
         self.watched = False  # whether a forward has looked for it yet
         self._tails: dict[str, nn.Module] = {}
+        self._cam_models: dict[tuple, CamModel] = {}
         self._lock = threading.Lock()  # one explainer may serve many threads
 
     @property
@@ -100,15 +101,7 @@ class EagerModel:
         output: OutputSelector,
         gradients: bool,
     ) -> Captured:
-        cam_model = CamModel(
-            self.model,
-            [n for n, _ in layers],  # names: found by get_submodule, no walk of the model
-            grad_handles=gradients,
-            output=output,
-            pre_activation=self.pre_activation,
-            watch=not self.watched,
-            record_from_layers=gradients,
-        )
+        cam_model = self._cam_model([n for n, _ in layers], output, gradients)
         with preserved_state(self.model), forward_mode(gradients):
             logits, *acts = cam_model(x)
             if cam_model.watch:
@@ -116,6 +109,26 @@ class EagerModel:
             target = resolve_targets(logits, targets, self.activation)
             grads = layer_gradients(target.scores, acts) if gradients else None
         return Captured(logits, acts, target, grads)
+
+    def _cam_model(self, names: list[str], output: OutputSelector, gradients: bool) -> CamModel:
+        """The model wrapped to return its logits and the layers' activations; kept for
+        the next call once it has nothing to watch (a watching one records what it found)."""
+        key = (tuple(names), output, gradients, self.pre_activation)
+        found = self._cam_models.get(key)
+        if found is not None:
+            return found
+        cam_model = CamModel(
+            self.model,
+            names,  # found by get_submodule, no walk of the model
+            grad_handles=gradients,
+            output=output,
+            pre_activation=self.pre_activation,
+            watch=not self.watched,
+            record_from_layers=gradients,
+        )
+        if not cam_model.watch:
+            self._cam_models[key] = cam_model
+        return cam_model
 
     def forward(self, output: OutputSelector) -> Callable[[torch.Tensor], torch.Tensor]:
         model = self.model
@@ -163,18 +176,22 @@ class EagerModel:
             return self.scores(watch, select_output(tail(acts.to(device), example), output))
 
 
-def forward_mode(gradients: bool) -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def forward_mode(gradients: bool) -> Iterator[None]:
     """The autograd mode of a captured forward. Gradient-free: ``inference_mode``
     throughout. With gradients: off (even inside a caller's ``inference_mode``) until the
     first target layer turns it on for what follows, the tail and the score
     (:class:`~xcam.core.capture.Capture`'s ``start_recording``); the caller's mode is back
     on exit, after an error too."""
     if not gradients:
-        return torch.inference_mode()
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.inference_mode(False))
-    stack.enter_context(torch.no_grad())
-    return stack
+        with torch.inference_mode():
+            yield
+    elif torch.is_inference_mode_enabled():
+        with torch.inference_mode(False), torch.no_grad():
+            yield
+    else:
+        with torch.no_grad():
+            yield
 
 
 def no_tail(method: str) -> Callable[..., torch.Tensor]:
