@@ -1,5 +1,7 @@
 """In-graph Grad-CAM on ONNX Runtime: plain inference vs the export with gradients and the
-Grad-CAM map inside the graph (no PyTorch at serve time), next to eager PyTorch.
+Grad-CAM map inside the graph (no PyTorch at serve time), the same file explained through the
+main library (``xcam.GradCAM(xcam.load(f))``) and through ``xcam.lite``, next to eager
+PyTorch.
 
 Side by side in one run, interleaved in a rotating order; medians and ratios.
 
@@ -19,6 +21,7 @@ from common import export_plain, measure, ort_session
 
 import exporters
 import xcam
+from xcam.lite import OnnxExplainer
 
 
 def bench(
@@ -32,6 +35,9 @@ def bench(
     report = exporters.export(model, layer, example, grad, gradients=True)
     s_grad = ort_session(grad, threads)
     eager = xcam.GradCAM(model, layer)
+    # the same file through the main library and through xcam.lite (the same session settings)
+    library = xcam.GradCAM(xcam.load(grad, threads=threads))
+    lite = OnnxExplainer(grad, providers=["CPUExecutionProvider"], threads=threads, spin=False)
     rows = []
     for b in batches:
         x = torch.randn(b, 3, size, size)
@@ -40,6 +46,8 @@ def bench(
             {
                 "ort_plain": lambda: s_plain.run(["logits"], feed),  # noqa: B023
                 "ort_ingraph_gradcam": lambda: s_grad.run(None, feed),  # noqa: B023
+                "xcam_gradcam": lambda: library(x),  # noqa: B023
+                "lite_gradcam": lambda: lite(feed["input"]),  # noqa: B023
                 "eager_gradcam": lambda: eager(x),  # noqa: B023
             },
             rounds,
@@ -52,6 +60,8 @@ def bench(
             "closed_form": bool(report.metadata.closed_form),
             **{f"{k}_ms": round(v, 2) for k, v in med.items()},
             "ingraph_vs_plain": round(med["ort_ingraph_gradcam"] / med["ort_plain"], 3),
+            "xcam_vs_plain": round(med["xcam_gradcam"] / med["ort_plain"], 3),
+            "lite_vs_plain": round(med["lite_gradcam"] / med["ort_plain"], 3),
             "eager_vs_plain": round(med["eager_gradcam"] / med["ort_plain"], 3),
         }
         print(json.dumps(row), flush=True)
@@ -74,6 +84,8 @@ def main() -> None:
             "ORT plain ms",
             "ORT in-graph Grad-CAM ms",
             "ratio",
+            "xcam.GradCAM(xcam.load(f)) ms",
+            "xcam.lite ms",
             "eager Grad-CAM ms",
             "eager / ORT plain",
         ],
@@ -85,6 +97,8 @@ def main() -> None:
             r["ort_plain_ms"],
             r["ort_ingraph_gradcam_ms"],
             f"{r['ingraph_vs_plain']}x",
+            f"{r['xcam_gradcam_ms']} ({r['xcam_vs_plain']}x)",
+            f"{r['lite_gradcam_ms']} ({r['lite_vs_plain']}x)",
             r["eager_gradcam_ms"],
             f"{r['eager_vs_plain']}x",
         ],
