@@ -83,15 +83,17 @@ def scorecam_speedup(rows: list[Row]) -> list[Goal]:
     return out
 
 
+def _peers_of(rows: list[Row], r: Row) -> list[Row]:
+    """The peers' rows for ``r``'s method, model, device and batch."""
+    same = _find(rows, method=r.method, model=r.model, device=r.device, batch=r.batch)
+    return [p for p in same if p.library in PEERS]
+
+
 def fastest_peer(rows: list[Row]) -> list[Goal]:
     """xcam's eager method faster than the fastest peer's, per model, device, batch, method."""
     out = []
     for r in _find(rows, library="xcam", backend="eager"):
-        peers = [
-            p
-            for p in _find(rows, method=r.method, model=r.model, device=r.device, batch=r.batch)
-            if p.library in PEERS
-        ]
+        peers = _peers_of(rows, r)
         if not peers:
             continue
         best = min(peers, key=lambda p: p.median_ms)
@@ -117,11 +119,7 @@ def eager_memory(rows: list[Row]) -> list[Goal]:
         if r.peak_mb is None or not floor or not floor[0].peak_mb:
             out.append(verdict(goal, None, 1.1, f"{r.model} {r.device} batch {r.batch}"))
             continue
-        peers = [
-            f"{p.library} {p.peak_mb:.0f}"
-            for p in _find(rows, method="gradcam", model=r.model, device=r.device, batch=r.batch)
-            if p.library in PEERS and p.peak_mb is not None
-        ]
+        peers = [f"{p.library} {p.peak_mb:.0f}" for p in _peers_of(rows, r) if p.peak_mb]
         detail = (
             f"{r.model} {r.device} batch {r.batch}: xcam {r.peak_mb:.0f} MB, inference "
             f"{floor[0].peak_mb:.0f} MB" + (f"; {', '.join(peers)} MB" if peers else "")
