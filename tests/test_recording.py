@@ -305,3 +305,24 @@ def test_a_file_with_in_graph_gradients_gives_its_own_map(tmp_path) -> None:
     plus = PlusCAM(loaded)(x)
     assert not torch.allclose(plus.maps, got.maps, atol=1e-3)
     assert torch.allclose(plus.maps, fuse(list(plus.layer_maps.values()), (64, 64))[0])
+
+
+def test_a_non_finite_map_from_the_file_is_an_error_not_nan(tmp_path, monkeypatch) -> None:
+    import exporters
+
+    model = seeded("resnet18")
+    path = tmp_path / "grad.onnx"
+    exporters.export(model, ["layer4"], torch.randn(2, 3, 64, 64), path, gradients=True)
+    loaded = xcam.load(path)
+    run = loaded.run
+
+    def corrupted(x, target=None):
+        outs = run(x, target)
+        outs["gradcam"][0, 3, 3] = float("nan")  # a fault in the file's own map only
+        return outs
+
+    monkeypatch.setattr(loaded, "run", corrupted)
+    from xcam.core.errors import NumericalError
+
+    with pytest.raises(NumericalError, match="not finite"):
+        xcam.GradCAM(loaded)(torch.randn(1, 3, 64, 64))

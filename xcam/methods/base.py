@@ -16,7 +16,7 @@ from torch import nn
 from xcam.core import ops
 from xcam.core.artifact import FORMATS
 from xcam.core.cammodel import WHOLE, OutputSelector
-from xcam.core.errors import InputError, LayerTypeError, XCamError
+from xcam.core.errors import InputError, LayerTypeError, NumericalError, XCamError
 from xcam.core.inputs import check_input, first_conv_channels
 from xcam.core.layers import Layers, default_layer, resolve_layers
 from xcam.core.result import CamResult, outcome
@@ -265,7 +265,10 @@ class BaseCAM:
         layer_maps = self._layer_maps(x, layers, got, targets, forward, output)
         if self._reads_gradcam(got):
             maps = got.gradcam.float()
-            degenerate = maps.flatten(1).amax(dim=1) <= 0  # normalised: max 1, or all 0
+            top = maps.flatten(1).amax(dim=1)  # normalised: 1, or 0 for a constant map
+            if not bool(torch.isfinite(top).all()):
+                raise NumericalError(f"{source.name} gave a map that is not finite")
+            degenerate = top <= 0
         else:
             with torch.no_grad():
                 maps, degenerate = self.fuse(list(layer_maps.values()), x.shape[-2:])
