@@ -326,3 +326,20 @@ def test_a_non_finite_map_from_the_file_is_an_error_not_nan(tmp_path, monkeypatc
 
     with pytest.raises(NumericalError, match="not finite"):
         xcam.GradCAM(loaded)(torch.randn(1, 3, 64, 64))
+
+
+def test_a_target_layer_replaced_between_calls_is_the_one_explained() -> None:
+    """The kept wrapped model follows the model: a replaced target layer is hooked anew,
+    a removed one is a clear error."""
+    from xcam.core.errors import LayerNotFoundError
+
+    model = seeded("resnet18")
+    x = torch.randn(1, 3, 64, 64)
+    cam = xcam.GradCAM(model, "layer4")
+    cam(x)
+    cam(x)  # the wrapped model is kept from here on
+    model.layer4 = nn.Sequential(model.layer4, nn.Identity())
+    assert torch.allclose(cam(x).maps, xcam.GradCAM(model, "layer4")(x).maps)
+    del model.layer4
+    with pytest.raises(LayerNotFoundError, match="layer4"):
+        cam(x)

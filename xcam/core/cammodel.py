@@ -101,6 +101,11 @@ class CamModel(nn.Module):
         self.activation: str | None = None  # found by the last watched forward
 
     @property
+    def layers(self) -> list[tuple[str, nn.Module]]:
+        """The target layers as ``(name, module)``, in order."""
+        return list(self._layers)
+
+    @property
     def output_names(self) -> list[str]:
         return ["logits", *self.layer_names]
 

@@ -115,7 +115,7 @@ class EagerModel:
         the next call once it has nothing to watch (a watching one records what it found)."""
         key = (tuple(names), output, gradients, self.pre_activation)
         found = self._cam_models.get(key)
-        if found is not None:
+        if found is not None and self._same_layers(found):
             return found
         cam_model = CamModel(
             self.model,
@@ -129,6 +129,14 @@ class EagerModel:
         if not cam_model.watch:
             self._cam_models[key] = cam_model
         return cam_model
+
+    def _same_layers(self, cam_model: CamModel) -> bool:
+        """Whether the model still holds the wrapped model's target layers (one replaced or
+        removed since is looked up again, and a missing one is reported as such)."""
+        try:
+            return all(self.model.get_submodule(n) is m for n, m in cam_model.layers)
+        except AttributeError:
+            return False
 
     def forward(self, output: OutputSelector) -> Callable[[torch.Tensor], torch.Tensor]:
         model = self.model
