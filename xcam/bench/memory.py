@@ -25,9 +25,13 @@ import torch
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 _MMAP_THRESHOLD = 64 * 1024
-_DEFAULT_MMAP_THRESHOLD = 128 * 1024  # glibc's starting value
+# where glibc's own adjustment ends up once large blocks have been freed (its maximum mmap
+# threshold on 64-bit, and twice that for trimming): set on exit, as glibc no longer adjusts
+# them once set, and a fixed small threshold would slow every later large allocation
+_SETTLED_MMAP_THRESHOLD = 32 * 2**20
+_SETTLED_TRIM_THRESHOLD = 64 * 2**20
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -56,8 +60,8 @@ def _status_mb(field: str) -> float:
 @contextmanager
 def cpu_release() -> Iterator[bool]:
     """Within the block, freed memory goes back to the system (see the module's docstring);
-    yields whether CPU readings can be taken here. On exit glibc's starting threshold is
-    set back (fixed from then on: glibc adjusts it no more)."""
+    yields whether CPU readings can be taken here. On exit the thresholds are those glibc
+    settles at by itself for large tensors (it adjusts them no more once they are set)."""
     libc = _libc() if rss_supported() else None
     if libc is None:
         yield False
@@ -66,7 +70,8 @@ def cpu_release() -> Iterator[bool]:
     try:
         yield True
     finally:
-        libc.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_MMAP_THRESHOLD)
+        libc.mallopt(_M_MMAP_THRESHOLD, _SETTLED_MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, _SETTLED_TRIM_THRESHOLD)
 
 
 def peak_growth_mb(call: Callable[[], object], device: str) -> float:
