@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ _SETTLED_MMAP_THRESHOLD = 32 * 2**20
 _SETTLED_TRIM_THRESHOLD = 64 * 2**20
 
 
+@functools.cache  # find_library runs ldconfig: once per process, not once per reading
 def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:
