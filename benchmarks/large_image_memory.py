@@ -47,14 +47,6 @@ def make_image(path: Path, width: int, height: int, seed: int = 0) -> Path:
     return path
 
 
-def _vm(field: str) -> int:
-    """A ``/proc/self/status`` field (``VmRSS``, ``VmHWM``) in bytes."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
 def can_reset_peak() -> str | None:
     """None where the peak RSS can be reset (``/proc/self/clear_refs``), else the reason."""
     try:
@@ -115,14 +107,16 @@ def _draw_old(kind: str, viz, im, cam, size: tuple[int, int], png: Path, npy: Pa
 
 def _peak(explain: Callable[[Path], None], image: Path, warm: Path) -> tuple[int, int, float]:
     """``explain(image)`` after a warm-up on ``warm``: ``(VmRSS before, VmHWM, seconds)``."""
+    from xcam.bench.memory import status_bytes  # in the child: the parent never loads torch
+
     explain(warm)  # imports, lazy tables, the allocator's first arenas
     gc.collect()
-    before = _vm("VmRSS")
+    before = status_bytes("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     t0 = time.perf_counter()
     explain(image)
     seconds = time.perf_counter() - t0
-    return before, _vm("VmHWM"), seconds
+    return before, status_bytes("VmHWM"), seconds
 
 
 def child(kind: str, variant: str, image: Path, warm: Path, out: Path, tree: Path | None) -> dict:

@@ -52,11 +52,16 @@ def rss_supported() -> bool:
     return _STATUS.exists() and _CLEAR_REFS.exists() and _libc() is not None
 
 
-def _status_mb(field: str) -> float:
+def status_bytes(field: str) -> int:
+    """A field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in bytes (Linux)."""
     for line in _STATUS.read_text().splitlines():
         if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
+            return int(line.split()[1]) * 1024
     raise RuntimeError(f"no {field} in {_STATUS}")
+
+
+def _status_mb(field: str) -> float:
+    return status_bytes(field) / 2**20
 
 
 @contextmanager
