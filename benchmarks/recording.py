@@ -1,9 +1,14 @@
 """What recording autograd only from the target layer saves (issue 14), side by side in one
 run: plain inference (``inference_mode``), xcam's eager Grad-CAM (autograd from the first
 target layer on), the same Grad-CAM with autograd from the input (what xcam did before:
-``enable_grad`` around the whole forward) and torchcam's, the fastest peer.
+``enable_grad`` around the whole forward) and torchcam's, the fastest peer. Two floors
+beside them: ``minimal``, the issue's prototype (a hook that starts recording at the layer,
+``autograd.grad``, the map; no checks), and ``inlined``, the same with every check xcam
+makes (input finiteness, training flags kept, the thread's own hook, a finite map, the
+degenerate flag) written out in one function: what xcam's call would cost with no
+structure around it.
 
-    python benchmarks/recording.py [--rounds 7] [--threads 2]
+    python benchmarks/recording.py [--rounds 7] [--threads 2] [--cases resnet18]
 
 Time: median ms per call, arms interleaved (xcam.bench.measure). Memory: the peak RSS
 growth of one call at batch 32 over the loaded model (warmed up at batch 1), each arm in a
@@ -19,6 +24,7 @@ import json
 import statistics
 import subprocess
 import sys
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +39,7 @@ CASES = [
     ("resnet18", "layer4", 112, 1),
 ]
 ARMS = ("plain", "xcam", "full_graph", "torchcam")
+FLOORS = ("minimal", "inlined")  # timed beside the arms, not in the memory readings
 
 
 def full_graph_gradcam(model: torch.nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +59,78 @@ def full_graph_gradcam(model: torch.nn.Module, layer: str, x: torch.Tensor) -> t
     return (up - lo) / (up.amax(dim=(2, 3), keepdim=True) - lo).clamp(min=1e-12)
 
 
+def _upsampled(cam: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def minimal_gradcam(model: torch.nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
+    """The issue's prototype: autograd off, turned on at the layer, whose output becomes a
+    fresh leaf; no checks."""
+    seen = {}
+
+    def hook(_m, _i, out):
+        torch.set_grad_enabled(True)
+        seen["a"] = out.detach().requires_grad_()
+        return seen["a"]
+
+    handle = model.get_submodule(layer).register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            out = model(x)
+            score = out.gather(1, out.argmax(1, keepdim=True)).sum()
+            (g,) = torch.autograd.grad(score, seen["a"])
+    finally:
+        handle.remove()
+    cam = F.relu((g.mean(dim=(2, 3), keepdim=True) * seen["a"].detach()).sum(1))
+    up = _upsampled(cam, x.shape[-2:])
+    lo = up.amin(dim=(1, 2), keepdim=True)
+    return (up - lo) / (up.amax(dim=(1, 2), keepdim=True) - lo).clamp(min=1e-12)
+
+
+def inlined_gradcam(model: torch.nn.Module, layer: str, x: torch.Tensor):
+    """The prototype with every check xcam makes, written out in one function."""
+    from xcam.core.capture import _all_modules
+
+    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+        raise ValueError("the input is not finite")
+    flags = [(m, m.training) for m in _all_modules(model)]
+    seen, thread = {}, threading.get_ident()
+
+    def hook(_m, _i, out):
+        if threading.get_ident() != thread:
+            return None
+        seen["a"] = out.detach().requires_grad_()
+        torch.set_grad_enabled(True)
+        return seen["a"].clone()  # an in-place op after the layer never changes A
+
+    handle = model.get_submodule(layer).register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            out = model(x)
+            classes = out.detach().argmax(1)
+            score = out.gather(1, classes[:, None])[:, 0]
+            (g,) = torch.autograd.grad(score.sum(), seen["a"])
+    finally:
+        handle.remove()
+        for module, flag in flags:
+            if module.training != flag:
+                module.training = flag
+    with torch.no_grad():
+        cam = F.relu((g.mean(dim=(2, 3))[:, :, None, None] * seen["a"].detach()).sum(1))
+        if not bool(torch.isfinite(cam).all()):
+            raise ValueError("the map is not finite")
+        up = _upsampled(cam, x.shape[-2:])
+        lo = up.amin(dim=(1, 2), keepdim=True)
+        span = up.amax(dim=(1, 2), keepdim=True) - lo
+        maps = (up - lo) / torch.where(span > 0, span, 1.0)
+    return maps, span[:, 0, 0] <= 0, out, classes, score.detach()
+
+
 def arm(name: str, model: torch.nn.Module, layer: str, x: torch.Tensor):
+    if name == "minimal":
+        return lambda: minimal_gradcam(model, layer, x)
+    if name == "inlined":
+        return lambda: inlined_gradcam(model, layer, x)
     if name == "plain":
 
         def plain():
@@ -116,20 +194,33 @@ def peak_growth_mb(arm_name: str, case: tuple, threads: int, release: bool) -> f
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def _merged(rows: list[dict]) -> list[dict]:
+    """``rows`` in place of the same cases of the results on disk, in ``CASES``' order."""
+    key = ("model", "layer", "size", "batch")
+    path = RESULTS / "recording.json"
+    old = json.loads(path.read_text())["rows"] if path.exists() else []
+    found = {tuple(r[k] for k in key): r for r in (*old, *rows)}
+    return [found[c] for c in map(tuple, CASES) if c in found]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cases", nargs="*", help="only these models (default: every case)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     rows = []
     for case in CASES:
         name, layer, size, batch = case
+        if a.cases and name not in a.cases:
+            continue
         model, x = setup(name, size, batch)
-        med = measure({k: arm(k, model, layer, x) for k in ARMS}, a.rounds if batch == 1 else 3)
+        arms = {k: arm(k, model, layer, x) for k in (*ARMS, *FLOORS)}
+        med = measure(arms, a.rounds if batch == 1 else 3)
         row = {"model": name, "layer": layer, "size": size, "batch": batch}
         row.update({f"{k}_ms": round(v, 1) for k, v in med.items()})
-        row.update({f"{k}_vs_plain": round(med[k] / med["plain"], 3) for k in ARMS[1:]})
+        row.update({f"{k}_vs_plain": round(med[k] / med["plain"], 3) for k in med if k != "plain"})
         if batch == 32:
             # glibc's default peaks vary by tens of MB between processes: the median of 3;
             # with freed memory returned, one reading repeats to the megabyte
@@ -140,12 +231,14 @@ def main() -> None:
             )
         print(json.dumps(row), flush=True)
         rows.append(row)
+    if a.cases:  # the other cases' rows stay as the last full run measured them
+        rows = _merged(rows)
     header = [
         "model",
         "input",
         "batch",
         "plain ms",
-        *[f"{k} (× plain)" for k in ARMS[1:]],
+        *[f"{k} (× plain)" for k in (*ARMS[1:], *FLOORS)],
         "peak MB: plain / xcam / full graph / torchcam",
         "the same, freed memory returned",
     ]
@@ -153,7 +246,10 @@ def main() -> None:
     def cells(r: dict) -> list[object]:
         peaks = " / ".join(str(r.get(f"{k}_peak_mb", "–")) for k in ARMS)
         released = " / ".join(str(r.get(f"{k}_released_mb", "–")) for k in ARMS)
-        ratios = [f"{r[f'{k}_ms']} ({r[f'{k}_vs_plain']:.2f}×)" for k in ARMS[1:]]
+        ratios = [
+            f"{r[f'{k}_ms']} ({r[f'{k}_vs_plain']:.2f}×)" if f"{k}_ms" in r else "–"
+            for k in (*ARMS[1:], *FLOORS)
+        ]
         return [
             f"{r['model']}:{r['layer']}",
             f"{r['size']}²",

@@ -35,6 +35,7 @@ class Prepared:
     # gradients of a model ending in an activation: those of the scores before it (parity)
     unsaturated: nn.Module | None = None
     closed: list[str] = field(default_factory=list)  # layers with a closed-form gradient
+    token_layouts: dict[str, list] = field(default_factory=dict)  # layers of tokens
 
 
 def run(model: nn.Module, spec: ExportSpec) -> ExportReport:
@@ -81,11 +82,44 @@ def prepare(model: nn.Module, spec: ExportSpec, notes: list[str]) -> Prepared:
         model, layers, output=spec.output, pre_activation=spec.pre_activation
     ).eval()
     spec = spec.resolved(cam_model.layer_names)
+    tokens = token_layouts(model, spec.layer_names, spec.example)
     if spec.gradients:
-        return _prepare_gradients(model, spec, activation, notes)
-    with torch.no_grad():
-        outputs = tuple(cam_model(*spec.args))
-    return Prepared(spec, cam_model, cam_model, outputs, activation)
+        _check_maps(spec.layer_names, tokens)
+        prepared = _prepare_gradients(model, spec, activation, notes)
+    else:
+        with torch.no_grad():
+            outputs = tuple(cam_model(*spec.args))
+        prepared = Prepared(spec, cam_model, cam_model, outputs, activation)
+    prepared.token_layouts = tokens
+    return prepared
+
+
+def token_layouts(model: nn.Module, names: list[str], example: torch.Tensor) -> dict[str, list]:
+    """The layers of ``names`` that output tokens, not ``[B, C, h, w]``: name ->
+    ``[layout, prefix tokens]`` (see :mod:`xcam.core.tokens`), found by one probe forward
+    for a model that has any (a ViT's ``[B, N, C]``, a Swin's channels-last stages)."""
+    from xcam.core.layers import candidate_layers
+    from xcam.core.tokens import layout_of
+
+    if not _may_have_tokens(model):
+        return {}
+    found = {}
+    for info in candidate_layers(model, example[:1]):
+        if info.name in names and not info.is_map:
+            prefix = 0
+            if info.layout == "cls+grid":
+                prefix = layout_of(None, model, info.name, torch.zeros(info.shape)).prefix
+            found[info.name] = [info.layout, prefix]
+    return found
+
+
+def _may_have_tokens(model: nn.Module) -> bool:
+    """Whether any module of ``model`` can output tokens: a transformer's attention,
+    LayerNorm or Linear layers, or a channels-last model (a plain CNN skips the probe)."""
+    from xcam.core.tokens import channels_last_model
+
+    kinds = (nn.MultiheadAttention, nn.LayerNorm, nn.Linear)
+    return channels_last_model(model) or any(isinstance(m, kinds) for m in model.modules())
 
 
 def _final_activation(model: nn.Module, layers: object, spec: ExportSpec) -> str | None:
@@ -96,6 +130,19 @@ def _final_activation(model: nn.Module, layers: object, spec: ExportSpec) -> str
     with torch.no_grad():
         watched(spec.example)
     return watched.activation
+
+
+def _check_maps(names: list[str], tokens: dict[str, list]) -> None:
+    """In-graph gradients are built for ``[B, C, h, w]`` layers: a layer of tokens (a vision
+    transformer's) is an :class:`ExportError` that says what works instead."""
+    for name in names:
+        if name in tokens:
+            raise ExportError(
+                f"layer {name!r} outputs tokens ({tokens[name][0]}): in-graph gradients are "
+                "built for [B, C, h, w] layers only so far. Export it without --gradients: the "
+                "file then outputs the activations, and xcam takes their gradients from the "
+                "eager model's tail (xcam.GradCAM(model, layer, backend=xcam.load(file)))"
+            )
 
 
 def _prepare_gradients(
@@ -155,7 +202,7 @@ def describe(prepared: Prepared) -> ExportMetadata:
         exporter=spec.exporter,
         layers=list(spec.layer_names),
         output_names=spec.output_names,
-        outputs=describe_outputs(spec.layer_names, spec.gradients),
+        outputs=describe_outputs(spec.layer_names, spec.gradients, prepared.token_layouts),
         input_shape=spec.input_shape,
         dtype=str(spec.example.dtype).replace("torch.", ""),
         num_classes=int(logits.reshape(logits.shape[0], -1).shape[1]),
@@ -170,6 +217,7 @@ def describe(prepared: Prepared) -> ExportMetadata:
         gradients=spec.gradients,
         input_names=spec.input_names,
         closed_form=prepared.closed,
+        token_layouts=prepared.token_layouts,
         activation=prepared.activation,
         pre_activation=spec.pre_activation,
         output=spec.output,

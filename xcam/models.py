@@ -1,4 +1,5 @@
-"""Model specs: ``demo``, ``torchvision:NAME`` (+ a state-dict file), ``package.module:factory``.
+"""Model specs: ``demo``, ``torchvision:NAME`` and ``timm:NAME`` (+ a state-dict file),
+``package.module:factory``.
 
 A spec resolves to a :class:`ModelInfo`: the module plus what is needed to feed it images
 (input size, normalisation) and to name its outputs (class names).
@@ -251,11 +252,13 @@ def _resolve(spec, weights, device, seed: int, trust_weights: bool, trust_code: 
         return _exported(spec, device, trust_code)
     if spec.startswith("torchvision:"):
         return _torchvision(spec, spec.split(":", 1)[1], weights, device, seed, trust_weights)
+    if spec.startswith("timm:"):
+        return _timm(spec, spec.split(":", 1)[1], weights, device, seed, trust_weights)
     if ":" in spec:
         return _factory(spec, weights, device, trust_weights)
     raise ModelSpecError(
-        f"unknown model spec {spec!r}: use 'demo', 'torchvision:NAME', 'package.module:factory' "
-        "or an exported file"
+        f"unknown model spec {spec!r}: use 'demo', 'torchvision:NAME', 'timm:NAME', "
+        "'package.module:factory' or an exported file"
     )
 
 
@@ -277,9 +280,47 @@ def _torchvision(
     notes = []
     if weights is None:
         notes.append(f"{name}: random weights (seed {seed}); pass --weights FILE for real ones")
+        if name.startswith("vit_"):  # torchvision's ViT initialises its head to zeros
+            notes.append(f"{name}'s head is all zeros until real weights load: its maps are blank")
     else:
         notes += _load_state_dict(model, weights, trust_weights)
     return ModelInfo(model.eval().to(device), spec, notes=notes, assumed_preprocessing=True)
+
+
+def _timm(spec: str, name: str, weights, device, seed: int, trust_weights: bool) -> ModelInfo:
+    """A timm model with seeded random weights (never downloaded), its input size and
+    normalisation from its own configuration; timm is an optional dependency."""
+    try:
+        import timm
+    except ImportError:
+        raise ModelSpecError(
+            f"{spec} needs timm, which is not installed: pip install timm"
+        ) from None
+    available = timm.list_models()
+    if name not in available:
+        import difflib
+
+        close = difflib.get_close_matches(name, available, n=5, cutoff=0.6)
+        hint = f"closest: {', '.join(close)}" if close else "see timm.list_models()"
+        raise ModelSpecError(f"timm has no model {name!r}; {hint}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = timm.create_model(name, pretrained=False)
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    size = tuple(cfg.get("input_size", (3, 224, 224)))[-2:]
+    notes = []
+    if weights is None:
+        notes.append(f"{name}: random weights (seed {seed}); pass --weights FILE for real ones")
+    else:
+        notes += _load_state_dict(model, weights, trust_weights)
+    return ModelInfo(
+        model.eval().to(device),
+        spec,
+        (int(size[0]), int(size[1])),
+        tuple(cfg.get("mean", IMAGENET_MEAN)),
+        tuple(cfg.get("std", IMAGENET_STD)),
+        notes=notes,
+    )
 
 
 def _factory(spec: str, weights, device, trust_weights: bool) -> ModelInfo:

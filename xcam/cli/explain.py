@@ -15,6 +15,7 @@ from xcam.cli.options import (
     parse_output,
     parse_target,
     stats_options,
+    tokens_option,
     trust_options,
 )
 from xcam.cli.probe import check_class, probe
@@ -43,6 +44,7 @@ from xcam.core.artifact import BACKEND_FORMAT
     help="First principal component of the weighted activations instead of their sum.",
 )
 @click.option("--pre-activation", is_flag=True, help=PRE_ACTIVATION_HELP)
+@tokens_option
 @click.option("--out", "-o", type=click.Path(file_okay=False), required=True, help="Output dir.")
 @click.option(
     "--class",
@@ -86,6 +88,7 @@ def explain(
     aug_smooth,
     eigen_smooth,
     pre_activation,
+    tokens,
     out,
     target,
     weights,
@@ -104,7 +107,7 @@ def explain(
     """Explain IMAGES (files or folders) with MODEL: overlay PNGs, .npy maps, predictions.json.
 
     \b
-    MODEL is 'demo', 'torchvision:NAME' (random weights unless --weights FILE),
+    MODEL is 'demo', 'torchvision:NAME' or 'timm:NAME' (random weights unless --weights FILE),
     'package.module:factory', or a file made by `xcam export` (.onnx, .ts, .pt2).
     Unreadable images are reported and skipped; the exit code is then 1.
     """
@@ -116,9 +119,11 @@ def explain(
     paths = _find_images(images)
     if layer and not method_cls.uses_layers:
         fail(f"{method_cls.name} has no target layer; leave out --layer")
-    probed = probe(info, model, input_size, list(layer) if method_cls.uses_layers else [])
+    probed = probe(
+        info, model, input_size, list(layer) if method_cls.uses_layers else [], tokens=tokens
+    )
     check_class(targets, info, probed, parse_output(output))
-    smooth = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth}
+    smooth = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth, "reshape": tokens}
     try:
         explainer = _explainer(method_cls, info, layer, backend, output, pre_activation, smooth)
         job = (batch_size, alpha, colormap, device, overwrite, wait)

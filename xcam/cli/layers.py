@@ -17,12 +17,14 @@ from xcam.cli.options import trust_options
 def layers(model: str, weights: str | None, input_size: str | None) -> None:
     """List candidate target layers of MODEL with their output shapes.
 
-    The layer marked * is the default (the last one with a spatial output).
+    Token layers (vision transformers) are listed with the grid their map has: cls+grid
+    (a class token first, dropped), grid, nhwc. The layer marked * is the default (the
+    last one with a spatial output; for a ViT, the norm before its last attention).
     """
     import torch
 
     from xcam.backends import Backend
-    from xcam.core.layers import candidate_layers
+    from xcam.core.layers import candidate_layers, family_default, last_spatial
 
     info = load(model, weights, "cpu", input_size)
     h, w = info.input_size
@@ -40,15 +42,18 @@ def layers(model: str, weights: str | None, input_size: str | None) -> None:
             f"Pass --input-size H,W with {which}"
         )
     if not infos:
-        fail(f"{model} has no layer with a 4-D output")
-    default = [i for i in infos if i.spatial] or infos
+        fail(f"{model} has no layer with a 4-D output or tokens on a grid")
+    chosen = info.default_layer or family_default(info.model) or last_spatial(infos)
     name_w = max(len(i.name) for i in infos)
     kind_w = max(len(i.kind) for i in infos)
+    shape_w = max(len("x".join(map(str, i.shape))) for i in infos)
     click.echo(f"layers of {model} for a 1x{c}x{h}x{w} input (* = default):")
     for i in infos:
-        mark = "*" if i is default[-1] else " "
+        mark = "*" if i.name == chosen else " "
         shape = "x".join(map(str, i.shape))
-        click.echo(f"{mark} {i.name:<{name_w}}  {i.kind:<{kind_w}}  {shape}")
+        layout = "" if i.is_map else f"  {i.layout} {i.grid[0]}x{i.grid[1]}"
+        line = f"{mark} {i.name:<{name_w}}  {i.kind:<{kind_w}}  {shape:<{shape_w}}{layout}"
+        click.echo(line.rstrip())
 
 
 def _list_outputs(model: str, meta) -> None:

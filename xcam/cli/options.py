@@ -125,3 +125,15 @@ class MethodOption(click.Option):
 
         self.help = "Method: " + ", ".join(list_methods()) + "."
         return super().get_help_record(ctx)
+
+
+def tokens_option(fn):
+    """``--tokens``: how a layer that outputs tokens becomes a map (default: found)."""
+    from xcam.core.tokens import LAYOUTS
+
+    return click.option(
+        "--tokens",
+        type=click.Choice(LAYOUTS[1:]),
+        help="How the layer's tokens make a map: grid ([B, N, C]), cls+grid (a class token "
+        "first), nhwc ([B, H, W, C]); default: found for ViT / Swin and square grids.",
+    )(fn)

@@ -8,11 +8,14 @@ import click
 from xcam.cli.messages import fail
 
 
-def probe(info, spec: str, input_size: str | None, layers=(), run: bool = True) -> object:
+def probe(
+    info, spec: str, input_size: str | None, layers=(), run: bool = True, tokens: str | None = None
+) -> object:
     """Run the eager model once, on a batch of one zero image of its input size, before
     any work: a size it can't take is a usage error naming --input-size (when the model's
     own size runs), a forward that raises is one line naming the model and the exception,
-    and each of ``layers`` must output a ``[B, C, h, w]`` map. Weights that are not finite
+    and each of ``layers`` must output a ``[B, C, h, w]`` map (or tokens that make one, laid
+    out as ``tokens`` says or as found). Weights that are not finite
     are an error even without a forward (``run=False``). An exported file is left to its
     runtime's checks. Returns what the model returned."""
     from torch import nn
@@ -36,7 +39,7 @@ def probe(info, spec: str, input_size: str | None, layers=(), run: bool = True) 
         raise click.BadParameter(str(e), param_hint="--layer") from None
     except Exception as e:
         _forward_failed(info, spec, input_size, named, e)
-    _check_layer_outputs(info, spec, named, outputs)
+    _check_layer_outputs(info, spec, named, outputs, tokens)
     return produced
 
 
@@ -92,17 +95,24 @@ def _forward_failed(info, spec: str, input_size: str | None, named: list, error:
     fail(f"{spec} failed in its forward pass on a 1x{info.channels}x{h}x{w} input: {reason}{hint}")
 
 
-def _check_layer_outputs(info, spec: str, named: list, outputs: dict) -> None:
-    """Each target layer ran and output a ``[B, C, h, w]`` feature map."""
+def _check_layer_outputs(info, spec: str, named: list, outputs: dict, tokens=None) -> None:
+    """Each target layer ran and output a ``[B, C, h, w]`` feature map, or tokens that make
+    one (see :mod:`xcam.core.tokens`)."""
+    from xcam.core.errors import XCamError
+    from xcam.core.tokens import layout_of
+
     for name, module in named:
         act = outputs.get(name)
-        if act is not None and act.dim() == 4:
-            continue
         if act is None:
             got = "does not run in the forward pass"
         else:
-            got = f"outputs a {'x'.join(map(str, act.shape))} tensor ({act.dim()}-D), not a "
-            got += "[B, C, h, w] feature map"
+            try:
+                layout_of(tokens, info.model, name, act).to_map(act, info.input_size, name)
+                continue
+            except XCamError:
+                got = f"outputs a {'x'.join(map(str, act.shape))} tensor ({act.dim()}-D), not a "
+                got += "[B, C, h, w] feature map"
+                got += f" or tokens laid out as --tokens {tokens}" if tokens else " or tokens"
         default = f" (default: {info.default_layer})" if info.default_layer else ""
         raise click.BadParameter(
             f"{name!r} ({type(module).__name__}) {got}: choose a layer with a spatial "

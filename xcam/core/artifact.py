@@ -172,6 +172,9 @@ class ExportMetadata:
     gradients: bool = False
     input_names: list[str] = field(default_factory=lambda: [INPUT])
     closed_form: list[str] = field(default_factory=list)  # layers whose gradient is W/(h·w)
+    # layers whose activations are not [B, C, h, w]: name -> [layout, prefix tokens], the
+    # layout one of "nhwc", "grid", "cls+grid" (see xcam.core.tokens)
+    token_layouts: dict[str, list] = field(default_factory=dict)
     # the model's final activation ("sigmoid", "softmax", "log_softmax"; None: none), and
     # whether the file's logits (and its in-graph score) are the scores before it
     activation: str | None = None
@@ -195,10 +198,28 @@ class ExportMetadata:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def describe_outputs(layers: Sequence[str], gradients: bool = False) -> dict[str, str]:
+# the layouts of token layers a file may name (xcam.core.tokens.LAYOUTS less "nchw"; this
+# module stays free of torch)
+TOKEN_LAYOUTS = ("nhwc", "grid", "cls+grid")
+_LAYOUT_SHAPES = {
+    "nhwc": "[B, h, w, C]",
+    "grid": "[B, N, C] tokens",
+    "cls+grid": "[B, P + N, C] tokens",
+}
+
+
+def describe_outputs(
+    layers: Sequence[str], gradients: bool = False, token_layouts: dict | None = None
+) -> dict[str, str]:
     """What each output of an export is, by name (stored in its metadata)."""
+    shapes = {n: _LAYOUT_SHAPES[v[0]] for n, v in (token_layouts or {}).items()}
     out = {LOGITS: "the model's output, [B, K]"}
-    out.update({name: f"activation of layer {name!r}, [B, C, h, w]" for name in layers})
+    out.update(
+        {
+            name: f"activation of layer {name!r}, {shapes.get(name, '[B, C, h, w]')}"
+            for name in layers
+        }
+    )
     if gradients:
         out.update({grad_name(name): f"d score / d {name}, [B, C, h, w]" for name in layers})
         out[GRADCAM] = "Grad-CAM map fused over the layers, [B, H, W] in [0, 1]"
@@ -270,6 +291,7 @@ def check_metadata(
     _check_name_lists(name, meta)
     _check_numbers(name, meta)
     _check_normalisation(name, meta)
+    _check_token_layouts(name, meta)
     _check_graph_names(name, meta, graph_inputs, graph_outputs)
 
 
@@ -303,6 +325,21 @@ def _check_name_lists(name: str, meta: ExportMetadata) -> None:
         _refuse(name, meta, "outputs", "an object of output names and descriptions")
     if not isinstance(meta.versions, dict):
         _refuse(name, meta, "versions", "an object")
+
+
+def _check_token_layouts(name: str, meta: ExportMetadata) -> None:
+    """Each entry names one of the file's layers and a token layout with its prefix count."""
+    layouts = meta.token_layouts
+    if not isinstance(layouts, dict) or not all(
+        layer in meta.layers
+        and isinstance(v, list)
+        and len(v) == 2
+        and v[0] in TOKEN_LAYOUTS
+        and _is_int(v[1])
+        and 0 <= v[1] <= 64
+        for layer, v in layouts.items()
+    ):
+        _refuse(name, meta, "token_layouts", "an object of the file's layers and token layouts")
 
 
 def _check_numbers(name: str, meta: ExportMetadata) -> None:

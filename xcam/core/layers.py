@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from xcam.core.errors import InputError, LayerNotFoundError, ModelSpecError
+from xcam.core.errors import InputError, LayerNotFoundError, ModelSpecError, XCamError
 
 LayerRef = str | nn.Module
 Layers = LayerRef | Sequence[LayerRef] | None
@@ -101,38 +101,68 @@ def resolve_layers(model: nn.Module, layers: Layers) -> list[tuple[str, nn.Modul
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One module's output in a probe forward pass."""
+    """One module's output in a probe forward pass: a feature map, or tokens that make one
+    (``layout``: see :mod:`xcam.core.tokens`; ``grid``: the map's ``(h, w)``)."""
 
     name: str
     kind: str
     shape: tuple[int, ...]
     order: int  # when the module finished, in execution order
+    layout: str = "nchw"
+    grid: tuple[int, int] = (0, 0)
 
     @property
     def spatial(self) -> bool:
-        return len(self.shape) == 4 and self.shape[2] * self.shape[3] > 1
+        return self.grid[0] * self.grid[1] > 1
+
+    @property
+    def is_map(self) -> bool:
+        """A ``[B, C, h, w]`` output, as CNN layers give (not tokens, not NHWC)."""
+        return self.layout == "nchw"
 
 
 def candidate_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
-    """Run ``model`` once on ``example`` and list modules with a 4-D tensor output.
+    """Run ``model`` once on ``example`` and list modules whose output is a feature map:
+    a 4-D ``[B, C, h, w]`` tensor, ``[B, h, w, C]`` (after torchvision's ``Permute`` to
+    channels-last: Swin, ConvNeXt blocks), or ``[B, N, C]`` tokens on a square grid (with a
+    class token or the model's prefix tokens: ViT).
 
     The list is in the order modules finish, so a block comes after its children.
     The model's mode and hooks are left as they were. A floating ``example`` is cast to
     the model's floating dtype (a probe of a ``model.half()``).
     """
     from xcam.core.capture import preserved_state
+    from xcam.core.tokens import CHANNELS_FIRST, is_permute, layout_of, timm_nhwc
 
     dtype = floating_dtype(model)
     if dtype is not None and example.is_floating_point() and example.dtype != dtype:
         example = example.to(dtype)
     infos: list[LayerInfo] = []
     names = module_names(model)
+    size = tuple(example.shape[-2:])
+    channels_last = [False]  # flipped as torchvision's Permute modules run
+    nhwc_model = timm_nhwc(model)  # timm's Swin: every 4-D output but a convolution's
 
     def record(module: nn.Module, _inputs: object, output: object) -> None:
-        if isinstance(output, torch.Tensor) and output.dim() == 4 and module in names:
-            infos.append(
-                LayerInfo(names[module], type(module).__name__, tuple(output.shape), len(infos))
-            )
+        if is_permute(module, True) or is_permute(module, False):
+            channels_last[0] = is_permute(module, True)
+        if not isinstance(output, torch.Tensor) or output.dim() not in (3, 4):
+            return
+        name = names[module]
+        if output.dim() == 4:
+            nhwc = channels_last[0] or (nhwc_model and not isinstance(module, CHANNELS_FIRST))
+            grid = tuple(output.shape[1:3] if nhwc else output.shape[2:])
+            layout = "nhwc" if nhwc else "nchw"
+        else:
+            try:
+                found = layout_of(None, model, name, output)
+            except XCamError:  # tokens of no grid (or not tokens at all)
+                return
+            layout = found.kind
+            grid = found.to_map(output[:1], size, name).shape[2:]
+        infos.append(
+            LayerInfo(name, type(module).__name__, tuple(output.shape), len(infos), layout, grid)
+        )
 
     handles = []
     with preserved_state(model):
@@ -150,12 +180,34 @@ def candidate_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]
 
 
 def default_layer(model: nn.Module, example: torch.Tensor) -> str:
-    """The last module (in execution order) whose output is a spatial 4-D map."""
-    infos = candidate_layers(model, example)
-    spatial = [i for i in infos if i.spatial] or infos
-    if not spatial:
+    """The last module (in execution order) whose output is a spatial 4-D map; for a vision
+    transformer, the norm before its last attention (see :func:`family_default`)."""
+    found = family_default(model) or last_spatial(candidate_layers(model, example))
+    if found is None:
         raise InputError(
             f"{type(model).__name__} has no layer with a 4-D [B, C, H, W] output for an input of"
             f" shape {tuple(example.shape)}; pass layers= explicitly"
         )
-    return spatial[-1].name
+    return found
+
+
+def last_spatial(infos: Sequence[LayerInfo]) -> str | None:
+    """The last of ``infos`` with a spatial 4-D output (NCHW or NHWC), else the last 4-D."""
+    maps = [i for i in infos if i.layout in ("nchw", "nhwc")]
+    spatial = [i for i in maps if i.spatial] or maps
+    return spatial[-1].name if spatial else None
+
+
+def family_default(model: nn.Module) -> str | None:
+    """The default layer of a vision transformer: the first norm of its last block (the input
+    of the last attention). Only the class token reaches the head, so the grid tokens of the
+    last block's output have no gradient; the attention's input is where they still count."""
+    for blocks, norm in (("encoder.layers", "ln_1"), ("blocks", "norm1")):  # torchvision, timm
+        try:
+            container = model.get_submodule(blocks)
+        except AttributeError:
+            continue
+        last = list(container.named_children())[-1:]
+        if last and isinstance(getattr(last[0][1], norm, None), nn.Module):
+            return f"{blocks}.{last[0][0]}.{norm}"
+    return None

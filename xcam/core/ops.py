@@ -7,6 +7,7 @@ built from the same functions.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -48,7 +49,9 @@ def first_component(weighted: torch.Tensor, center: bool = False) -> torch.Tenso
     centred, as in Eigen-CAM) gives ``M v_1``. With ``center``, each channel's mean over the
     positions is subtracted from ``M`` first (a principal component analysis proper, as
     pytorch-grad-cam computes it). An SVD's sign is arbitrary: it is chosen so that the
-    projection agrees with the channel sum ``sum_c M_c``, the un-weighted map.
+    projection agrees with the channel sum ``sum_c M_c``, the un-weighted map; where that
+    sum is zero up to rounding (tokens out of a LayerNorm), so that its largest entry is
+    positive.
     """
     b, _, h, w = weighted.shape
     if not bool(torch.isfinite(weighted).all()):  # an SVD of it can't converge
@@ -59,9 +62,14 @@ def first_component(weighted: torch.Tensor, center: bool = False) -> torch.Tenso
     m = flat - flat.mean(dim=1, keepdim=True) if center else flat
     _, _, vh = torch.linalg.svd(m, full_matrices=False)
     proj = m @ vh[:, 0, :, None]  # [B, hw, 1]
-    agree = (proj[:, :, 0] * flat.sum(dim=2)).sum(dim=1)
-    sign = torch.where(agree < 0, -1.0, 1.0).to(proj)
-    return (proj[:, :, 0] * sign[:, None]).reshape(b, h, w)
+    p, total = proj[:, :, 0], flat.sum(dim=2)
+    sign = torch.where((p * total).sum(dim=1) < 0, -1.0, 1.0)
+    # where the channel sum is only rounding noise (a LayerNorm's output: each token sums to
+    # 0), it would pick the sign at random: the largest entry is made positive instead
+    noise = total.norm(dim=1) <= 1e-4 * math.sqrt(flat.shape[2]) * flat.norm(dim=(1, 2))
+    largest = p.gather(1, p.abs().argmax(dim=1, keepdim=True))[:, 0]
+    sign = torch.where(noise, torch.where(largest < 0, -1.0, 1.0), sign).to(proj)
+    return (p * sign[:, None]).reshape(b, h, w)
 
 
 def combine(

@@ -16,15 +16,16 @@ from torch import nn
 from xcam.core import ops
 from xcam.core.artifact import FORMATS
 from xcam.core.cammodel import WHOLE, OutputSelector
-from xcam.core.errors import InputError, LayerTypeError, NumericalError, XCamError
+from xcam.core.errors import InputError, NumericalError, XCamError
 from xcam.core.inputs import check_input, first_conv_channels
-from xcam.core.layers import Layers, default_layer, resolve_layers
+from xcam.core.layers import Layers, candidate_layers, default_layer, resolve_layers
 from xcam.core.result import CamResult, outcome
 from xcam.core.targets import (
     Targets,
     reported_logits,
     score_functions,
 )
+from xcam.core.tokens import Layout, Reshape, channels_last_model, check_reshape, layout_of
 from xcam.core.tracing import FX_GATE
 from xcam.methods.augment import AUGMENTATIONS, augmented
 from xcam.methods.context import LayerContext
@@ -38,6 +39,10 @@ class BaseCAM:
     Subclasses set ``name`` (registry key) and ``needs_gradients`` and implement
     :meth:`weights`. The map of a layer is ``ReLU(sum_c w_c * A_c)``; with several layers
     the maps are upsampled to the input, normalised, averaged and normalised again.
+
+    ``reshape`` says how a layer that outputs tokens (a vision transformer's) becomes a
+    ``[B, C, h, w]`` map: ``"grid"``, ``"cls+grid"``, ``"nhwc"`` or a callable; by default
+    torchvision's and timm's ViT and Swin layers are found (see :mod:`xcam.core.tokens`).
 
     ``backend`` says where the activations come from: ``"eager"`` (default), one of
     ``"onnxruntime"``, ``"torchscript"``, ``"pt2"`` (the model is exported on the first call,
@@ -77,7 +82,11 @@ class BaseCAM:
         eigen_smooth: bool = False,
         center: bool = False,
         pre_activation: bool = False,
+        reshape: Reshape = None,
     ):
+        self._layouts: dict[str, Layout] = {}
+        self.reshape = reshape  # how token layers become maps (None: found per layer)
+        self._nhwc: set[str] | None = None  # the model's channels-last layers, once probed
         self.aug_smooth = aug_smooth
         self.eigen_smooth = eigen_smooth
         self.center = center  # the eigen projections subtract each channel's mean first
@@ -102,6 +111,18 @@ class BaseCAM:
         self.model: nn.Module | None = None if self.eager is None else self.eager.model
         # checked against every input
         self._in_channels = None if self.model is None else first_conv_channels(self.model)
+
+    @property
+    def reshape(self) -> Reshape:
+        """How a layer of tokens becomes a map: ``"grid"``, ``"cls+grid"``, ``"nhwc"``, a
+        callable, or None (found per layer)."""
+        return self._reshape
+
+    @reshape.setter
+    def reshape(self, value: Reshape) -> None:
+        check_reshape(value)
+        self._reshape = value
+        self._layouts.clear()  # found with the old value
 
     @property
     def activation(self) -> str | None:
@@ -189,6 +210,9 @@ class BaseCAM:
             "eigen_smooth": self.eigen_smooth,
             "center": self.center,
             "pre_activation": self.pre_activation,
+            "reshape": self.reshape
+            if self.reshape is None or isinstance(self.reshape, str)
+            else getattr(self.reshape, "__qualname__", type(self.reshape).__name__),
         }
         found.update({k: getattr(self, k) for k in self.output_options})
         return found
@@ -291,14 +315,22 @@ class BaseCAM:
         """Each layer's map ``[B, h, w]`` from what the source captured."""
         flat = reported_logits(got.output)
         tail = self.eager.run_tail if self.eager is not None else no_tail(type(self).__name__)
+        size = x.shape[-2:]
         found = {}
         with torch.no_grad():
             for i, (name, module) in enumerate(layers):
-                a = _feature_map(got.activations[i].detach(), name)
+                raw = got.activations[i].detach()
+                layout = self._layout(name, raw, x)
+                a = layout.to_map(raw, size, name)
+                g = None if got.gradients is None else got.gradients[i]
+                layer_tail = functools.partial(tail, name, x, output=output)
+                if not layout.is_map:
+                    g = None if g is None else layout.to_map(g, size, name)
+                    layer_tail = _through(layout, raw, layer_tail)
                 ctx = LayerContext(
                     name=name,
                     activations=a,
-                    gradients=None if got.gradients is None else got.gradients[i].to(a.device),
+                    gradients=None if g is None else g.to(a.device),
                     logits=flat.to(a.device),
                     target=got.target,
                     model=self.model,
@@ -307,10 +339,41 @@ class BaseCAM:
                     output=got.output,
                     targets=targets,
                     forward=forward,
-                    tail=functools.partial(tail, name, x, output=output),
+                    tail=layer_tail,
                 )
                 found[name] = self.layer_map(ctx)
         return found
+
+    def _layout(self, name: str, out: torch.Tensor, x: torch.Tensor) -> Layout:
+        """How layer ``name``'s output ``out`` becomes a map (found once per layer)."""
+        found = self._layouts.get(name)
+        if found is None:
+            found = self._layouts[name] = self._find_layout(name, out, x)
+        return found
+
+    def _find_layout(self, name: str, out: torch.Tensor, x: torch.Tensor) -> Layout:
+        """The caller's ``reshape``; else what a file explained alone says of its layers;
+        else what the output and the eager model show (see :func:`layout_of`)."""
+        if self.reshape is None and self.model is None and self.backend is not None:
+            kind, prefix = self.backend.metadata.token_layouts.get(name, (None, 0))
+            if kind is not None:
+                return Layout(kind, prefix=prefix)
+        found = layout_of(self.reshape, self.model, name, out)
+        if self.reshape is None and found.is_map and name in self._channels_last(x):
+            return Layout("nhwc")
+        return found
+
+    def _channels_last(self, x: torch.Tensor) -> set[str]:
+        """The eager model's layers with ``[B, h, w, C]`` outputs: a probe forward, once, for
+        a channels-last model only (torchvision's Swin and ConvNeXt, timm's Swin)."""
+        if self._nhwc is None:
+            model = self.model
+            if model is None or not channels_last_model(model):
+                self._nhwc = set()
+            else:
+                infos = candidate_layers(model, x[:1].detach())
+                self._nhwc = {i.name for i in infos if i.layout == "nhwc"}
+        return self._nhwc
 
     def _fixed_size(self) -> str | None:
         """The name of the loaded file this explainer runs, when its input size is fixed."""
@@ -322,16 +385,15 @@ class BaseCAM:
         return None
 
 
-def _feature_map(a: torch.Tensor, name: str) -> torch.Tensor:
-    """``a`` when it is a ``[B, C, h, w]`` feature map, else a :class:`LayerTypeError`."""
-    if a.dim() != 4:
-        shape = "x".join(map(str, a.shape))
-        raise LayerTypeError(
-            f"layer {name!r} outputs a {shape} tensor ({a.dim()}-D), not a "
-            "[B, C, h, w] feature map: choose a layer with a spatial output "
-            "(`xcam layers MODEL` lists them)"
-        )
-    return a
+def _through(layout: Layout, raw: torch.Tensor, tail: Any) -> Any:
+    """A layer's tail that takes maps: each map goes back to the layer's own layout (with the
+    prefix tokens of its sample) before the model runs on."""
+
+    def run(maps: torch.Tensor, rows: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        like = raw[rows.to(raw.device)]
+        return tail(layout.to_tokens(maps, like), rows, *args, **kwargs)
+
+    return run
 
 
 class BatchedCAM(BaseCAM):
