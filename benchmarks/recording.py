@@ -8,7 +8,10 @@ makes (input finiteness, training flags kept, the thread's own hook, a finite ma
 degenerate flag) written out in one function: what xcam's call would cost with no
 structure around it.
 
-    python benchmarks/recording.py [--rounds 7] [--threads 2] [--cases resnet18]
+    python benchmarks/recording.py [--rounds 7] [--threads 2] [--cases resnet18] [--checks]
+
+``--checks`` also times ``inlined`` without each of its checks in turn (printed, not
+written).
 
 Time: median ms per call, arms interleaved (xcam.bench.measure). Memory: the peak RSS
 growth of one call at batch 32 over the loaded model (warmed up at batch 1), each arm in a
@@ -42,40 +45,24 @@ ARMS = ("plain", "xcam", "full_graph", "torchcam")
 FLOORS = ("minimal", "inlined")  # timed beside the arms, not in the memory readings
 
 
-def full_graph_gradcam(model: torch.nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM with autograd recording the whole forward (xcam before issue 14)."""
-    seen = {}
-    hook = model.get_submodule(layer).register_forward_hook(lambda m, i, o: seen.setdefault("a", o))
-    try:
-        with torch.enable_grad():
-            out = model(x)
-            score = out.gather(1, out.argmax(1, keepdim=True)).sum()
-            (g,) = torch.autograd.grad(score, seen["a"])
-    finally:
-        hook.remove()
-    cam = F.relu((g.mean(dim=(2, 3), keepdim=True) * seen["a"]).sum(1)).detach()
-    up = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
-    lo = up.amin(dim=(2, 3), keepdim=True)
-    return (up - lo) / (up.amax(dim=(2, 3), keepdim=True) - lo).clamp(min=1e-12)
-
-
-def _upsampled(cam: torch.Tensor, size) -> torch.Tensor:
-    return F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-
-
-def minimal_gradcam(model: torch.nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
-    """The issue's prototype: autograd off, turned on at the layer, whose output becomes a
-    fresh leaf; no checks."""
+def hooked_gradcam(
+    model: torch.nn.Module, layer: str, x: torch.Tensor, from_layer: bool
+) -> torch.Tensor:
+    """Grad-CAM by a forward hook and ``autograd.grad``, with no checks. ``from_layer``:
+    autograd is off until the layer, whose output becomes a fresh leaf (the issue's
+    prototype); else the whole forward is recorded (xcam before issue 14)."""
     seen = {}
 
     def hook(_m, _i, out):
-        torch.set_grad_enabled(True)
-        seen["a"] = out.detach().requires_grad_()
-        return seen["a"]
+        if from_layer:
+            torch.set_grad_enabled(True)
+            out = out.detach().requires_grad_()
+        seen["a"] = out
+        return out
 
     handle = model.get_submodule(layer).register_forward_hook(hook)
     try:
-        with torch.no_grad():
+        with torch.no_grad() if from_layer else torch.enable_grad():
             out = model(x)
             score = out.gather(1, out.argmax(1, keepdim=True)).sum()
             (g,) = torch.autograd.grad(score, seen["a"])
@@ -87,13 +74,29 @@ def minimal_gradcam(model: torch.nn.Module, layer: str, x: torch.Tensor) -> torc
     return (up - lo) / (up.amax(dim=(1, 2), keepdim=True) - lo).clamp(min=1e-12)
 
 
-def inlined_gradcam(model: torch.nn.Module, layer: str, x: torch.Tensor):
-    """The prototype with every check xcam makes, written out in one function."""
+def _upsampled(cam: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+CHECKS = ("walk", "clone", "finite")  # what `--checks` leaves out of `inlined`, one at a time
+
+
+def inlined_gradcam(
+    model: torch.nn.Module, layer: str, x: torch.Tensor, without: frozenset = frozenset()
+):
+    """The prototype with every check xcam makes, written out in one function; ``without``
+    leaves some out: ``walk`` (every module in eval mode, its flag restored after),
+    ``clone`` (the layer's output handed on as a copy: in-place ops after the layer never
+    change A), ``finite`` (the input and the map checked for NaN / inf)."""
     from xcam.core.capture import _all_modules
 
-    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+    finite = "finite" not in without
+    if finite and not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
         raise ValueError("the input is not finite")
-    flags = [(m, m.training) for m in _all_modules(model)]
+    flags = [] if "walk" in without else [(m, m.training) for m in _all_modules(model)]
+    for module, flag in flags:
+        if flag:
+            module.training = False
     seen, thread = {}, threading.get_ident()
 
     def hook(_m, _i, out):
@@ -101,7 +104,7 @@ def inlined_gradcam(model: torch.nn.Module, layer: str, x: torch.Tensor):
             return None
         seen["a"] = out.detach().requires_grad_()
         torch.set_grad_enabled(True)
-        return seen["a"].clone()  # an in-place op after the layer never changes A
+        return seen["a"] if "clone" in without else seen["a"].clone()
 
     handle = model.get_submodule(layer).register_forward_hook(hook)
     try:
@@ -117,7 +120,7 @@ def inlined_gradcam(model: torch.nn.Module, layer: str, x: torch.Tensor):
                 module.training = flag
     with torch.no_grad():
         cam = F.relu((g.mean(dim=(2, 3))[:, :, None, None] * seen["a"].detach()).sum(1))
-        if not bool(torch.isfinite(cam).all()):
+        if finite and not bool(torch.isfinite(cam).all()):
             raise ValueError("the map is not finite")
         up = _upsampled(cam, x.shape[-2:])
         lo = up.amin(dim=(1, 2), keepdim=True)
@@ -128,9 +131,12 @@ def inlined_gradcam(model: torch.nn.Module, layer: str, x: torch.Tensor):
 
 def arm(name: str, model: torch.nn.Module, layer: str, x: torch.Tensor):
     if name == "minimal":
-        return lambda: minimal_gradcam(model, layer, x)
+        return lambda: hooked_gradcam(model, layer, x, from_layer=True)
     if name == "inlined":
         return lambda: inlined_gradcam(model, layer, x)
+    if name.startswith("inlined-no-"):
+        without = frozenset([name.removeprefix("inlined-no-")])
+        return lambda: inlined_gradcam(model, layer, x, without)
     if name == "plain":
 
         def plain():
@@ -142,7 +148,7 @@ def arm(name: str, model: torch.nn.Module, layer: str, x: torch.Tensor):
         cam = xcam.GradCAM(model, layer)
         return lambda: cam(x)
     if name == "full_graph":
-        return lambda: full_graph_gradcam(model, layer, x)
+        return lambda: hooked_gradcam(model, layer, x, from_layer=False)
     from torchcam.methods import GradCAM as TorchcamGradCAM
 
     def torchcam():
@@ -208,6 +214,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cases", nargs="*", help="only these models (default: every case)")
+    p.add_argument(
+        "--checks",
+        action="store_true",
+        help="also time `inlined` without each of its checks, one at a time (printed only)",
+    )
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     rows = []
@@ -216,8 +227,13 @@ def main() -> None:
         if a.cases and name not in a.cases:
             continue
         model, x = setup(name, size, batch)
-        arms = {k: arm(k, model, layer, x) for k in (*ARMS, *FLOORS)}
+        names = (*ARMS, *FLOORS, *(f"inlined-no-{c}" for c in CHECKS if a.checks))
+        arms = {k: arm(k, model, layer, x) for k in names}
         med = measure(arms, a.rounds if batch == 1 else 3)
+        if a.checks:
+            ratios = {k: round(v / med["plain"], 3) for k, v in med.items()}
+            print(f"{name} {size}² b{batch}, × plain: {ratios}", flush=True)
+            med = {k: v for k, v in med.items() if not k.startswith("inlined-no-")}
         row = {"model": name, "layer": layer, "size": size, "batch": batch}
         row.update({f"{k}_ms": round(v, 1) for k, v in med.items()})
         row.update({f"{k}_vs_plain": round(med[k] / med["plain"], 3) for k in med if k != "plain"})

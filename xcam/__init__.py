@@ -19,6 +19,7 @@ _LAZY = {
     "resolve_layers": "xcam.core.layers",
     "candidate_layers": "xcam.core.layers",
     "TargetError": "xcam.core.errors",
+    "RegionTarget": "xcam.core.targets",
     "InputError": "xcam.core.errors",
     "LayerTypeError": "xcam.core.errors",
     "HeadError": "xcam.core.errors",
@@ -68,6 +69,7 @@ __all__ = [
     "LayerNotFoundError",
     "LayerTypeError",
     "ReciproCAM",
+    "RegionTarget",
     "ScoreCAM",
     "TargetError",
     "XCamError",
@@ -97,6 +99,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from xcam.core.layers import candidate_layers, resolve_layers
     from xcam.core.result import Attribution, CamResult
+    from xcam.core.targets import RegionTarget
     from xcam.methods.ablationcam import AblationCAM
     from xcam.methods.base import BaseCAM
     from xcam.methods.cam import CAM

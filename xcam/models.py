@@ -7,6 +7,7 @@ A spec resolves to a :class:`ModelInfo`: the module plus what is needed to feed 
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,22 +269,11 @@ def _torchvision(
     import torchvision
 
     available = torchvision.models.list_models(module=torchvision.models)
-    if name not in available:
-        import difflib
-
-        close = difflib.get_close_matches(name, available, n=5, cutoff=0.4)
-        hint = f"closest: {', '.join(close)}" if close else "see torchvision.models.list_models()"
-        raise ModelSpecError(f"torchvision has no classification model {name!r}; {hint}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = torchvision.models.get_model(name, weights=None)
-    notes = []
-    if weights is None:
-        notes.append(f"{name}: random weights (seed {seed}); pass --weights FILE for real ones")
-        if name.startswith("vit_"):  # torchvision's ViT initialises its head to zeros
-            notes.append(f"{name}'s head is all zeros until real weights load: its maps are blank")
-    else:
-        notes += _load_state_dict(model, weights, trust_weights)
+    make = functools.partial(torchvision.models.get_model, name, weights=None)
+    model = _seeded("torchvision", "classification model", name, available, make, seed, 0.4)
+    notes = _weight_notes(model, name, weights, seed, trust_weights)
+    if weights is None and name.startswith("vit_"):  # torchvision zeroes the ViT's head
+        notes.append(f"{name}'s head is all zeros until real weights load: its maps are blank")
     return ModelInfo(model.eval().to(device), spec, notes=notes, assumed_preprocessing=True)
 
 
@@ -296,23 +286,11 @@ def _timm(spec: str, name: str, weights, device, seed: int, trust_weights: bool)
         raise ModelSpecError(
             f"{spec} needs timm, which is not installed: pip install timm"
         ) from None
-    available = timm.list_models()
-    if name not in available:
-        import difflib
-
-        close = difflib.get_close_matches(name, available, n=5, cutoff=0.6)
-        hint = f"closest: {', '.join(close)}" if close else "see timm.list_models()"
-        raise ModelSpecError(f"timm has no model {name!r}; {hint}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = timm.create_model(name, pretrained=False)
+    make = functools.partial(timm.create_model, name, pretrained=False)
+    model = _seeded("timm", "model", name, timm.list_models(), make, seed, 0.6)
+    notes = _weight_notes(model, name, weights, seed, trust_weights)
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     size = tuple(cfg.get("input_size", (3, 224, 224)))[-2:]
-    notes = []
-    if weights is None:
-        notes.append(f"{name}: random weights (seed {seed}); pass --weights FILE for real ones")
-    else:
-        notes += _load_state_dict(model, weights, trust_weights)
     return ModelInfo(
         model.eval().to(device),
         spec,
@@ -321,6 +299,29 @@ def _timm(spec: str, name: str, weights, device, seed: int, trust_weights: bool)
         tuple(cfg.get("std", IMAGENET_STD)),
         notes=notes,
     )
+
+
+def _seeded(
+    library: str, what: str, name: str, available: list[str], make, seed: int, cutoff: float
+) -> nn.Module:
+    """``make()`` with random weights drawn from ``seed`` (the caller's random state kept);
+    a name ``available`` lacks is a :class:`ModelSpecError` with the closest ones."""
+    if name not in available:
+        import difflib
+
+        close = difflib.get_close_matches(name, available, n=5, cutoff=cutoff)
+        hint = f"closest: {', '.join(close)}" if close else f"see {library}'s list of models"
+        raise ModelSpecError(f"{library} has no {what} {name!r}; {hint}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()
+
+
+def _weight_notes(model: nn.Module, name: str, weights, seed: int, trust: bool) -> list[str]:
+    """``weights`` loaded into ``model``; what the user is told of the weights."""
+    if weights is not None:
+        return _load_state_dict(model, weights, trust)
+    return [f"{name}: random weights (seed {seed}); pass --weights FILE for real ones"]
 
 
 def _factory(spec: str, weights, device, trust_weights: bool) -> ModelInfo:

@@ -201,7 +201,12 @@ def last_spatial(infos: Sequence[LayerInfo]) -> str | None:
 def family_default(model: nn.Module) -> str | None:
     """The default layer of a vision transformer: the first norm of its last block (the input
     of the last attention). Only the class token reaches the head, so the grid tokens of the
-    last block's output have no gradient; the attention's input is where they still count."""
+    last block's output have no gradient; the attention's input is where they still count.
+    Of torchvision's segmentation models: the backbone layer whose features the classifier
+    reads (after it, the layers are the per-pixel classifier itself)."""
+    segmentation = _segmentation_backbone(model)
+    if segmentation is not None:
+        return segmentation
     for blocks, norm in (("encoder.layers", "ln_1"), ("blocks", "norm1")):  # torchvision, timm
         try:
             container = model.get_submodule(blocks)
@@ -210,4 +215,19 @@ def family_default(model: nn.Module) -> str | None:
         last = list(container.named_children())[-1:]
         if last and isinstance(getattr(last[0][1], norm, None), nn.Module):
             return f"{blocks}.{last[0][0]}.{norm}"
+    return None
+
+
+def _segmentation_backbone(model: nn.Module) -> str | None:
+    """``backbone.<layer>`` of a torchvision segmentation model (its backbone returns the
+    layers of ``return_layers``): the one it names ``out`` (FCN, DeepLabV3) or ``high``
+    (LR-ASPP)."""
+    backbone = getattr(model, "backbone", None)
+    returned = getattr(backbone, "return_layers", None)
+    if not isinstance(returned, dict) or not hasattr(model, "classifier"):
+        return None
+    for wanted in ("out", "high"):
+        names = [k for k, v in returned.items() if v == wanted]
+        if names:
+            return f"backbone.{names[0]}"
     return None

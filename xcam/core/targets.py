@@ -168,6 +168,64 @@ def score_functions(targets: object) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class RegionTarget:
+    """A segmentation model's class ``category`` over a region: the sum of its scores
+    inside ``mask``, as pytorch-grad-cam's ``SemanticSegmentationTarget``:
+
+        S = sum_ij M_ij · Y_k,ij
+
+    ``mask``: ``[H, W]`` (or ``[B, H, W]``) of 0 / 1, bools or weights at the output's size;
+    None: where the output it is given predicts ``category`` (argmax over the classes).
+    Called on a batch ``[B, K, H, W]`` (``targets=RegionTarget(k)``) or on one sample's
+    ``[K, H, W]`` (``targets=[RegionTarget(k, m0), RegionTarget(k, m1)]``, one per sample:
+    the form for masks that differ by sample). Methods that re-score masked inputs
+    (Score-CAM, Ablation-CAM) see, without a mask, the region each variant predicts; give
+    the mask to keep one region. Choose the output with ``output="out"`` for torchvision's
+    segmentation models (their output is a dict).
+
+    Example::
+
+        >>> import torch
+        >>> y = torch.zeros(1, 3, 2, 2); y[0, 1, 0] = 2.0  # class 1 wins the top row
+        >>> RegionTarget(1)(y).tolist()
+        [4.0]
+    """
+
+    category: int
+    mask: torch.Tensor | None = None
+
+    def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        if not isinstance(out, torch.Tensor) or out.dim() not in (3, 4):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise TargetError(
+                f"RegionTarget explains a segmentation output [B, K, H, W] (or one sample's "
+                f"[K, H, W]), got {got}; for a dict output choose it with output='out'"
+            )
+        y = out[None] if out.dim() == 3 else out
+        k = y.shape[1]
+        if isinstance(self.category, bool) or not 0 <= int(self.category) < k:
+            raise TargetError(
+                f"RegionTarget category {self.category!r} is out of range for {k} classes"
+            )
+        if self.mask is None:
+            mask = (y.detach().argmax(dim=1) == self.category).to(y.dtype)
+        else:
+            mask = torch.as_tensor(self.mask).to(device=y.device, dtype=y.dtype)
+            if (
+                mask.dim() not in (2, 3)
+                or mask.shape[-2:] != y.shape[-2:]
+                or (mask.dim() == 3 and mask.shape[0] != y.shape[0])
+            ):
+                raise TargetError(
+                    f"the region mask is {tuple(mask.shape)}; the output's classes are "
+                    f"{tuple(y.shape[-2:])} maps, for {y.shape[0]} sample(s): give [H, W] "
+                    "(or [B, H, W]) at the output's size"
+                )
+        score = (y[:, self.category] * mask).sum(dim=(1, 2))
+        return score[0] if out.dim() == 3 else score
+
+
 def per_sample_scores(
     logits: torch.Tensor, fns: Sequence[Callable], rows: torch.Tensor | None = None
 ) -> torch.Tensor:
