@@ -15,7 +15,7 @@ import torch
 
 from xcam.core.errors import InputError, OutputError
 from xcam.core.result import Attribution
-from xcam.core.targets import Targets, probabilities, score_functions
+from xcam.core.targets import PRESENT, Targets, probabilities, score_functions
 from xcam.images import load_image, preprocess
 from xcam.methods.base import BaseCAM
 from xcam.models import ModelInfo
@@ -281,6 +281,9 @@ def _explain_chunk(info, chunk, method, record, stems, targets, alpha, colormap,
     if not loaded:
         return
     x = preprocess([im for _, _, im in loaded], info.input_size, info.mean, info.std)
+    if targets == PRESENT:
+        _explain_present(info, loaded, x.to(device), method, record, stems, alpha, colormap)
+        return
     result = method(x.to(device), targets=targets).cpu()
     for i, (p, stamp, im) in enumerate(loaded):
         key = image_key(p)  # a realpath: resolved once per image
@@ -309,6 +312,60 @@ def _explain_chunk(info, chunk, method, record, stems, targets, alpha, colormap,
                 "scores that depend on them are null"
             )
         record.add(row)
+
+
+def _explain_present(info, loaded, x, method, record, stems, alpha, colormap) -> None:
+    """``--class present``: per image, an overlay and a map for every label its multi-label
+    head says is present (``<stem>_<label>_<method>``), and its rows in the record. A file of
+    those names that this run did not write fails the image, never gets replaced."""
+    logits = method.source.forward(method.output)(x).detach().float().cpu()  # every image's
+    result = method(x, targets=PRESENT).cpu()
+    for i, (p, stamp, im) in enumerate(loaded):
+        key = image_key(p)
+        rows = (result.samples == i).nonzero()[:, 0].tolist()
+        stem_of = {r: f"{stems[key]}_{int(result.targets[r])}_{method.name}" for r in rows}
+        names = [f"{stem}{ext}" for stem in stem_of.values() for ext in (".npy", ".png")]
+        foreign = [n for n in names if n not in record.owned and (record.out / n).exists()]
+        if foreign:
+            record.add(
+                {
+                    "key": key,
+                    "image": str(p),
+                    "error": (
+                        f"{p}: its output {foreign[0]} is already in {record.out}, written by a "
+                        "different run or by something else; pass --overwrite (overwrite=True) to "
+                        "replace it, or choose another --out"
+                    ),
+                }
+            )
+            continue
+        record.claim(names)
+        labels = []
+        for r, stem in stem_of.items():
+            _write_outputs(record.out, stem, im, result.maps[r], False, alpha, colormap)
+            label = int(result.targets[r])
+            labels.append(
+                {
+                    "class": label,
+                    "name": info.class_name(label),
+                    "score": float(result.scores[r]),
+                    "overlay": f"{stem}.png",
+                    "map": f"{stem}.npy",
+                    "degenerate": bool(result.degenerate[r]),
+                }
+            )
+        record.add(
+            {
+                "key": key,
+                "stamp": stamp,
+                "stem": stems[key],
+                "image": str(p),
+                "predictions": top_predictions(logits[i], info, activation=result.activation),
+                "target": PRESENT,
+                "labels": labels,
+                "kind": "heatmap",
+            }
+        )
 
 
 def _write_outputs(

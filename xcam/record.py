@@ -104,7 +104,7 @@ class Record:
         else:
             self.errors.pop(key, None)
             self.items[key] = row
-            self.owned.update(row[k] for k in ("overlay", "map"))
+            self.owned.update(_files_of(row))
 
     def files(self) -> list[str]:
         """The output files this record owns (listed by an image, or claimed before writing)."""
@@ -124,7 +124,7 @@ class Record:
         return (
             item is not None
             and item.get("stamp") == stamp
-            and all((self.out / item[k]).is_file() for k in ("overlay", "map"))
+            and all((self.out / name).is_file() for name in _files_of(item))
         )
 
     def open(self) -> None:
@@ -178,8 +178,23 @@ def _sane(row: dict[str, Any]) -> bool:
     hand-edited or hostile journal never makes a run write or delete elsewhere)."""
     if "error" in row:
         return isinstance(row.get("image"), str)
-    return all(_plain_name(row.get(k)) for k in ("stem", "overlay", "map"))
+    entries = row.get("labels", [row])  # --class present: one entry per label
+    return (
+        _plain_name(row.get("stem"))
+        and isinstance(entries, list)
+        and all(
+            isinstance(e, dict) and _plain_name(e.get("overlay")) and _plain_name(e.get("map"))
+            for e in entries
+        )
+    )
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in ("key", "stamp")}
+
+
+def _files_of(item: dict[str, Any]) -> list[str]:
+    """The files an image's row lists: its overlay and map, or with ``--class present`` those
+    of each label present."""
+    entries = item.get("labels", [item])
+    return [e[k] for e in entries for k in ("overlay", "map")]

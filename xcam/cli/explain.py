@@ -49,7 +49,8 @@ from xcam.core.artifact import BACKEND_FORMAT
 @click.option(
     "--class",
     "target",
-    help="Class index to explain (default: top-1), or positive/negative for a single-logit head.",
+    help="Class index to explain (default: top-1), positive/negative for a single-logit head, "
+    "or present: every label a multi-label head says is present, a map each.",
 )
 @click.option("--weights", type=click.Path(dir_okay=False), help="State dict for the model.")
 @click.option("--input-size", help="Resize images to H or H,W (default: the model's).")

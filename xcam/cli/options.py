@@ -36,16 +36,18 @@ def parse_size(value: str | None) -> tuple[int, int] | None:
 
 
 def parse_target(value: str | None) -> int | str | None:
-    """``--class``: a class index, or positive/negative (pos/neg) for a single-logit head."""
+    """``--class``: a class index, positive/negative (pos/neg) for a single-logit head, or
+    present for every label a multi-label head says is present."""
     if value is None:
         return None
-    if value.lower() in ("positive", "negative", "pos", "neg"):
+    if value.lower() in ("positive", "negative", "pos", "neg", "present"):
         return value.lower()
     try:
         index = int(value)
     except ValueError:
         raise click.BadParameter(
-            f"{value!r} is not a class index or positive/negative", param_hint="--class"
+            f"{value!r} is not a class index, positive/negative or present",
+            param_hint="--class",
         ) from None
     if not -(2**63) <= index < 2**63:  # no tensor of class indices holds it
         raise click.BadParameter(

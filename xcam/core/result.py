@@ -32,6 +32,9 @@ class Explanation:
         activation: the final activation ``logits`` already went through (``"sigmoid"``,
             ``"softmax"``, ``"log_softmax"``: they are probabilities, or their logs), or None
             for raw scores (no final activation, or ``pre_activation``).
+        samples: which input sample each row explains, ``[R]`` long, where rows are not
+            samples (``targets="present"``: a row per label present in a sample); None: row
+            ``i`` is sample ``i``.
     """
 
     maps: torch.Tensor
@@ -44,6 +47,7 @@ class Explanation:
     layers: list[str] = field(default_factory=list)
     backend: str = "eager"
     activation: str | None = None
+    samples: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.maps.shape[0]

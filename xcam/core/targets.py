@@ -8,7 +8,9 @@
   without ``output=``, it receives the model's whole output (a tuple or dict of heads too),
   so ``lambda out: out[0][:, 0] + out[1][:, 0]`` explains the sum of two heads;
 - a list of callables, one per sample (or one for all), each ``output[i] -> score``:
-  pytorch-grad-cam's target objects (``ClassifierOutputTarget(281)``) work unchanged.
+  pytorch-grad-cam's target objects (``ClassifierOutputTarget(281)``) work unchanged;
+- ``"present"``: for a multi-label head (independent sigmoids), every label the model says
+  is present, one map each (see :func:`present_labels`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,25 @@ from xcam.core.errors import TargetError
 
 TargetFn = Callable[[torch.Tensor], torch.Tensor]
 Targets = None | int | str | Sequence[int] | torch.Tensor | TargetFn | Sequence[Callable]
+
+
+PRESENT = "present"
+
+
+def present_labels(flat: torch.Tensor, activation: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(samples, labels)``: every label a multi-label head says is present in each sample
+    of its ``[B, K]`` output — a probability of at least 0.5, that is a logit of at least 0,
+    or an output of at least 0.5 where the model ends in a sigmoid. Sample by sample, labels
+    in increasing order. A softmax head picks one class, not several: a
+    :class:`TargetError`."""
+    if activation in ("softmax", "log_softmax"):
+        raise TargetError(
+            f"target 'present' is for multi-label heads (independent sigmoids); this model "
+            f"ends in {activation}, whose classes exclude each other: explain the top-1 "
+            "(targets=None) or chosen classes"
+        )
+    pairs = (flat.detach() >= decision_threshold(activation)).nonzero()
+    return pairs[:, 0], pairs[:, 1]
 
 
 def describe_output(out: dict | tuple | list) -> str:
@@ -285,9 +306,12 @@ def _resolve(logits: torch.Tensor, targets: Targets, activation: str | None) -> 
     if k == 1:
         return _resolve_binary(flat[:, 0], targets, activation)
     if isinstance(targets, str):
-        raise TargetError(
-            f"target {targets!r} is for single-logit (sigmoid) heads; this model has {k} logits"
+        what = (
+            "multi-label explainers' calls"
+            if targets == PRESENT
+            else "single-logit (sigmoid) heads"
         )
+        raise TargetError(f"target {targets!r} is for {what}; this model has {k} logits")
     if targets is None:
         classes = flat.detach().argmax(dim=1)
     else:
