@@ -113,3 +113,81 @@ def test_segmentation_models_default_to_the_backbone_features(seg_model) -> None
     assert default_layer(deeplab, _x(1)) == "backbone.16"
     result = xcam.GradCAM(deeplab, output="out")(_x(1), targets=xcam.RegionTarget(0))
     assert result.layers == ["backbone.16"] and result.maps.shape == (1, SIZE, SIZE)
+
+
+SEG_SOURCE = """
+import torch, torchvision
+
+
+def lraspp():
+    torch.manual_seed(0)
+    return torchvision.models.segmentation.lraspp_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=4
+    ).eval()
+"""
+
+
+def test_the_cli_explains_a_class_over_a_region(runner, tmp_path) -> None:
+    import json
+
+    import numpy as np
+    from conftest import importable
+    from PIL import Image
+
+    from xcam.cli import main
+
+    noise = torch.rand(SIZE, SIZE, 3, generator=torch.Generator().manual_seed(30))
+    Image.fromarray((noise * 255).byte().numpy()).save(tmp_path / "a.png")
+    region = np.zeros((SIZE, SIZE), np.uint8)
+    region[8:40, 16:48] = 255
+    Image.fromarray(region).save(tmp_path / "mask.png")
+    base = ["explain", "seg_models:lraspp", str(tmp_path / "a.png"), "--input-size", str(SIZE)]
+    base += ["--output", "out"]
+    with importable(tmp_path, "seg_models", SEG_SOURCE):
+        res = runner.invoke(main, [*base, "--class", "2", "--out", str(tmp_path / "o1")])
+        assert res.exit_code == 0, res.output
+        row = json.loads((tmp_path / "o1" / "predictions.json").read_text())["images"][0]
+        assert sum(p["pixels"] for p in row["predictions"]) == pytest.approx(1.0)
+        assert np.load(tmp_path / "o1" / row["map"]).shape == (SIZE, SIZE)
+        given = [*base, "--class", "2", "--mask", str(tmp_path / "mask.png")]
+        res = runner.invoke(main, [*given, "--out", str(tmp_path / "o2")])
+        assert res.exit_code == 0, res.output
+        row2 = json.loads((tmp_path / "o2" / "predictions.json").read_text())["images"][0]
+        model = __import__("seg_models").lraspp()
+        x = torch.from_numpy(np.asarray(Image.open(tmp_path / "a.png"), np.float32) / 255)
+        mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+        x = ((x - mean) / std).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            y = model(x)["out"][0, 2]
+        inside = torch.from_numpy(region > 0).float()
+        assert row2["score"] == pytest.approx(float((y * inside).sum()), rel=1e-4)
+        for extra, hint in (([], "--class"), (["--class", "9"], "--class")):
+            res = runner.invoke(main, [*base, *extra, "--out", str(tmp_path / "o3")])
+            assert res.exit_code == 2 and hint in res.output, res.output
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "empty.png")
+        res = runner.invoke(
+            main,
+            [
+                *base,
+                "--class",
+                "1",
+                "--mask",
+                str(tmp_path / "empty.png"),
+                "-o",
+                str(tmp_path / "o4"),
+            ],
+        )
+        assert res.exit_code == 2 and "marks no pixel" in res.output
+    res = runner.invoke(
+        main,
+        [
+            "explain",
+            "demo",
+            str(tmp_path / "a.png"),
+            "--mask",
+            str(tmp_path / "mask.png"),
+            "--out",
+            str(tmp_path / "o5"),
+        ],
+    )
+    assert res.exit_code == 2 and "--mask" in res.output and "segmentation" in res.output

@@ -38,8 +38,17 @@ def top_predictions(
 ) -> list[dict[str, Any]]:
     """Top-k classes with probabilities: the softmax of raw logits (the sigmoid for a
     single-logit head), or, where the model's output already is a probability
-    (``activation``: a final Sigmoid / Softmax, or LogSoftmax), that output as it is."""
+    (``activation``: a final Sigmoid / Softmax, or LogSoftmax), that output as it is. For a
+    segmentation output ``[K, H, W]``: the classes covering most pixels, with their share."""
     logits = logits.detach().float().cpu()
+    if logits.dim() == 3 and logits.shape[1] * logits.shape[2] > 1:  # a segmentation output
+        classes = logits.shape[0]
+        share = torch.bincount(logits.argmax(0).flatten(), minlength=classes) / logits[0].numel()
+        top = share.topk(min(k, classes))
+        return [
+            {"class": int(c), "name": info.class_name(int(c)), "pixels": float(f)}
+            for f, c in zip(top.values, top.indices, strict=True)
+        ]
     if logits.dim() != 1:
         return [{"output": logits.tolist()}]
     probs = probabilities(logits[None], activation)[0]  # a sigmoid's: one, or multi-label

@@ -52,6 +52,12 @@ from xcam.core.artifact import BACKEND_FORMAT
     help="Class index to explain (default: top-1), positive/negative for a single-logit head, "
     "or present: every label a multi-label head says is present, a map each.",
 )
+@click.option(
+    "--mask",
+    type=click.Path(dir_okay=False),
+    help="For a segmentation model: the region (an image, nonzero = inside) over which "
+    "--class is explained; default: where the model predicts that class.",
+)
 @click.option("--weights", type=click.Path(dir_okay=False), help="State dict for the model.")
 @click.option("--input-size", help="Resize images to H or H,W (default: the model's).")
 @stats_options
@@ -92,6 +98,7 @@ def explain(
     tokens,
     out,
     target,
+    mask,
     weights,
     input_size,
     mean,
@@ -123,6 +130,7 @@ def explain(
     probed = probe(
         info, model, input_size, list(layer) if method_cls.uses_layers else [], tokens=tokens
     )
+    targets = _segmentation_target(targets, mask, probed, parse_output(output))
     check_class(targets, info, probed, parse_output(output))
     smooth = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth, "reshape": tokens}
     try:
@@ -134,6 +142,57 @@ def explain(
     except OSError as e:  # a full disk, a folder made read-only meanwhile, …
         fail(f"can't write to {out}: {os_reason(e)}")
     _summarise(report)
+
+
+def _segmentation_target(targets, mask: str | None, probed, output):
+    """``--class K`` on a segmentation model (an output ``[B, K, H, W]``): class K over its
+    region, ``--mask`` or where the model predicts K (:class:`xcam.RegionTarget`)."""
+    import torch
+
+    from xcam.core.cammodel import select_output
+    from xcam.core.errors import XCamError
+    from xcam.core.targets import RegionTarget
+
+    try:
+        out = select_output(probed, output) if probed is not None else None
+    except XCamError:
+        out = None
+    dense = isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[2] * out.shape[3] > 1
+    if not dense:
+        if mask is not None:
+            raise click.BadParameter(
+                "is for segmentation models (an output of class maps [B, K, H, W]); "
+                "this model's output is not one",
+                param_hint="--mask",
+            )
+        return targets
+    classes = out.shape[1]
+    if not isinstance(targets, int) or not 0 <= targets < classes:
+        raise click.BadParameter(
+            f"a segmentation model's output has {classes} class maps: choose one with "
+            f"--class K (0..{classes - 1})",
+            param_hint="--class",
+        )
+    return RegionTarget(targets, None if mask is None else _read_mask(mask, out.shape[-2:]))
+
+
+def _read_mask(path: str, size) -> object:
+    """``--mask``: an image whose nonzero pixels are the region, at the output's size."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from xcam.core.errors import InputError
+    from xcam.images import load_image
+
+    try:
+        image = load_image(path).convert("L").resize((size[1], size[0]), Image.NEAREST)
+    except (InputError, OSError) as e:
+        raise click.BadParameter(str(e), param_hint="--mask") from None
+    region = torch.from_numpy(np.asarray(image) > 0).float()
+    if not bool(region.any()):
+        raise click.BadParameter(f"{path} marks no pixel (all zero)", param_hint="--mask")
+    return region
 
 
 def _check_options(out: str, method: str, colormap: str):

@@ -216,6 +216,12 @@ class RegionTarget:
     category: int
     mask: torch.Tensor | None = None
 
+    def __repr__(self) -> str:  # short and stable: a job's run record holds it
+        if self.mask is None:
+            return f"RegionTarget({self.category}, mask=predicted)"
+        m = torch.as_tensor(self.mask).float()
+        return f"RegionTarget({self.category}, mask={list(m.shape)} sum={float(m.sum()):g})"
+
     def __call__(self, out: torch.Tensor) -> torch.Tensor:
         if not isinstance(out, torch.Tensor) or out.dim() not in (3, 4):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
