@@ -50,6 +50,13 @@ def logits_head():
     model = sigmoid_head()
     model.final = nn.Identity()
     return model
+
+
+def nothing_present():
+    model = sigmoid_head()
+    with torch.no_grad():
+        model.fc.bias.fill_(-50.0)
+    return model
 '''
 
 
@@ -173,3 +180,19 @@ def test_a_journal_row_whose_labels_name_files_outside_is_ignored(tmp_path) -> N
     record = Record.read(tmp_path)
     assert set(record.items) == {"k1"}
     assert record.files() == ["a_0_gradcam.npy", "a_0_gradcam.png"]
+
+
+def test_an_image_with_no_label_present_is_listed_with_its_predictions(heads, runner, tmp_path):
+    from xcam.cli import main
+
+    noise = torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(40))
+    Image.fromarray((noise * 255).byte().numpy()).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    args = ["explain", "ml_heads:nothing_present", str(tmp_path / "a.png"), "--input-size"]
+    args += ["32", "--layer", "features", "--class", "present", "--out", str(out)]
+    res = runner.invoke(main, args)
+    assert res.exit_code == 0, res.output
+    row = json.loads((out / "predictions.json").read_text())["images"][0]
+    assert row["labels"] == [] and len(row["predictions"]) == 4
+    assert all(p["probability"] < 0.5 for p in row["predictions"])
+    assert not list(out.glob("*.png")) and not list(out.glob("*.npy"))  # no map written

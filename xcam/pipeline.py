@@ -327,11 +327,16 @@ def _explain_present(info, loaded, x, method, record, stems, alpha, colormap) ->
     """``--class present``: per image, an overlay and a map for every label its multi-label
     head says is present (``<stem>_<label>_<method>``), and its rows in the record. A file of
     those names that this run did not write fails the image, never gets replaced."""
-    logits = method.source.forward(method.output)(x).detach().float().cpu()  # every image's
     result = method(x, targets=PRESENT).cpu()
+    rows_of = [(result.samples == i).nonzero()[:, 0].tolist() for i in range(len(loaded))]
+    # each row's logits are its image's; an image with no label present takes one forward
+    bare = [i for i, rows in enumerate(rows_of) if not rows]
+    found = method.source.forward(method.output)(x[bare]).detach().cpu() if bare else None
+    logits = {i: found[j] for j, i in enumerate(bare)}
+    logits.update({i: result.logits[rows[0]] for i, rows in enumerate(rows_of) if rows})
     for i, (p, stamp, im) in enumerate(loaded):
         key = image_key(p)
-        rows = (result.samples == i).nonzero()[:, 0].tolist()
+        rows = rows_of[i]
         stem_of = {r: f"{stems[key]}_{int(result.targets[r])}_{method.name}" for r in rows}
         names = [f"{stem}{ext}" for stem in stem_of.values() for ext in (".npy", ".png")]
         foreign = [n for n in names if n not in record.owned and (record.out / n).exists()]

@@ -110,6 +110,7 @@ class LayerInfo:
     order: int  # when the module finished, in execution order
     layout: str = "nchw"
     grid: tuple[int, int] = (0, 0)
+    prefix: int = 0  # tokens before the grid ("cls+grid")
 
     @property
     def spatial(self) -> bool:
@@ -148,7 +149,7 @@ def candidate_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]
             channels_last[0] = is_permute(module, True)
         if not isinstance(output, torch.Tensor) or output.dim() not in (3, 4):
             return
-        name = names[module]
+        name, prefix = names[module], 0
         if output.dim() == 4:
             nhwc = channels_last[0] or (nhwc_model and not isinstance(module, CHANNELS_FIRST))
             grid = tuple(output.shape[1:3] if nhwc else output.shape[2:])
@@ -158,10 +159,11 @@ def candidate_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]
                 found = layout_of(None, model, name, output)
             except XCamError:  # tokens of no grid (or not tokens at all)
                 return
-            layout = found.kind
+            layout, prefix = found.kind, found.prefix
             grid = found.to_map(output[:1], size, name).shape[2:]
+        shape = tuple(output.shape)
         infos.append(
-            LayerInfo(name, type(module).__name__, tuple(output.shape), len(infos), layout, grid)
+            LayerInfo(name, type(module).__name__, shape, len(infos), layout, grid, prefix)
         )
 
     handles = []
