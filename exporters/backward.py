@@ -10,6 +10,9 @@ aten graph; the backward ops in it that exporters can't translate become forward
 - ``avg_pool2d_backward`` = a depthwise transposed convolution with a constant 1/(kh·kw) kernel;
 - ``_adaptive_avg_pool2d_backward`` = ``Ph^T · G · Pw`` with the (constant) pooling matrices;
 - ``max_pool2d_with_indices_backward`` = a scatter-add of the gradient at the argmax indices;
+- ``_scaled_dot_product_flash_attention_for_cpu_backward`` = attention's backward written out:
+  with ``P = softmax(s·QKᵀ + M)`` and ``O = PV``, ``dV = PᵀdO``, ``dS = P ⊙ (dO·Vᵀ − rowsum(dO ⊙
+  O))``, ``dQ = s·dS·K``, ``dK = s·dSᵀ·Q`` (Vaswani et al. 2017's attention, differentiated);
 - autograd's in-place buffers (``copy_`` into an ``as_strided`` view) become a concatenation
   and contiguous ``as_strided`` views reshapes (:func:`functional_copies`).
 
@@ -17,6 +20,8 @@ Everything else comes from torch's own core-ATen decompositions.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -165,6 +170,35 @@ def _max_pool2d_backward(grad_out, inp, kernel_size, stride, padding, dilation, 
     return flat.reshape(inp.shape)
 
 
+def _attention_backward(
+    grad_out,
+    query,
+    key,
+    value,
+    out,
+    logsumexp,
+    dropout_p,
+    is_causal,
+    *,
+    attn_mask=None,
+    scale=None,
+):
+    if dropout_p:
+        raise NotImplementedError("gradient through attention with dropout (a model in training)")
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    s = torch.matmul(query, key.transpose(-2, -1)) * scale
+    if is_causal:
+        keep = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool, device=s.device)
+        s = s.masked_fill(~keep.tril(), float("-inf"))
+    if attn_mask is not None:
+        s = s + attn_mask  # a boolean mask reaches this op as an additive one
+    p = torch.softmax(s, dim=-1)
+    grad_v = torch.matmul(p.transpose(-2, -1), grad_out)
+    grad_p = torch.matmul(grad_out, value.transpose(-2, -1))
+    grad_s = p * (grad_p - (grad_out * out).sum(-1, keepdim=True)) * scale
+    return torch.matmul(grad_s, key), torch.matmul(grad_s.transpose(-2, -1), query), grad_v
+
+
 def decompositions() -> dict:
     from torch._decomp import core_aten_decompositions
 
@@ -175,6 +209,7 @@ def decompositions() -> dict:
     table[aten.avg_pool2d_backward.default] = _avg_pool2d_backward
     table[aten._adaptive_avg_pool2d_backward.default] = _adaptive_avg_pool2d_backward
     table[aten.max_pool2d_with_indices_backward.default] = _max_pool2d_backward
+    table[aten._scaled_dot_product_flash_attention_for_cpu_backward.default] = _attention_backward
     return table
 
 

@@ -95,10 +95,12 @@ class GradModel(nn.Module):
         *,
         pre_activation: bool = False,
         activation: str | None = None,
+        token_layouts: dict[str, list] | None = None,
     ):
         super().__init__()
         from xcam.core.cammodel import CamModel
         from xcam.core.decision import decision_threshold
+        from xcam.core.tokens import Layout
 
         self.static_spatial = static_spatial
         self.model = model
@@ -108,6 +110,10 @@ class GradModel(nn.Module):
         self.threshold = decision_threshold(None if pre_activation else activation)
         self.layers = list(layers)
         self.closed = list(closed_form or [None] * len(layers))
+        # layers of tokens: their activations and gradients leave the graph as the layer
+        # gives them (the file's token_layouts say how), and become maps for the Grad-CAM
+        found = token_layouts or {}
+        self.layouts = [Layout(*found[n]) if n in found else Layout() for n in self.layers]
 
     def forward(self, x: torch.Tensor, target: torch.Tensor | None = None):
         from xcam.core.targets import flatten_logits
@@ -142,7 +148,13 @@ class GradModel(nn.Module):
                 grads.append(w[:, :, None, None].expand_as(a))
         acts = [a.detach() for a in acts]
         grads = [g.detach() for g in grads]
-        cam = gradcam_map(acts, grads, x.shape[-2:], self.static_spatial)
+        size = x.shape[-2:]
+        cam = gradcam_map(
+            [lay.to_map(a, size) for lay, a in zip(self.layouts, acts, strict=True)],
+            [lay.to_map(g, size) for lay, g in zip(self.layouts, grads, strict=True)],
+            size,
+            self.static_spatial,
+        )
         return (flat.detach(), *acts, *grads, cam)
 
 
@@ -165,6 +177,9 @@ def closed_form_heads(
     flat = flatten_logits(logits)
     heads: list[nn.Linear | None] = []
     for a in acts:
+        if a.dim() != 4:  # tokens: no pooled-linear head reads them directly
+            heads.append(None)
+            continue
         try:
             heads.append(pooled_linear_head(model, a, flat))
         except HeadError:
@@ -173,14 +188,41 @@ def closed_form_heads(
 
 
 def trace(grad_model: GradModel, example: torch.Tensor, target: bool) -> torch.fx.GraphModule:
-    """``grad_model`` as an aten graph with symbolic batch, backward ops rewritten."""
-    from torch.fx.experimental.proxy_tensor import make_fx
+    """``grad_model`` as an aten graph with a symbolic batch (and symbolic H, W where the
+    model is exported with dynamic spatial sizes), backward ops rewritten."""
+    args = [example] + ([torch.full((example.shape[0],), -1)] if target else [])
+    return aten_graph(grad_model, args, grad_model.static_spatial)
 
-    args = (example,) if not target else (example, torch.full((example.shape[0],), -1))
+
+def aten_graph(
+    module: nn.Module, args: Sequence[torch.Tensor], static_spatial: bool = True
+) -> torch.fx.GraphModule:
+    """``module(*args)`` traced by ``make_fx`` into an aten graph: every input's first dim (the
+    batch) a symbol, H and W of the image (``args[0]``) too unless ``static_spatial``, backward
+    ops rewritten as forward ops. A branch on tensor values can't be traced (an error); one
+    on sizes is recorded for the sizes that are fixed, and as a guard on the batch."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.fx.experimental.symbolic_shapes import (
+        DimDynamic,
+        ShapeEnv,
+        StatelessSymbolicContext,
+    )
+
+    # only the dims that vary are symbols: a symbolic H and W where they are fixed would
+    # make every shape computation of a model a guard to solve (minutes for a Swin)
+    mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
+    fake = []
+    for i, a in enumerate(args):
+        dims = [DimDynamic.STATIC] * a.dim()
+        dims[0] = DimDynamic.DYNAMIC
+        if i == 0 and not static_spatial:
+            dims[2:] = [DimDynamic.DYNAMIC] * (a.dim() - 2)
+        fake.append(mode.from_tensor(a, symbolic_context=StatelessSymbolicContext(dims)))
     gm = make_fx(
-        grad_model,
+        module,
         decomposition_table=decompositions(),
         tracing_mode="symbolic",
         _allow_non_fake_inputs=True,
-    )(*args)
+    )(*fake)
     return functional_copies(gm)

@@ -84,8 +84,8 @@ def prepare(model: nn.Module, spec: ExportSpec, notes: list[str]) -> Prepared:
     spec = spec.resolved(cam_model.layer_names)
     tokens = token_layouts(model, spec.layer_names, spec.example)
     if spec.gradients:
-        _check_maps(spec.layer_names, tokens)
-        prepared = _prepare_gradients(model, spec, activation, notes)
+        _check_grids(spec, tokens)
+        prepared = _prepare_gradients(model, spec, activation, notes, tokens)
     else:
         with torch.no_grad():
             outputs = tuple(cam_model(*spec.args))
@@ -125,26 +125,30 @@ def _final_activation(model: nn.Module, layers: object, spec: ExportSpec) -> str
     return watched.activation
 
 
-def _check_maps(names: list[str], tokens: dict[str, list]) -> None:
-    """In-graph gradients are built for ``[B, C, h, w]`` layers: a layer of tokens (a vision
-    transformer's) is an :class:`ExportError` that says what works instead."""
-    for name in names:
-        if name in tokens:
-            raise ExportError(
-                f"layer {name!r} outputs tokens ({tokens[name][0]}): in-graph gradients are "
-                "built for [B, C, h, w] layers only so far. Export it without --gradients: the "
-                "file then outputs the activations, and xcam takes their gradients from the "
-                "eager model's tail (xcam.GradCAM(model, layer, backend=xcam.load(file)))"
-            )
+def _check_grids(spec: ExportSpec, tokens: dict[str, list]) -> None:
+    """A token grid's shape follows from the input's size, fixed when traced: in-graph
+    gradients of a grid layer with ``dynamic_spatial`` are an :class:`ExportError`."""
+    grids = [n for n in spec.layer_names if tokens.get(n, ["nhwc"])[0] != "nhwc"]
+    if grids and spec.dynamic_spatial:
+        raise ExportError(
+            f"layer {grids[0]!r} outputs [B, N, C] tokens, whose h x w grid the in-graph "
+            "Grad-CAM fixes from the example's size: export it with a fixed input size (no "
+            "--dynamic-spatial), or without --gradients"
+        )
 
 
 def _prepare_gradients(
-    model: nn.Module, spec: ExportSpec, activation: str | None, notes: list[str]
+    model: nn.Module,
+    spec: ExportSpec,
+    activation: str | None,
+    notes: list[str],
+    tokens: dict[str, list],
 ) -> Prepared:
     from exporters.gradients import GradModel, closed_form_heads, trace
 
     names = list(spec.layer_names)
     heads = closed_form_heads(model, names, spec.example, spec.output, spec.pre_activation)
+    heads = [None if n in tokens else h for n, h in zip(names, heads, strict=True)]
     closed = [n for n, h in zip(names, heads, strict=True) if h is not None]
     static = not spec.dynamic_spatial
     reference = GradModel(
@@ -155,6 +159,7 @@ def _prepare_gradients(
         static,
         pre_activation=spec.pre_activation,
         activation=activation,
+        token_layouts=tokens,
     )
     unsaturated = None
     if activation is not None and not spec.pre_activation:
@@ -168,6 +173,7 @@ def _prepare_gradients(
             static,
             pre_activation=True,
             activation=activation,
+            token_layouts=tokens,
         )
     start = time.perf_counter()
     try:
@@ -237,7 +243,7 @@ def _write_torchscript(module: nn.Module, spec: ExportSpec, meta: ExportMetadata
 
     notes = ["TorchScript traces are shape-polymorphic where the model is"]
     return (notes if spec.dynamic_spatial else []) + export_torchscript(
-        module, spec.args, path, meta
+        module, spec.args, path, meta, not spec.dynamic_spatial
     )
 
 

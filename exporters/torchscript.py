@@ -32,8 +32,13 @@ def scriptable(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
 
 def export_torchscript(
-    module: torch.nn.Module, args: tuple, path: Path, metadata: ExportMetadata
+    module: torch.nn.Module,
+    args: tuple,
+    path: Path,
+    metadata: ExportMetadata,
+    static_spatial: bool = True,
 ) -> list[str]:
+    notes = []
     try:
         with warnings.catch_warnings(record=True) as caught, torch.no_grad():
             warnings.simplefilter("always")
@@ -45,7 +50,18 @@ def export_torchscript(
     except Exception as e:
         first = first_line(e)
         raise ExportError(f"TorchScript tracing failed: {first}") from e
-    refuse_data_branches(caught, "TorchScript tracing")
+    try:
+        refuse_data_branches(caught, "TorchScript tracing")
+    except ExportError as refused:
+        # torch.jit.trace sees a branch on a size (a transformer's padding, its assertions)
+        # as one on a tensor; make_fx tells them apart: it records a size branch for the
+        # fixed sizes and can't trace a branch on values at all
+        traced = _scripted_aten_graph(module, args, static_spatial, refused)
+        metadata.exporter = "torch.jit.script (of the make_fx graph)"
+        notes.append(
+            "traced by make_fx and scripted: the model branches on sizes, which "
+            "torch.jit.trace can't tell from branches on values"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit.save is deprecated upstream
@@ -53,7 +69,24 @@ def export_torchscript(
             torch.jit.save(traced, str(path), _extra_files=extra)
     except Exception as e:
         raise ExportError(f"TorchScript save failed: {first_line(e)}") from e
-    return ["TorchScript is deprecated upstream; prefer onnx or pt2 for new deployments"]
+    return [*notes, "TorchScript is deprecated upstream; prefer onnx or pt2 for new deployments"]
+
+
+def _scripted_aten_graph(
+    module: torch.nn.Module, args: tuple, static_spatial: bool, refused: ExportError
+) -> torch.jit.ScriptModule:
+    """``module`` as a make_fx aten graph, scripted; ``refused`` where the model branches on
+    tensor values indeed (or the graph can't be scripted)."""
+    from exporters.gradients import aten_graph
+
+    try:
+        with torch.no_grad():
+            gm = aten_graph(module, args, static_spatial)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.jit.script(scriptable(gm))
+    except Exception as e:
+        raise refused from e
 
 
 def refuse_data_branches(caught: list[warnings.WarningMessage], what: str) -> None:

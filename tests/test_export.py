@@ -354,6 +354,18 @@ def test_an_old_opset_is_written_as_asked(demo_model, tmp_path, gradients) -> No
     assert torch.allclose(got.maps, ref, atol=1e-4)
 
 
+def test_torchscript_refuses_a_branch_on_tensor_values(tmp_path) -> None:
+    """A trace that met a branch on values is refused even though TorchScript retries a
+    refused trace through make_fx (which a branch on sizes passes): make_fx can't trace
+    one on values either, so the first refusal stands and nothing is written."""
+    path = tmp_path / "m.ts"
+    with pytest.raises(exporters.ExportError, match="branches on the values"):
+        exporters.export(
+            _Branchy(), ["conv"], torch.randn(1, 3, 16, 16), path, format="torchscript"
+        )
+    assert not list(tmp_path.iterdir())
+
+
 def test_an_old_opset_refuses_a_branch_on_tensor_values(tmp_path) -> None:
     with pytest.raises(exporters.ExportError, match="branches on the values"):
         exporters.export(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -391,9 +392,91 @@ def test_an_exported_transformer_explains_as_eager(vit_model, swin_model, tmp_pa
     assert torch.allclose(onnx.maps, eager.maps, atol=1e-4)
     alone = xcam.EigenCAM(loaded, layer)(x)
     assert torch.allclose(alone.maps, xcam.EigenCAM(model, layer)(x).maps, atol=1e-4)
-    with pytest.raises(exporters.ExportError, match="in-graph gradients are built for"):
-        exporters.export(model, layer, _x(1), tmp_path / "g.onnx", gradients=True)
-    assert not (tmp_path / "g.onnx").exists()
+    # TorchScript too: its trace takes the models' branches on sizes for branches on values,
+    # so the file is the make_fx graph, scripted (batch still dynamic)
+    report = exporters.export(model, layer, _x(1), tmp_path / f"{family}.ts", format="torchscript")
+    assert any("make_fx" in n for n in report.notes)
+    scripted = xcam.load(tmp_path / f"{family}.ts", trust_code=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        got = xcam.GradCAM(model, layer, backend=scripted)(x)
+    assert torch.allclose(got.maps, eager.maps, atol=1e-4)
+    assert torch.allclose(xcam.EigenCAM(scripted, layer)(x).maps, alone.maps, atol=1e-4)
+
+
+SUFFIX = {"onnx": ".onnx", "torchscript": ".ts"}
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("family,layer", [("vit", VIT_LAST), ("swin", "features.3")])
+def test_in_graph_gradients_of_a_transformer_match_eager_autograd(
+    vit_model, swin_model, tmp_path, family, layer, fmt
+) -> None:
+    """Issue 17, item 2: the backward of LayerNorm, attention (scaled dot-product), GELU,
+    window shifts and the patch embedding in the exported graph; gradients within 1e-3
+    relative norm of eager autograd, maps within 1e-3, batch 1 and 3, top-1 and asked classes;
+    the file explains alone (no eager model), and xcam.lite serves the ONNX file."""
+    import exporters
+    from xcam.core.artifact import grad_name
+
+    model = vit_model if family == "vit" else swin_model
+    path = tmp_path / f"{family}{SUFFIX[fmt]}"
+    exporters.export(model, layer, _x(1), path, format=fmt, gradients=True, target_input=True)
+    backend = xcam.load(path, trust_code=True)
+    assert backend.has_gradients
+    assert backend.metadata.token_layouts == {
+        layer: ["cls+grid", 1] if family == "vit" else ["nhwc", 0]
+    }
+    for b in (1, 3):
+        x = _x(b, seed=10 + b)
+        wanted = [(3 * i + 1) % 10 for i in range(b)]
+        for targets in (None, wanted):
+            out, a = _layer_output(model, layer, x)
+            idx = out.argmax(1) if targets is None else torch.tensor(targets)
+            (g,) = torch.autograd.grad(out.gather(1, idx[:, None]).sum(), a)
+            got = backend.run(x, targets)
+            assert got[grad_name(layer)].shape == a.shape  # laid out as the layer's tokens
+            rel = (got[grad_name(layer)] - g).norm() / g.norm()
+            assert float(rel) < 1e-3, (b, targets, float(rel))
+            ref = xcam.GradCAM(model, layer)(x, targets=targets)
+            assert float((got["gradcam"] - ref.maps).abs().max()) < 1e-3
+            alone = xcam.GradCAM(backend, layer)(x, targets=targets)
+            assert float((alone.maps - ref.maps).abs().max()) < 1e-3
+            assert torch.equal(alone.targets, ref.targets)
+    if fmt == "onnx":
+        from xcam.lite import OnnxExplainer
+
+        x = _x(3, seed=20)
+        for method, cls in (("gradcam", xcam.GradCAM), ("gradcam++", xcam.GradCAMPlusPlus)):
+            lite = OnnxExplainer(path, method=method)(x.numpy())
+            ref = cls(model, layer)(x)
+            assert float(abs(lite.maps - ref.maps.numpy()).max()) < 1e-3, method
+            assert lite.targets.tolist() == ref.targets.tolist()
+
+
+@pytest.mark.parametrize(
+    "kind,prefix", [("nhwc", 0), ("grid", 0), ("cls+grid", 1), ("cls+grid", 2)]
+)
+def test_lite_lays_tokens_out_as_the_library_does(kind, prefix) -> None:
+    """xcam.lite's numpy layout of a token file's outputs is Layout.to_map's."""
+    from xcam.lite import as_map
+
+    shape = (2, 4, 8, 5) if kind == "nhwc" else (2, prefix + 4 * 8, 5)
+    t = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    want = Layout(kind, prefix=prefix).to_map(t, (32, 64))
+    got = as_map(t.numpy(), [kind, prefix], (32, 64))
+    assert got.shape == tuple(want.shape) and np.array_equal(got, want.numpy())
+
+
+def test_a_token_grid_needs_a_fixed_size_for_in_graph_gradients(vit_model, tmp_path) -> None:
+    """The grid of a ViT's tokens is fixed by the example's size: --dynamic-spatial with
+    --gradients is refused before any tracing, and nothing is written."""
+    import exporters
+
+    path = tmp_path / "g.onnx"
+    with pytest.raises(exporters.ExportError, match="fixed input size"):
+        exporters.export(vit_model, VIT_LAST, _x(1), path, gradients=True, dynamic_spatial=True)
+    assert not path.exists()
 
 
 def test_the_eigen_sign_is_stable_where_the_channel_sum_is_rounding_noise() -> None:

@@ -41,6 +41,7 @@ from xcam.core.artifact import (
 )
 from xcam.core.decision import class_targets, decision_threshold
 from xcam.core.errors import InputError, NumericalError, XCamError
+from xcam.core.grid import grid_shape
 from xcam.core.runtime import CPU, open_session, session_metadata, session_signature
 
 _EPS = 1e-7
@@ -104,6 +105,20 @@ METHODS = tuple(RULES)
 def layer_map(method: str, a: np.ndarray, g: np.ndarray) -> np.ndarray:
     """``method``'s map of one layer, ``ReLU`` of its rule: ``[B, h, w]``."""
     return np.maximum(RULES[method](a, g), 0)
+
+
+def as_map(t: np.ndarray, layout: Sequence | None, size: Sequence[int]) -> np.ndarray:
+    """A layer's output (or its gradient) as ``[B, C, h, w]``, laid out as the file's
+    ``token_layouts`` say (:class:`xcam.core.tokens.Layout` in numpy): ``[B, h, w, C]``
+    permuted, ``[B, P + N, C]`` tokens without the ``P`` prefix tokens on their grid."""
+    if layout is None:
+        return t
+    kind, prefix = layout
+    if kind == "nhwc":
+        return t.transpose(0, 3, 1, 2)
+    grid = t[:, prefix:]
+    h, w = grid_shape(grid.shape[1], size)
+    return grid.transpose(0, 2, 1).reshape(t.shape[0], t.shape[2], h, w)
 
 
 def _resize_axis(x: np.ndarray, n_out: int, axis: int) -> np.ndarray:
@@ -193,7 +208,15 @@ class OnnxExplainer:
         else:
             chosen = logits.argmax(axis=1)
         size = (x.shape[2], x.shape[3])
-        layer_maps = {n: layer_map(method, outs[n], outs[grad_name(n)]) for n in self.layers}
+        layouts = self.metadata.token_layouts
+        layer_maps = {
+            n: layer_map(
+                method,
+                as_map(outs[n], layouts.get(n), size),
+                as_map(outs[grad_name(n)], layouts.get(n), size),
+            )
+            for n in self.layers
+        }
         if method == "gradcam":
             maps = outs[GRADCAM]
         else:

@@ -221,7 +221,12 @@ def describe_outputs(
         }
     )
     if gradients:
-        out.update({grad_name(name): f"d score / d {name}, [B, C, h, w]" for name in layers})
+        out.update(
+            {
+                grad_name(name): f"d score / d {name}, {shapes.get(name, '[B, C, h, w]')}"
+                for name in layers
+            }
+        )
         out[GRADCAM] = "Grad-CAM map fused over the layers, [B, H, W] in [0, 1]"
     return out
 

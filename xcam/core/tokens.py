@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from xcam.core.errors import LayerTypeError, XCamError
+from xcam.core.grid import grid_shape
 
 # the layouts a name picks (``reshape="nhwc"``, ``--tokens nhwc``); "nchw" is a map as it is
 LAYOUTS = ("nchw", "nhwc", "grid", "cls+grid")
@@ -107,19 +108,6 @@ class Layout:
             return f"nhwc {shape[1]}x{shape[2]}"
         h, w = grid_shape(shape[1] - self.prefix, size)
         return f"{self.kind} {h}x{w}" + (f" ({self.prefix} dropped)" if self.prefix > 1 else "")
-
-
-def grid_shape(n: int, size: Sequence[int], name: str = "") -> tuple[int, int]:
-    """``(h, w)`` with ``h·w = n`` and ``h:w`` closest to the input's ``H:W`` (a patch grid
-    has that aspect exactly)."""
-    if n < 1:
-        raise LayerTypeError(f"layer {name!r} has no grid tokens")
-    aspect = math.log(size[0] / size[1])
-    h = min(
-        (d for d in range(1, n + 1) if n % d == 0),
-        key=lambda d: (round(abs(math.log(d / (n // d)) - aspect), 9), d),  # ties: fewer rows
-    )
-    return h, n // h
 
 
 def layout_of(reshape: Reshape, model: nn.Module | None, name: str, out: torch.Tensor) -> Layout:
