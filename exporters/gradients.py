@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporters.backward import decompositions, functional_copies
+from exporters.backward import decompositions, functional_copies, unbatched_weights
 from xcam.core.ops import normalize
 
 
@@ -225,4 +225,4 @@ def aten_graph(
         tracing_mode="symbolic",
         _allow_non_fake_inputs=True,
     )(*fake)
-    return functional_copies(gm)
+    return unbatched_weights(functional_copies(gm))

@@ -20,6 +20,7 @@ _LAZY = {
     "candidate_layers": "xcam.core.layers",
     "TargetError": "xcam.core.errors",
     "RegionTarget": "xcam.core.targets",
+    "BoxTarget": "xcam.core.targets",
     "InputError": "xcam.core.errors",
     "LayerTypeError": "xcam.core.errors",
     "HeadError": "xcam.core.errors",
@@ -53,6 +54,7 @@ __all__ = [
     "Attribution",
     "Backend",
     "BaseCAM",
+    "BoxTarget",
     "CamModel",
     "CamResult",
     "EigenCAM",
@@ -99,7 +101,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from xcam.core.layers import candidate_layers, resolve_layers
     from xcam.core.result import Attribution, CamResult
-    from xcam.core.targets import RegionTarget
+    from xcam.core.targets import BoxTarget, RegionTarget
     from xcam.methods.ablationcam import AblationCAM
     from xcam.methods.base import BaseCAM
     from xcam.methods.cam import CAM

@@ -154,6 +154,36 @@ def overlay(image, cam: torch.Tensor | np.ndarray, alpha: float = 0.5, colormap:
     return Image.fromarray(_blend_rows(np.asarray(base), heat, _blend_table(alpha)))
 
 
+def draw_box(
+    image,
+    box: Sequence[float],
+    label: str | None = None,
+    size: tuple[int, int] | None = None,
+    color: str = "white",
+):
+    """``image`` (PIL) with ``box`` ``(x1, y1, x2, y2)`` drawn on it, and ``label`` above it;
+    ``size``: the ``(H, W)`` the box's pixels refer to (the model's input), if not the
+    image's. A copy: the image given is left as it was.
+
+    ``draw_box(overlay(img, result.maps[i]), result.targets[i].box, "cat 0.93")``: a
+    detector's box beside the map that explains it (``targets="boxes"``).
+    """
+    from PIL import ImageDraw, ImageFont
+
+    out = image.convert("RGB")  # a copy, even of an RGB image
+    sy, sx = (1.0, 1.0) if size is None else (out.height / size[0], out.width / size[1])
+    x1, y1, x2, y2 = (float(v) for v in box)
+    rect = [x1 * sx, y1 * sy, x2 * sx, y2 * sy]
+    draw = ImageDraw.Draw(out)
+    width = max(1, round(min(out.size) / 100))
+    draw.rectangle(rect, outline=color, width=width)
+    if label:
+        font = ImageFont.load_default(size=max(10, min(out.size) // 20))
+        top = max(0.0, rect[1] - font.size - 2)
+        draw.text((rect[0] + 2, top), label, fill=color, font=font)
+    return out
+
+
 def grid(
     cells: Sequence[Sequence],
     col_labels: Sequence[str] | None = None,

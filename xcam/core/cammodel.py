@@ -10,6 +10,7 @@ from xcam.core.errors import TargetError
 from xcam.core.final import final_activations
 from xcam.core.layers import Layers, resolve_layers
 from xcam.core.targets import describe_output as _structure
+from xcam.core.targets import per_image
 
 
 class _Whole:
@@ -30,8 +31,8 @@ def select_output(out: object, output: OutputSelector = None) -> torch.Tensor:
     if output is WHOLE:
         return out  # type: ignore[return-value]
     if output is None:
-        if isinstance(out, torch.Tensor):
-            return out
+        if isinstance(out, torch.Tensor) or per_image(out):  # a detector's: box targets read it
+            return out  # type: ignore[return-value]
         if isinstance(out, dict):
             raise TargetError(
                 f"the model returns a dict {{{_structure(out)}}}; choose the logits with "

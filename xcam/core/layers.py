@@ -205,10 +205,12 @@ def family_default(model: nn.Module) -> str | None:
     of the last attention). Only the class token reaches the head, so the grid tokens of the
     last block's output have no gradient; the attention's input is where they still count.
     Of torchvision's segmentation models: the backbone layer whose features the classifier
-    reads (after it, the layers are the per-pixel classifier itself)."""
-    segmentation = _segmentation_backbone(model)
-    if segmentation is not None:
-        return segmentation
+    reads (after it, the layers are the per-pixel classifier itself). Of torchvision's
+    detectors: the last stage of the backbone's body, before the FPN (after it come the
+    detection heads, whose layers see proposals or anchors, not the image batch)."""
+    found = _segmentation_backbone(model) or _detection_backbone(model)
+    if found is not None:
+        return found
     for blocks, norm in (("encoder.layers", "ln_1"), ("blocks", "norm1")):  # torchvision, timm
         try:
             container = model.get_submodule(blocks)
@@ -218,6 +220,16 @@ def family_default(model: nn.Module) -> str | None:
         if last and isinstance(getattr(last[0][1], norm, None), nn.Module):
             return f"{blocks}.{last[0][0]}.{norm}"
     return None
+
+
+def _detection_backbone(model: nn.Module) -> str | None:
+    """``backbone.body.<last stage>`` of a torchvision detector (a backbone with an FPN over
+    the stages its ``body`` returns)."""
+    body = getattr(getattr(model, "backbone", None), "body", None)
+    returned = getattr(body, "return_layers", None)
+    if not isinstance(returned, dict) or not returned or not hasattr(model.backbone, "fpn"):
+        return None
+    return f"backbone.body.{list(returned)[-1]}"
 
 
 def _segmentation_backbone(model: nn.Module) -> str | None:

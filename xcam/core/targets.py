@@ -10,16 +10,21 @@
 - a list of callables, one per sample (or one for all), each ``output[i] -> score``:
   pytorch-grad-cam's target objects (``ClassifierOutputTarget(281)``) work unchanged;
 - ``"present"``: for a multi-label head (independent sigmoids), every label the model says
-  is present, one map each (see :func:`present_labels`).
+  is present, one map each (see :func:`present_labels`);
+- for a detector (one dict of ``boxes``, ``labels``, ``scores`` per image, torchvision's
+  detection models): :class:`BoxTarget` per sample, or ``"boxes"``: every box it detects,
+  one map each (see :func:`detected_boxes`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from xcam.core.decision import BINARY, decision_threshold
 from xcam.core.errors import TargetError
@@ -29,6 +34,8 @@ Targets = None | int | str | Sequence[int] | torch.Tensor | TargetFn | Sequence[
 
 
 PRESENT = "present"
+BOXES = "boxes"
+BOX_SCORE = 0.5  # the detections "boxes" explains: those scored at least this
 
 
 def present_labels(flat: torch.Tensor, activation: str | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,6 +88,12 @@ def _call(fn: Callable, out: object) -> object:
         ) from None
 
 
+def per_image(out: object) -> bool:
+    """Whether a model output is one dict per image (a detector's), not tensors with a batch
+    dimension: its batch is the list's length, its sample ``i`` the ``i``-th dict."""
+    return isinstance(out, list | tuple) and len(out) > 0 and all(isinstance(o, dict) for o in out)
+
+
 def output_tensors(out: object) -> list[torch.Tensor]:
     """The tensors of a model output, in order: a tensor, or a tuple / list / dict of them."""
     if isinstance(out, torch.Tensor):
@@ -93,7 +106,10 @@ def output_tensors(out: object) -> list[torch.Tensor]:
 
 
 def batch_size(out: object) -> int:
-    """The batch of a model output (its first tensor's first dimension)."""
+    """The batch of a model output (its first tensor's first dimension; a detector's: its
+    number of dicts)."""
+    if per_image(out):
+        return len(out)
     tensors = output_tensors(out)
     if not tensors or tensors[0].dim() == 0:
         raise TargetError(f"the model returned {type(out).__name__}, with no batch of tensors")
@@ -102,6 +118,8 @@ def batch_size(out: object) -> int:
 
 def sample_of(out: object, i: int) -> object:
     """Sample ``i`` of a model output, keeping its structure."""
+    if per_image(out):
+        return out[i]
     if isinstance(out, torch.Tensor):
         return out[i]
     if isinstance(out, dict):
@@ -113,6 +131,8 @@ def sample_of(out: object, i: int) -> object:
 
 def repeated(out: object, n: int) -> object:
     """A one-sample model output as a batch of ``n`` copies, keeping its structure."""
+    if per_image(out):
+        return type(out)(out[0] for _ in range(n))
     if isinstance(out, torch.Tensor):
         return out.expand(n, *out.shape[1:])
     if isinstance(out, dict):
@@ -123,7 +143,12 @@ def repeated(out: object, n: int) -> object:
 
 
 def flat_output(out: object) -> torch.Tensor:
-    """Every tensor of a model output, flattened per sample and side by side: ``[B, N]``."""
+    """Every tensor of a model output, flattened per sample and side by side: ``[B, N]``; a
+    detector's: each image's detection scores, padded with zeros to the longest."""
+    if per_image(out):
+        scores = [_detections(o)[2].detach().reshape(-1) for o in out]
+        n = max(len(v) for v in scores)
+        return torch.stack([F.pad(v, (0, n - len(v))) for v in scores])
     tensors = output_tensors(out)
     b = batch_size(out)
     return torch.cat([t.reshape(b, -1) for t in tensors], dim=1)
@@ -131,6 +156,12 @@ def flat_output(out: object) -> torch.Tensor:
 
 def flatten_logits(logits: torch.Tensor) -> torch.Tensor:
     """``[B, K]`` as is; ``[B, K, 1, 1]`` (a fully convolutional head) becomes ``[B, K]``."""
+    if per_image(logits):
+        raise TargetError(
+            "the model is a detector (a dict of boxes, labels and scores per image): explain "
+            "one of its boxes with targets=[xcam.BoxTarget(label, box)] (one per image), or "
+            'every box it finds with targets="boxes"'
+        )
     if not isinstance(logits, torch.Tensor):
         raise TargetError(
             f"the model returned {type(logits).__name__}, not a tensor of logits; wrap it so "
@@ -251,6 +282,104 @@ class RegionTarget:
                 )
         score = (y[:, self.category] * mask).sum(dim=(1, 2))
         return score[0] if out.dim() == 3 else score
+
+
+def _detections(out: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(boxes [N, 4], labels [N], scores [N])`` of one image's detections, checked."""
+    keys = ("boxes", "labels", "scores")
+    if not isinstance(out, dict) or not all(isinstance(out.get(k), torch.Tensor) for k in keys):
+        got = describe_output(out) if isinstance(out, dict | list | tuple) else type(out).__name__
+        raise TargetError(
+            "a box target explains a detector's output: per image a dict of 'boxes' [N, 4], "
+            f"'labels' [N] and 'scores' [N] (torchvision's detection models), got {got}"
+        )
+    return out["boxes"], out["labels"], out["scores"]
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Intersection over union of boxes ``a [N, 4]`` and ``b [M, 4]`` (x1, y1, x2, y2):
+    ``[N, M]``."""
+    lo = torch.maximum(a[:, None, :2], b[None, :, :2])
+    hi = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (hi - lo).clamp(min=0).prod(dim=2)
+    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(dim=1)
+    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(dim=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
+
+
+@dataclass(frozen=True)
+class BoxTarget:
+    """One box of a detector's output: the score of the detection that overlaps ``box`` most,
+    plus that overlap, if it exceeds ``iou_threshold`` and is of class ``label`` — the
+    box-score target of pytorch-grad-cam's ``FasterRCNNBoxScoreTarget``, for one box:
+
+        S = IoU(b, b_j*) + s_j*,   j* = argmax_j IoU(b, b_j)
+
+    (0 when ``b_j*`` is another class or overlaps too little: the map is then flagged
+    degenerate). ``box``: ``(x1, y1, x2, y2)`` in input pixels. Called on one image's dict
+    of ``boxes``, ``labels``, ``scores`` (``targets=[BoxTarget(...)]``, one per sample), or on
+    the whole list (one score per image).
+
+    Example::
+
+        >>> import torch
+        >>> out = {"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([3]),
+        ...        "scores": torch.tensor([0.9])}
+        >>> float(BoxTarget(3, (0, 0, 10, 5))(out))  # IoU 0.5 is not above 0.5
+        0.0
+        >>> round(float(BoxTarget(3, (0, 0, 10, 8))(out)), 3)  # 0.8 + 0.9
+        1.7
+    """
+
+    label: int
+    box: tuple[float, float, float, float]
+    iou_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        try:
+            box = tuple(float(v) for v in torch.as_tensor(self.box).reshape(-1).tolist())
+        except (TypeError, ValueError, RuntimeError):
+            box = ()
+        if len(box) != 4 or not all(map(math.isfinite, box)) or not (
+            box[0] <= box[2] and box[1] <= box[3]
+        ):
+            raise TargetError(
+                f"a box is (x1, y1, x2, y2) with x1 <= x2 and y1 <= y2, got {self.box!r}"
+            )
+        if isinstance(self.label, bool) or not isinstance(self.label, int | torch.Tensor):
+            raise TargetError(f"a box's label is a class index, got {self.label!r}")
+        object.__setattr__(self, "box", box)
+        object.__setattr__(self, "label", int(self.label))
+
+    def __repr__(self) -> str:  # short and stable: a job's run record holds it
+        box = ", ".join(f"{v:g}" for v in self.box)
+        return f"BoxTarget({self.label}, ({box}))"
+
+    def __call__(self, out: object) -> torch.Tensor:
+        if per_image(out):
+            return torch.stack([self(o) for o in out])
+        boxes, labels, scores = _detections(out)
+        if len(boxes) == 0:
+            return scores.sum()  # no detections: 0, still part of the graph
+        iou = box_iou(torch.tensor([self.box], dtype=boxes.dtype, device=boxes.device), boxes)[0]
+        j = int(iou.detach().argmax())
+        if float(iou[j].detach()) <= self.iou_threshold or int(labels[j]) != self.label:
+            return scores[j] * 0
+        return iou[j] + scores[j]
+
+
+def detected_boxes(out: object, min_score: float = BOX_SCORE) -> tuple[torch.Tensor, list]:
+    """``targets="boxes"``: every detection scored at least ``min_score``, as ``(samples,
+    [BoxTarget])``: which image each box is in, and its target (best first per image)."""
+    samples, found = [], []
+    for i in range(batch_size(out)):
+        boxes, labels, scores = _detections(sample_of(out, i))
+        for j in scores.detach().argsort(descending=True).tolist():
+            if float(scores[j]) >= min_score:
+                samples.append(i)
+                found.append(BoxTarget(int(labels[j]), tuple(boxes[j].detach().tolist())))
+    return torch.tensor(samples, dtype=torch.long), found
 
 
 def per_sample_scores(

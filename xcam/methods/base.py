@@ -21,8 +21,11 @@ from xcam.core.inputs import check_input, first_conv_channels
 from xcam.core.layers import Layers, candidate_layers, default_layer, resolve_layers
 from xcam.core.result import CamResult, outcome
 from xcam.core.targets import (
+    BOXES,
     PRESENT,
     Targets,
+    detected_boxes,
+    flat_output,
     flatten_logits,
     present_labels,
     reported_logits,
@@ -235,27 +238,36 @@ class BaseCAM:
 
     def __call__(self, x: torch.Tensor, targets: Targets = None) -> CamResult:
         x = self._check_model_input(check_input(x))
-        if isinstance(targets, str) and targets == PRESENT:
-            return self._present(x)
+        if isinstance(targets, str) and targets in (PRESENT, BOXES):
+            return self._per_row(x, targets)
         with FX_GATE.shared():  # see xcam.core.tracing: no torch.fx trace meanwhile
             result = self._explain(x, targets)
             if not self.aug_smooth:
                 return result
             return augmented(x, result, self._explain, self.augmentations, self._fixed_size())
 
-    def _present(self, x: torch.Tensor) -> CamResult:
-        """``targets="present"``: a row per label a multi-label head says is present, and
-        ``samples`` to say whose (one forward finds them, one explanation explains them)."""
+    def _per_row(self, x: torch.Tensor, kind: str) -> CamResult:
+        """``targets="present"`` (a row per label a multi-label head says is present) or
+        ``"boxes"`` (a row per box a detector finds), and ``samples`` to say whose: one
+        forward finds them, one explanation explains them."""
         output = self._output_for(None)
         with FX_GATE.shared():
             layers = self._resolve(x)
             source = self.source.for_input(x, [n for n, _ in layers])
-            flat = flatten_logits(source.forward(output)(x))
-        samples, labels = present_labels(flat, self.activation)
+            out = source.forward(output)(x)
+        if kind == PRESENT:
+            flat = flatten_logits(out)
+            samples, labels = present_labels(flat, self.activation)
+            # a single output's label 0 present is its positive decision, target 1
+            chosen: Any = torch.ones_like(labels) if flat.shape[1] == 1 else labels
+        else:
+            flat = flat_output(out)
+            samples, chosen = detected_boxes(out)
+            labels = chosen
         if len(samples) == 0:  # nothing present anywhere: no rows
             return CamResult(
                 maps=x.new_zeros((0, *x.shape[-2:]), dtype=torch.float32),
-                logits=flat[:0].clone(),
+                logits=flat[:0].detach().clone(),
                 targets=labels,
                 scores=flat.new_zeros(0),
                 layer_maps={},
@@ -266,8 +278,6 @@ class BaseCAM:
                 activation=self.activation,
                 samples=samples,
             )
-        # a single output's label 0 present is its positive decision, target 1
-        chosen = torch.ones_like(labels) if flat.shape[1] == 1 else labels
         result = self(x[samples.to(x.device)], chosen)
         result.samples = samples
         return result
