@@ -21,6 +21,7 @@ from torch import nn
 
 from exporters.backward import decompositions, functional_copies, unbatched_weights
 from xcam.core.ops import normalize
+from xcam.core.targets import covering_classes, is_class_maps
 
 
 def _bilinear_matrix(n_in: int, n_out: int, dtype, device) -> torch.Tensor:
@@ -115,6 +116,18 @@ class GradModel(nn.Module):
         found = token_layouts or {}
         self.layouts = [Layout(*found[n]) if n in found else Layout() for n in self.layers]
 
+    def _class_score(self, flat: torch.Tensor, target: torch.Tensor | None):
+        """``(class, summed score, sign)`` of ``[B, K]`` logits: the class asked for, or the
+        top-1 (a single logit: the decision, with the sign that explains it)."""
+        if flat.shape[1] == 1:  # a single logit: explain the decision (or the one asked)
+            top = (flat[:, 0] >= self.threshold).long()
+            idx = top if target is None else torch.where(target >= 0, target.long(), top)
+            sign = idx.to(flat.dtype) * 2 - 1
+            return idx, (flat[:, 0] * sign).sum(), sign
+        top = flat.argmax(dim=1)
+        idx = top if target is None else torch.where(target >= 0, target.long(), top)
+        return idx, flat.gather(1, idx[:, None]).sum(), None
+
     def forward(self, x: torch.Tensor, target: torch.Tensor | None = None):
         from xcam.core.targets import flatten_logits
 
@@ -122,16 +135,12 @@ class GradModel(nn.Module):
         params = {f"model.{k}": v.detach() for k, v in self.model.named_parameters()}
         with torch.enable_grad():
             logits, *acts = torch.func.functional_call(self.cam_model, params, (x,))
-            flat = flatten_logits(logits)
-            if flat.shape[1] == 1:  # a single logit: explain the decision (or the one asked)
-                top = (flat[:, 0] >= self.threshold).long()
-                idx = top if target is None else torch.where(target >= 0, target.long(), top)
-                sign = idx.to(flat.dtype) * 2 - 1
-                score = (flat[:, 0] * sign).sum()
+            if is_class_maps(logits):  # class maps, kept as they are: a region's score
+                flat = logits
+                idx, score = region_score(logits, target)
             else:
-                top = flat.argmax(dim=1)
-                idx = top if target is None else torch.where(target >= 0, target.long(), top)
-                score = flat.gather(1, idx[:, None]).sum()
+                flat = flatten_logits(logits)
+                idx, score, sign = self._class_score(flat, target)
             need = [i for i, fc in enumerate(self.closed) if fc is None]
             auto = torch.autograd.grad(score, [acts[i] for i in need]) if need else ()
         grads: list[torch.Tensor] = []
@@ -158,6 +167,20 @@ class GradModel(nn.Module):
         return (flat.detach(), *acts, *grads, cam)
 
 
+def region_score(
+    maps: torch.Tensor, target: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(class, score)`` of :class:`xcam.core.targets.RegionTarget` with its default region,
+    in graph ops: class ``k`` per sample (``-1`` or no target: the class that covers most
+    pixels), ``S = sum_b sum_ij [argmax_c Y_bcij = k_b] · Y_bkij``."""
+    pred = maps.detach().argmax(dim=1)  # [B, H, W]
+    top = covering_classes(maps)
+    k = top if target is None else torch.where(target >= 0, target.long(), top)
+    mask = (pred == k[:, None, None]).to(maps.dtype)
+    chosen = maps.gather(1, k[:, None, None, None].expand(-1, 1, *maps.shape[2:]))[:, 0]
+    return k, (chosen * mask).sum()
+
+
 def closed_form_heads(
     model: nn.Module,
     layers: Sequence[str],
@@ -174,6 +197,8 @@ def closed_form_heads(
     with torch.no_grad():
         cam_model = CamModel(model, list(layers), output=output, pre_activation=pre_activation)
         logits, *acts = cam_model(example)
+    if is_class_maps(logits):  # a region's score: no pooled-linear head gives its gradient
+        return [None] * len(acts)
     flat = flatten_logits(logits)
     heads: list[nn.Linear | None] = []
     for a in acts:

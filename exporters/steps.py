@@ -204,7 +204,7 @@ def describe(prepared: Prepared) -> ExportMetadata:
         outputs=describe_outputs(spec.layer_names, spec.gradients, prepared.token_layouts),
         input_shape=spec.input_shape,
         dtype=str(spec.example.dtype).replace("torch.", ""),
-        num_classes=int(logits.reshape(logits.shape[0], -1).shape[1]),
+        num_classes=_num_classes(logits),
         classes=list(spec.classes) if spec.classes is not None else None,
         mean=list(spec.mean) if spec.mean is not None else None,
         std=list(spec.std) if spec.std is not None else None,
@@ -221,6 +221,15 @@ def describe(prepared: Prepared) -> ExportMetadata:
         pre_activation=spec.pre_activation,
         output=spec.output,
     )
+
+
+def _num_classes(logits: torch.Tensor) -> int:
+    """K of ``[B, K]`` logits, of ``[B, K, 1, 1]``, and of class maps ``[B, K, H, W]``."""
+    from xcam.core.targets import is_class_maps
+
+    if is_class_maps(logits):
+        return int(logits.shape[1])
+    return int(logits.reshape(logits.shape[0], -1).shape[1])
 
 
 def _write_onnx(module: nn.Module, spec: ExportSpec, meta: ExportMetadata, path: Path):

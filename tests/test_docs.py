@@ -32,3 +32,10 @@ def test_every_method_file_names_its_paper() -> None:
         doc = importlib.import_module(xcam.get_method(method).__module__).__doc__ or ""
         assert ("et al." in doc or " & " in doc) and "Example" in doc, method
         assert " = " in doc, f"{method}: its docstring has no formula"
+
+
+@pytest.mark.parametrize("name", ["xcam.core.targets", "xcam.core.tokens"])
+def test_core_docstring_examples(name: str) -> None:
+    """The targets' and token layouts' examples (RegionTarget, BoxTarget, Layout) hold."""
+    result = doctest.testmod(importlib.import_module(name), verbose=False)
+    assert result.attempted > 0 and result.failed == 0

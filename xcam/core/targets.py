@@ -341,8 +341,10 @@ class BoxTarget:
             box = tuple(float(v) for v in torch.as_tensor(self.box).reshape(-1).tolist())
         except (TypeError, ValueError, RuntimeError):
             box = ()
-        if len(box) != 4 or not all(map(math.isfinite, box)) or not (
-            box[0] <= box[2] and box[1] <= box[3]
+        if (
+            len(box) != 4
+            or not all(map(math.isfinite, box))
+            or not (box[0] <= box[2] and box[1] <= box[3])
         ):
             raise TargetError(
                 f"a box is (x1, y1, x2, y2) with x1 <= x2 and y1 <= y2, got {self.box!r}"
@@ -380,6 +382,19 @@ def detected_boxes(out: object, min_score: float = BOX_SCORE) -> tuple[torch.Ten
                 samples.append(i)
                 found.append(BoxTarget(int(labels[j]), tuple(boxes[j].detach().tolist())))
     return torch.tensor(samples, dtype=torch.long), found
+
+
+def is_class_maps(out: object) -> bool:
+    """Whether an output is class maps ``[B, K, H, W]`` (a segmentation model's), not
+    logits (``[B, K]``, or ``[B, K, 1, 1]`` from a fully convolutional head)."""
+    return isinstance(out, torch.Tensor) and out.dim() == 4 and tuple(out.shape[2:]) != (1, 1)
+
+
+def covering_classes(maps: torch.Tensor) -> torch.Tensor:
+    """``[B]``: per sample, the class that covers most pixels of class maps ``[B, K, H, W]``
+    (by argmax per pixel; ties: the lowest class)."""
+    pred = maps.detach().argmax(dim=1).flatten(1)
+    return F.one_hot(pred, maps.shape[1]).sum(dim=1).argmax(dim=1)
 
 
 def per_sample_scores(

@@ -14,7 +14,15 @@ from xcam.core.cammodel import OutputSelector, select_output
 from xcam.core.capture import preserved_state
 from xcam.core.errors import XCamError
 from xcam.core.ops import layer_gradients
-from xcam.core.targets import Targets, flatten_logits, resolve_targets, score_functions
+from xcam.core.targets import (
+    RegionTarget,
+    Targets,
+    covering_classes,
+    flatten_logits,
+    is_class_maps,
+    resolve_targets,
+    score_functions,
+)
 from xcam.sources.base import Captured, LayerRef
 from xcam.sources.eager import EagerModel
 
@@ -43,7 +51,8 @@ class BackendSource:
         output: OutputSelector,
         gradients: bool,
     ) -> Captured:
-        if gradients and self.backend.has_gradients and not score_functions(targets):
+        graph_targets = not score_functions(targets) or _predicted_region(targets)
+        if gradients and self.backend.has_gradients and graph_targets:
             return in_graph(self.backend, x, layers, targets)
         outs = self.backend.run(x)
         logits = outs[LOGITS]
@@ -110,6 +119,9 @@ class BackendSource:
 def in_graph(backend: Any, x: torch.Tensor, layers: list[LayerRef], targets: Targets) -> Captured:
     """Gradients computed inside the exported graph: no eager model is needed."""
     wanted, outs = None, None
+    if _predicted_region(targets):
+        # the graph's region is the predicted one: its class goes in as the target input
+        targets = [targets.category] * x.shape[0]  # type: ignore[union-attr]
     if targets is not None:
         k = backend.metadata.num_classes
         if not k:  # a file that doesn't say: its logits do
@@ -131,12 +143,20 @@ def in_graph(backend: Any, x: torch.Tensor, layers: list[LayerRef], targets: Tar
     acts = [outs[n] for n in names]
     grads = [outs[grad_name(n)] for n in names]
     chosen = targets if wanted is None else wanted
+    if is_class_maps(logits):  # the graph explained each sample's class over its region
+        classes = covering_classes(logits) if wanted is None else wanted
+        chosen = [RegionTarget(int(k)) for k in classes]
     target = resolve_targets(logits.detach(), chosen, backend.activation)
     # the file's map is fused over all of its layers: it is these layers' only if they're all
     fused = outs.get(GRADCAM) if names == list(backend.layer_names) else None
     if fused is not None and tuple(fused.shape) != (x.shape[0], *x.shape[-2:]):
         fused = None
     return Captured(logits, acts, target, grads, fused)
+
+
+def _predicted_region(targets: Targets) -> bool:
+    """A region target over the predicted region: what a segmentation file's graph computes."""
+    return isinstance(targets, RegionTarget) and targets.mask is None
 
 
 def _check_tail(out: torch.Tensor, logits: torch.Tensor, name: str, backend: Any) -> None:
