@@ -99,20 +99,12 @@ def token_layouts(model: nn.Module, names: list[str], example: torch.Tensor) -> 
     ``[layout, prefix tokens]`` (see :mod:`xcam.core.tokens`), found by one probe forward
     for a model that has any (a ViT's ``[B, N, C]``, a Swin's channels-last stages)."""
     from xcam.core.layers import candidate_layers
+    from xcam.core.tokens import may_have_tokens
 
-    if not _may_have_tokens(model):
+    if not may_have_tokens(model):
         return {}
     infos = candidate_layers(model, example[:1])
     return {i.name: [i.layout, i.prefix] for i in infos if i.name in names and not i.is_map}
-
-
-def _may_have_tokens(model: nn.Module) -> bool:
-    """Whether any module of ``model`` can output tokens: a transformer's attention or
-    LayerNorm, or a channels-last model (a plain CNN, Linear head and all, skips the probe)."""
-    from xcam.core.tokens import channels_last_model
-
-    kinds = (nn.MultiheadAttention, nn.LayerNorm)
-    return channels_last_model(model) or any(isinstance(m, kinds) for m in model.modules())
 
 
 def _final_activation(model: nn.Module, layers: object, spec: ExportSpec) -> str | None:

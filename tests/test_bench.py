@@ -204,3 +204,28 @@ def test_bench_rows_carry_peak_memory_except_onnx_runtime() -> None:
     off_cfg = BenchConfig(["demo"], ["gradcam"], ["eager"], repeats=1, memory=False)
     off = run_bench(off_cfg, echo=lambda _: None)
     assert all(r.peak_mb is None for r in off.rows)
+
+
+def test_peers_are_timed_on_token_layers_with_their_reshape() -> None:
+    """A ViT's token layer: pytorch-grad-cam's arm gets the layer's layout as its
+    reshape_transform (and computes the map xcam does); torchcam and captum, which take
+    none, are left out with the reason."""
+    from tiny_transformers import SIZE, vit
+
+    import xcam
+    from xcam.bench.peers import peer_arm
+    from xcam.core.tokens import Layout
+
+    model = vit()
+    layer = "encoder.layers.encoder_layer_1.ln_1"
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    classes = torch.tensor([1, 4])
+    layout = Layout("cls+grid", prefix=1)
+    arm = peer_arm("pytorch-grad-cam", "gradcam", model, layer, layout)
+    maps = torch.as_tensor(arm(x, classes))
+    ours = xcam.GradCAM(model, layer)(x, classes).maps
+    for a, b in zip(maps, ours, strict=True):
+        assert float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]) > 0.99
+    for lib in ("torchcam", "captum"):
+        why = peer_arm(lib, "gradcam", model, layer, layout)
+        assert isinstance(why, str) and "token layers" in why

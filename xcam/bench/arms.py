@@ -112,11 +112,21 @@ def lite_arms(cfg: BenchConfig, loaded: Any, x: torch.Tensor) -> dict[str, Arm]:
 def peer_arms(
     cfg: BenchConfig, target: Target, x: torch.Tensor, classes: torch.Tensor, notes: list[str]
 ) -> dict[str, Arm]:
-    """Every peer's arm for every method it has; a peer that is not installed gets one note."""
+    """Every peer's arm for every method it has; a peer that is not installed (or can't
+    read the layer's tokens) gets one note."""
+    from xcam.core.layers import candidate_layers
+    from xcam.core.tokens import Layout, may_have_tokens
+
+    layout = None
+    if may_have_tokens(target.model):
+        infos = {i.name: i for i in candidate_layers(target.model, x[:1])}
+        info = infos.get(target.layer)
+        if info is not None and not info.is_map:
+            layout = Layout(info.layout, prefix=info.prefix)
     arms: dict[str, Arm] = {}
     for lib in PEERS:
         for m in cfg.methods:
-            fn = peer_arm(lib, m, target.model, target.layer)
+            fn = peer_arm(lib, m, target.model, target.layer, layout)
             if isinstance(fn, str):
                 if fn not in notes:
                     notes.append(fn)

@@ -9,6 +9,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from xcam.core.tokens import Layout
+
 PeerArm = Callable[[torch.Tensor, torch.Tensor], object]
 
 # xcam's method name -> the peer's class
@@ -53,7 +55,9 @@ def _missing(library: str) -> str | None:
     return None
 
 
-def _grad_cam_lib_arm(method: str, model: nn.Module, layer: str, module: nn.Module) -> PeerArm:
+def _grad_cam_lib_arm(
+    method: str, model: nn.Module, layer: str, module: nn.Module, layout: Layout | None = None
+) -> PeerArm:
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -61,13 +65,17 @@ def _grad_cam_lib_arm(method: str, model: nn.Module, layer: str, module: nn.Modu
 
     def grad_cam_lib(x: torch.Tensor, classes: torch.Tensor) -> object:
         targets = [ClassifierOutputTarget(int(c)) for c in classes]
-        with cls(model=model, target_layers=[module]) as cam:
+        # a token layer: the peer's documented reshape_transform, here the layer's layout
+        reshape = None if layout is None else lambda t: layout.to_map(t, x.shape[-2:])
+        with cls(model=model, target_layers=[module], reshape_transform=reshape) as cam:
             return cam(input_tensor=x, targets=targets)
 
     return grad_cam_lib
 
 
-def _torchcam_arm(method: str, model: nn.Module, layer: str, module: nn.Module) -> PeerArm:
+def _torchcam_arm(
+    method: str, model: nn.Module, layer: str, module: nn.Module, layout: Layout | None = None
+) -> PeerArm:
     import torchcam.methods
 
     tcls = getattr(torchcam.methods, _TORCHCAM[method])
@@ -84,7 +92,9 @@ def _torchcam_arm(method: str, model: nn.Module, layer: str, module: nn.Module) 
     return torchcam_arm
 
 
-def _captum_arm(method: str, model: nn.Module, layer: str, module: nn.Module) -> PeerArm:
+def _captum_arm(
+    method: str, model: nn.Module, layer: str, module: nn.Module, layout: Layout | None = None
+) -> PeerArm:
     import captum.attr
 
     if method == "gradcam":
@@ -95,7 +105,7 @@ def _captum_arm(method: str, model: nn.Module, layer: str, module: nn.Module) ->
 
 
 # per peer: the methods it has, and how to make an arm of one
-_Maker = Callable[[str, nn.Module, str, nn.Module], PeerArm]
+_Maker = Callable[..., PeerArm]
 _PEERS: dict[str, tuple[dict[str, str], _Maker]] = {
     "pytorch-grad-cam": (_GRAD_CAM_LIB, _grad_cam_lib_arm),
     "torchcam": (_TORCHCAM, _torchcam_arm),
@@ -103,9 +113,13 @@ _PEERS: dict[str, tuple[dict[str, str], _Maker]] = {
 }
 
 
-def peer_arm(library: str, method: str, model: nn.Module, layer: str) -> PeerArm | str | None:
+def peer_arm(
+    library: str, method: str, model: nn.Module, layer: str, layout: Layout | None = None
+) -> PeerArm | str | None:
     """``(x, classes) -> maps`` from a peer library, a string saying why there is none (it
-    is not installed), or None when the peer has no such method.
+    is not installed, or can't read the layer's tokens), or None when the peer has no such
+    method. ``layout``: how the layer holds its positions, where it outputs tokens (only
+    pytorch-grad-cam takes a reshape for them).
 
     Each call constructs the peer's object and removes its hooks at the end, so the hooks
     never slow down the other arms that share the model."""
@@ -116,4 +130,8 @@ def peer_arm(library: str, method: str, model: nn.Module, layer: str) -> PeerArm
     names, make = _PEERS[library]
     if method not in names:
         return None
+    if layout is not None and not layout.is_map:
+        if library != "pytorch-grad-cam":
+            return f"{library} takes no reshape for token layers: not timed on {layer}"
+        return make(method, model, layer, module, layout)
     return make(method, model, layer, module)

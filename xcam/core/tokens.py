@@ -166,6 +166,13 @@ def prefix_tokens(model: nn.Module | None) -> int | None:
     return None
 
 
+def may_have_tokens(model: nn.Module) -> bool:
+    """Whether any module of ``model`` can output tokens: a transformer's attention or
+    LayerNorm, or a channels-last model (a plain CNN, Linear head and all, needs no probe)."""
+    kinds = (nn.MultiheadAttention, nn.LayerNorm)
+    return channels_last_model(model) or any(isinstance(m, kinds) for m in model.modules())
+
+
 def channels_last_model(model: nn.Module) -> bool:
     """Whether some layers of ``model`` output ``[B, h, w, C]``: it has torchvision's
     ``Permute`` to NHWC (Swin, ConvNeXt), or says so as timm does (``output_fmt``)."""
