@@ -9,6 +9,10 @@ aten graph; the backward ops in it that exporters can't translate become forward
   swapped, which ONNX Runtime runs much faster;
 - ``avg_pool2d_backward`` = a depthwise transposed convolution with a constant 1/(kh·kw) kernel;
 - ``_adaptive_avg_pool2d_backward`` = ``Ph^T · G · Pw`` with the (constant) pooling matrices;
+- bilinear resizing (``F.interpolate``) with fixed sizes is traced as ``Mh · X · Mwᵀ`` with
+  constant interpolation matrices (:class:`BilinearAsMatmul`), so its backward is two
+  matrix products: torch decomposes it into gathers, whose backward scatter-adds, and ONNX
+  Runtime's ScatterND adds duplicate indices unreliably (gradients off by percents);
 - ``max_pool2d_with_indices_backward`` = a scatter-add of the gradient at the argmax indices;
 - ``_scaled_dot_product_flash_attention_for_cpu_backward`` = attention's backward written out:
   with ``P = softmax(s·QKᵀ + M)`` and ``O = PV``, ``dV = PᵀdO``, ``dS = P ⊙ (dO·Vᵀ − rowsum(dO ⊙
@@ -201,6 +205,75 @@ def _attention_backward(
     grad_p = torch.matmul(grad_out, value.transpose(-2, -1))
     grad_s = p * (grad_p - (grad_out * out).sum(-1, keepdim=True)) * scale
     return torch.matmul(grad_s, key), torch.matmul(grad_s.transpose(-2, -1), query), grad_v
+
+
+def bilinear_matrix(
+    n_in: int, n_out: int, dtype, device, align_corners: bool = False, scale: float | None = None
+) -> torch.Tensor:
+    """``[n_out, n_in]``: bilinear resampling along one axis, exactly as ``F.interpolate``
+    (half-pixel centres clamped at the border; or corners aligned; ``scale``: the
+    ``scale_factor`` given, which sets the step instead of ``n_in / n_out``)."""
+    if align_corners:
+        step = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    else:
+        step = 1.0 / scale if scale else n_in / n_out
+    rows = []
+    for o in range(n_out):
+        src = o * step if align_corners else max((o + 0.5) * step - 0.5, 0.0)
+        i0 = min(int(src), n_in - 1)
+        i1 = min(i0 + 1, n_in - 1)
+        lam = src - i0
+        row = [0.0] * n_in
+        row[i0] += 1.0 - lam
+        row[i1] += lam
+        rows.append(row)
+    return torch.tensor(rows, dtype=dtype, device=device)
+
+
+def _resize(
+    x,
+    size=None,
+    scale_factor=None,
+    mode="nearest",
+    align_corners=None,
+    recompute_scale_factor=None,
+    antialias=False,
+):
+    """``F.interpolate`` as two matrix products, or None where it is not bilinear resizing of
+    ``[B, C, h, w]`` with fixed sizes."""
+    if mode != "bilinear" or antialias or x.dim() != 4:
+        return None
+    h, w = x.shape[2:]
+    pair = lambda v: tuple(v) if isinstance(v, list | tuple) else (v, v)  # noqa: E731
+    scales = (None, None)
+    if size is not None:
+        oh, ow = pair(size)
+    elif scale_factor is not None and isinstance(h, int) and isinstance(w, int):
+        sh, sw = pair(scale_factor)
+        oh, ow = int(h * sh), int(w * sw)
+        scales = (None, None) if recompute_scale_factor else (sh, sw)
+    else:
+        return None
+    if not all(isinstance(v, int) for v in (h, w, oh, ow)):
+        return None
+    corners = bool(align_corners)
+    mh = bilinear_matrix(h, oh, x.dtype, x.device, corners, scales[0])
+    mw = bilinear_matrix(w, ow, x.dtype, x.device, corners, scales[1])
+    return torch.matmul(torch.matmul(mh, x), mw.t())
+
+
+class BilinearAsMatmul(torch.overrides.TorchFunctionMode):
+    """While active, bilinear ``F.interpolate`` with fixed sizes runs as matrix products with
+    the same weights (equal up to rounding), so that autograd's backward of it is matrix
+    products too."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.interpolate:
+            out = _resize(*args, **kwargs)
+            if out is not None:
+                return out
+        return func(*args, **kwargs)
 
 
 def decompositions() -> dict:

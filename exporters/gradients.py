@@ -19,25 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporters.backward import decompositions, functional_copies, unbatched_weights
+from exporters.backward import (
+    BilinearAsMatmul,
+    bilinear_matrix,
+    decompositions,
+    functional_copies,
+    unbatched_weights,
+)
 from xcam.core.ops import normalize
 from xcam.core.targets import covering_classes, is_class_maps
-
-
-def _bilinear_matrix(n_in: int, n_out: int, dtype, device) -> torch.Tensor:
-    """``[n_out, n_in]``: bilinear resampling along one axis, exactly as ``F.interpolate``
-    with ``align_corners=False`` (half-pixel centres, clamped at the border)."""
-    rows = []
-    for o in range(n_out):
-        src = max((o + 0.5) * n_in / n_out - 0.5, 0.0)
-        i0 = min(int(src), n_in - 1)
-        i1 = min(i0 + 1, n_in - 1)
-        lam = src - i0
-        row = [0.0] * n_in
-        row[i0] += 1.0 - lam
-        row[i1] += lam
-        rows.append(row)
-    return torch.tensor(rows, dtype=dtype, device=device)
 
 
 def _upsample(cam: torch.Tensor, size: Sequence[int], static: bool = True) -> torch.Tensor:
@@ -50,8 +40,8 @@ def _upsample(cam: torch.Tensor, size: Sequence[int], static: bool = True) -> to
     """
     if static:
         h, w, oh, ow = (int(v) for v in (cam.shape[-2], cam.shape[-1], *size))
-        mh = _bilinear_matrix(h, oh, cam.dtype, cam.device)
-        mw = _bilinear_matrix(w, ow, cam.dtype, cam.device)
+        mh = bilinear_matrix(h, oh, cam.dtype, cam.device)
+        mw = bilinear_matrix(w, ow, cam.dtype, cam.device)
         return torch.matmul(torch.matmul(mh, cam), mw.t())
     up = F.interpolate(cam[:, None], size=list(size), mode="bilinear", align_corners=False)
     return up[:, 0]
@@ -133,7 +123,7 @@ class GradModel(nn.Module):
 
         # detached weights: the graph holds no parameter gradients, only dS/dA
         params = {f"model.{k}": v.detach() for k, v in self.model.named_parameters()}
-        with torch.enable_grad():
+        with torch.enable_grad(), BilinearAsMatmul():
             logits, *acts = torch.func.functional_call(self.cam_model, params, (x,))
             if is_class_maps(logits):  # class maps, kept as they are: a region's score
                 flat = logits

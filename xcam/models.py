@@ -269,8 +269,12 @@ def _torchvision(
     import torchvision
 
     available = torchvision.models.list_models(module=torchvision.models)
+    segmentation = torchvision.models.list_models(module=torchvision.models.segmentation)
     make = functools.partial(torchvision.models.get_model, name, weights=None)
-    model = _seeded("torchvision", "classification model", name, available, make, seed, 0.4)
+    if name in segmentation:  # its backbone would download ImageNet weights by default
+        make = functools.partial(make, weights_backbone=None)
+    what = "classification or segmentation model"
+    model = _seeded("torchvision", what, name, available + segmentation, make, seed, 0.4)
     notes = _weight_notes(model, name, weights, seed, trust_weights)
     if weights is None and name.startswith("vit_"):  # torchvision zeroes the ViT's head
         notes.append(f"{name}'s head is all zeros until real weights load: its maps are blank")
