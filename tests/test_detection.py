@@ -210,3 +210,57 @@ def test_a_box_drawn_on_its_map(tmp_path) -> None:
         255,
     )
     assert img.getpixel((16, 8)) == (0, 0, 0)  # the image given is untouched
+
+
+DET_SOURCE = """
+import torch, torchvision
+
+
+def retinanet():
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(
+        "retinanet_resnet50_fpn", weights=None, weights_backbone=None, num_classes=5,
+        min_size=128, max_size=128, detections_per_img=3,
+    ).eval()
+    with torch.no_grad():
+        model.head.classification_head.cls_logits.bias[1::5] = 3.0
+    return model
+"""
+
+
+def test_the_cli_explains_every_box_and_draws_it(runner, tmp_path) -> None:
+    """``xcam explain DETECTOR imgs --class boxes``: a map and an overlay per box found, the
+    box drawn on the overlay; predictions.json lists the boxes in the image's pixels; a
+    second run finds the job done; a class index on a detector, or boxes on a classifier,
+    is bad usage named before any work."""
+    import json
+
+    import numpy as np
+    from conftest import importable
+    from PIL import Image
+
+    from xcam.cli import main
+
+    noise = torch.rand(SIZE * 2, SIZE * 2, 3, generator=torch.Generator().manual_seed(5))
+    Image.fromarray((noise * 255).byte().numpy()).save(tmp_path / "a.png")
+    base = ["explain", "det_models:retinanet", str(tmp_path / "a.png"), "--input-size", "128"]
+    out = tmp_path / "o"
+    with importable(tmp_path, "det_models", DET_SOURCE):
+        res = runner.invoke(main, [*base, "--class", "boxes", "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        row = json.loads((out / "predictions.json").read_text())["images"][0]
+        assert row["target"] == "boxes" and len(row["boxes"]) == 3
+        for n, box in enumerate(row["boxes"]):
+            assert box["overlay"] == f"a_box{n}_{box['class']}_gradcam.png"
+            assert np.load(out / box["map"]).shape == (SIZE * 2, SIZE * 2)  # the image's size
+            x1, y1, x2, y2 = box["box"]  # in the image's pixels: the input was 128, it is 256
+            assert 0 <= x1 < x2 <= SIZE * 2 and 0 <= y1 < y2 <= SIZE * 2
+            shown = Image.open(out / box["overlay"]).convert("RGB")
+            assert shown.getpixel((int(x1) + 1, int((y1 + y2) / 2))) == (255, 255, 255)
+        again = runner.invoke(main, [*base, "--class", "boxes", "--out", str(out)])
+        assert again.exit_code == 0 and "1 of 1 image(s) already explained" in again.output
+        wrong = runner.invoke(main, [*base, "--class", "1", "--out", str(tmp_path / "o2")])
+        assert wrong.exit_code == 2 and "--class boxes" in wrong.output
+    demo = ["explain", "demo", str(tmp_path / "a.png"), "--class", "boxes", "--out", str(out)]
+    res = runner.invoke(main, demo)
+    assert res.exit_code == 2 and "boxes is for detectors" in res.output

@@ -15,7 +15,7 @@ import torch
 
 from xcam.core.errors import InputError, OutputError
 from xcam.core.result import Attribution
-from xcam.core.targets import PRESENT, Targets, probabilities, score_functions
+from xcam.core.targets import BOXES, PRESENT, Targets, probabilities, score_functions
 from xcam.images import load_image, preprocess
 from xcam.methods.base import BaseCAM
 from xcam.models import ModelInfo
@@ -290,8 +290,8 @@ def _explain_chunk(info, chunk, method, record, stems, targets, alpha, colormap,
     if not loaded:
         return
     x = preprocess([im for _, _, im in loaded], info.input_size, info.mean, info.std)
-    if targets == PRESENT:
-        _explain_present(info, loaded, x.to(device), method, record, stems, alpha, colormap)
+    if targets in (PRESENT, BOXES):
+        _explain_rows(info, loaded, x.to(device), method, record, stems, alpha, colormap, targets)
         return
     result = method(x.to(device), targets=targets).cpu()
     for i, (p, stamp, im) in enumerate(loaded):
@@ -323,21 +323,27 @@ def _explain_chunk(info, chunk, method, record, stems, targets, alpha, colormap,
         record.add(row)
 
 
-def _explain_present(info, loaded, x, method, record, stems, alpha, colormap) -> None:
-    """``--class present``: per image, an overlay and a map for every label its multi-label
-    head says is present (``<stem>_<label>_<method>``), and its rows in the record. A file of
-    those names that this run did not write fails the image, never gets replaced."""
-    result = method(x, targets=PRESENT).cpu()
+def _explain_rows(info, loaded, x, method, record, stems, alpha, colormap, kind) -> None:
+    """``--class present`` / ``--class boxes``: per image, an overlay and a map for every
+    label its multi-label head says is present (``<stem>_<label>_<method>``), or for every
+    box a detector finds (``<stem>_box<n>_<label>_<method>``, the box drawn on the overlay),
+    and its rows in the record. A file of those names that this run did not write fails the
+    image, never gets replaced."""
+    result = method(x, targets=kind).cpu()
     rows_of = [(result.samples == i).nonzero()[:, 0].tolist() for i in range(len(loaded))]
-    # each row's logits are its image's; an image with no label present takes one forward
-    bare = [i for i, rows in enumerate(rows_of) if not rows]
-    found = method.source.forward(method.output)(x[bare]).detach().cpu() if bare else None
-    logits = {i: found[j] for j, i in enumerate(bare)}
-    logits.update({i: result.logits[rows[0]] for i, rows in enumerate(rows_of) if rows})
+    boxes = kind == BOXES
+    logits = {} if boxes else _image_logits(method, x, result, rows_of)
     for i, (p, stamp, im) in enumerate(loaded):
         key = image_key(p)
         rows = rows_of[i]
-        stem_of = {r: f"{stems[key]}_{int(result.targets[r])}_{method.name}" for r in rows}
+        if boxes:
+            labels = [int(result.targets[r].label) for r in rows]
+            stem_of = {
+                r: f"{stems[key]}_box{n}_{label}_{method.name}"
+                for n, (r, label) in enumerate(zip(rows, labels, strict=True))
+            }
+        else:
+            stem_of = {r: f"{stems[key]}_{int(result.targets[r])}_{method.name}" for r in rows}
         names = [f"{stem}{ext}" for stem in stem_of.values() for ext in (".npy", ".png")]
         foreign = [n for n in names if n not in record.owned and (record.out / n).exists()]
         if foreign:
@@ -354,32 +360,55 @@ def _explain_present(info, loaded, x, method, record, stems, alpha, colormap) ->
             )
             continue
         record.claim(names)
-        labels = []
+        entries = []
         for r, stem in stem_of.items():
             _write_outputs(record.out, stem, im, result.maps[r], False, alpha, colormap)
-            label = int(result.targets[r])
-            labels.append(
-                {
-                    "class": label,
-                    "name": info.class_name(label),
-                    "score": float(result.scores[r]),
-                    "overlay": f"{stem}.png",
-                    "map": f"{stem}.npy",
-                    "degenerate": bool(result.degenerate[r]),
-                }
-            )
-        record.add(
-            {
-                "key": key,
-                "stamp": stamp,
-                "stem": stems[key],
-                "image": str(p),
-                "predictions": top_predictions(logits[i], info, activation=result.activation),
-                "target": PRESENT,
-                "labels": labels,
-                "kind": "heatmap",
+            entry = {
+                "score": float(result.scores[r]),
+                "overlay": f"{stem}.png",
+                "map": f"{stem}.npy",
+                "degenerate": bool(result.degenerate[r]),
             }
-        )
+            if boxes:
+                target = result.targets[r]
+                box = _drawn_box(record.out / f"{stem}.png", target, x.shape[-2:], info)
+                label = {"class": target.label, "name": info.class_name(target.label)}
+                entries.append({**label, "box": box, **entry})
+            else:
+                label = int(result.targets[r])
+                entries.append({"class": label, "name": info.class_name(label), **entry})
+        row = {"key": key, "stamp": stamp, "stem": stems[key], "image": str(p), "target": kind}
+        if boxes:
+            row["boxes"] = entries
+        else:
+            row["predictions"] = top_predictions(logits[i], info, activation=result.activation)
+            row["labels"] = entries
+        record.add({**row, "kind": "heatmap"})
+
+
+def _image_logits(method, x, result, rows_of) -> dict[int, torch.Tensor]:
+    """Each image's logits: a row's for an image with rows (each row's logits are its
+    image's), one forward for those without."""
+    bare = [i for i, rows in enumerate(rows_of) if not rows]
+    found = method.source.forward(method.output)(x[bare]).detach().cpu() if bare else None
+    logits = {i: found[j] for j, i in enumerate(bare)}
+    logits.update({i: result.logits[rows[0]] for i, rows in enumerate(rows_of) if rows})
+    return logits
+
+
+def _drawn_box(png: Path, target, size, info: ModelInfo) -> list[float]:
+    """Draw ``target``'s box (in the model input's pixels, ``size``) on the overlay ``png``;
+    the box in the image's pixels."""
+    from PIL import Image
+
+    from xcam.viz import draw_box, save_png
+
+    with Image.open(png) as img:
+        shown = draw_box(img, target.box, info.class_name(target.label), size=size)
+    save_png(shown, png)
+    sy, sx = shown.height / size[0], shown.width / size[1]
+    x1, y1, x2, y2 = target.box
+    return [round(v, 2) for v in (x1 * sx, y1 * sy, x2 * sx, y2 * sy)]
 
 
 def _write_outputs(

@@ -178,7 +178,7 @@ def _sane(row: dict[str, Any]) -> bool:
     hand-edited or hostile journal never makes a run write or delete elsewhere)."""
     if "error" in row:
         return isinstance(row.get("image"), str)
-    entries = row.get("labels", [row])  # --class present: one entry per label
+    entries = _entries(row)
     return (
         _plain_name(row.get("stem"))
         and isinstance(entries, list)
@@ -193,8 +193,13 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in ("key", "stamp")}
 
 
+def _entries(row: dict[str, Any]) -> Any:
+    """What of an image's row lists files: the row itself, or one entry per label present
+    (``--class present``) or per box found (``--class boxes``)."""
+    return row.get("labels", row.get("boxes", [row]))
+
+
 def _files_of(item: dict[str, Any]) -> list[str]:
-    """The files an image's row lists: its overlay and map, or with ``--class present`` those
-    of each label present."""
-    entries = item.get("labels", [item])
-    return [e[k] for e in entries for k in ("overlay", "map")]
+    """The files an image's row lists: its overlay and map, or with ``--class present`` /
+    ``boxes`` those of each label present or box found."""
+    return [e[k] for e in _entries(item) for k in ("overlay", "map")]

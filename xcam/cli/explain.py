@@ -50,7 +50,8 @@ from xcam.core.artifact import BACKEND_FORMAT
     "--class",
     "target",
     help="Class index to explain (default: top-1), positive/negative for a single-logit head, "
-    "or present: every label a multi-label head says is present, a map each.",
+    "present: every label a multi-label head says is present, a map each, or boxes: every "
+    "box a detector finds (score 0.5 or more), a map each, drawn with its box.",
 )
 @click.option(
     "--mask",
@@ -131,6 +132,7 @@ def explain(
         info, model, input_size, list(layer) if method_cls.uses_layers else [], tokens=tokens
     )
     targets = _segmentation_target(targets, mask, probed, parse_output(output))
+    _check_boxes(targets, probed)
     check_class(targets, info, probed, parse_output(output))
     smooth = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth, "reshape": tokens}
     try:
@@ -174,6 +176,28 @@ def _segmentation_target(targets, mask: str | None, probed, output):
             param_hint="--class",
         )
     return RegionTarget(targets, None if mask is None else _read_mask(mask, out.shape[-2:]))
+
+
+def _check_boxes(targets, probed) -> None:
+    """``--class boxes`` is for a detector (one dict of boxes, labels and scores per image),
+    and a detector is explained box by box: either way round is bad usage, found first."""
+    from xcam.core.targets import BOXES, per_image
+
+    if probed is None:
+        return
+    detector = per_image(probed)
+    if detector and targets != BOXES:
+        raise click.BadParameter(
+            "this model is a detector (a dict of boxes, labels and scores per image): explain "
+            "every box it finds with --class boxes",
+            param_hint="--class",
+        )
+    if targets == BOXES and not detector:
+        raise click.BadParameter(
+            "boxes is for detectors (torchvision's detection models: a dict of boxes, labels "
+            "and scores per image); this model's output is not one",
+            param_hint="--class",
+        )
 
 
 def _read_mask(path: str, size) -> object:

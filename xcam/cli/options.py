@@ -36,17 +36,18 @@ def parse_size(value: str | None) -> tuple[int, int] | None:
 
 
 def parse_target(value: str | None) -> int | str | None:
-    """``--class``: a class index, positive/negative (pos/neg) for a single-logit head, or
-    present for every label a multi-label head says is present."""
+    """``--class``: a class index, positive/negative (pos/neg) for a single-logit head,
+    present for every label a multi-label head says is present, or boxes for every box a
+    detector finds."""
     if value is None:
         return None
-    if value.lower() in ("positive", "negative", "pos", "neg", "present"):
+    if value.lower() in ("positive", "negative", "pos", "neg", "present", "boxes"):
         return value.lower()
     try:
         index = int(value)
     except ValueError:
         raise click.BadParameter(
-            f"{value!r} is not a class index, positive/negative or present",
+            f"{value!r} is not a class index, positive/negative, present or boxes",
             param_hint="--class",
         ) from None
     if not -(2**63) <= index < 2**63:  # no tensor of class indices holds it
