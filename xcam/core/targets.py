@@ -89,9 +89,10 @@ def _call(fn: Callable, out: object) -> object:
 
 
 def per_image(out: object) -> bool:
-    """Whether a model output is one dict per image (a detector's), not tensors with a batch
-    dimension: its batch is the list's length, its sample ``i`` the ``i``-th dict."""
-    return isinstance(out, list | tuple) and len(out) > 0 and all(isinstance(o, dict) for o in out)
+    """Whether a model output is a list of one dict per image (a detector's), not tensors
+    with a batch dimension: its batch is the list's length, its sample ``i`` the ``i``-th
+    dict. (A tuple of dicts stays what it is elsewhere: heads, chosen with ``output=``.)"""
+    return isinstance(out, list) and len(out) > 0 and all(isinstance(o, dict) for o in out)
 
 
 def output_tensors(out: object) -> list[torch.Tensor]:
