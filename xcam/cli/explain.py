@@ -149,18 +149,15 @@ def explain(
 def _segmentation_target(targets, mask: str | None, probed, output):
     """``--class K`` on a segmentation model (an output ``[B, K, H, W]``): class K over its
     region, ``--mask`` or where the model predicts K (:class:`xcam.RegionTarget`)."""
-    import torch
-
     from xcam.core.cammodel import select_output
     from xcam.core.errors import XCamError
-    from xcam.core.targets import RegionTarget
+    from xcam.core.targets import RegionTarget, is_class_maps
 
     try:
         out = select_output(probed, output) if probed is not None else None
     except XCamError:
         out = None
-    dense = isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[2] * out.shape[3] > 1
-    if not dense:
+    if not is_class_maps(out):
         if mask is not None:
             raise click.BadParameter(
                 "is for segmentation models (an output of class maps [B, K, H, W]); "
