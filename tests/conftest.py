@@ -78,6 +78,37 @@ def seeded(name: str, seed: int = 0, **kwargs) -> nn.Module:
     return torchvision.models.get_model(name, weights=None, **kwargs).eval()
 
 
+def shallow(name: str, seed: int = 0) -> nn.Module:
+    """A seeded torchvision family built with one block per stage (torchvision's own
+    classes and blocks, so the same ops reach the exporters): an export's time grows with the
+    number of ops, and a family's ops are all in its first block. The full-depth models are
+    covered by ``benchmarks/coverage.py``. Stage names are the full model's."""
+    from torchvision.models import DenseNet, EfficientNet, MobileNetV2, MobileNetV3, RegNet
+    from torchvision.models.efficientnet import _efficientnet_conf
+    from torchvision.models.mobilenetv3 import _mobilenet_v3_conf
+    from torchvision.models.regnet import BlockParams
+
+    torch.manual_seed(seed)
+    if name == "densenet121":  # (6, 12, 24, 16) dense layers per block
+        return DenseNet(32, (2, 2, 2, 2), 64).eval()
+    if name == "mobilenet_v2":  # [expansion, channels, blocks, stride] per stage
+        stages = [(1, 16, 1), (6, 24, 2), (6, 32, 2), (6, 64, 2), (6, 96, 1), (6, 160, 2)]
+        setting = [[t, c, 1, s] for t, c, s in [*stages, (6, 320, 1)]]
+        return MobileNetV2(inverted_residual_setting=setting).eval()
+    if name == "mobilenet_v3_small":  # its 11 blocks less those that repeat a shape
+        setting, last = _mobilenet_v3_conf("mobilenet_v3_small")
+        return MobileNetV3([setting[i] for i in (0, 1, 3, 6, 8)], last).eval()
+    if name == "efficientnet_b0":
+        setting, last = _efficientnet_conf("efficientnet_b0", width_mult=1.0, depth_mult=1.0)
+        for stage in setting:
+            stage.num_layers = 1
+        return EfficientNet(setting, 0.2, last_channel=last).eval()
+    if name == "regnet_y_400mf":  # regnet_y_400mf's widths, (1, 3, 6, 6) blocks per stage
+        params = BlockParams([1, 1, 1, 1], [48, 104, 208, 440], [8] * 4, [1.0] * 4, [2] * 4, 0.25)
+        return RegNet(params).eval()
+    raise KeyError(name)
+
+
 @pytest.fixture(scope="session")
 def resnet18() -> nn.Module:
     return seeded("resnet18")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import seeded
+from conftest import seeded, shallow
 from torch import nn
 
 import exporters
@@ -58,12 +58,12 @@ def small_vgg() -> nn.Module:
 FAMILIES = {
     "resnet18": (lambda: seeded("resnet18"), ["layer3", "layer4"]),
     "vgg11_bn": (small_vgg, ["features.20", "features"]),
-    "densenet121": (lambda: seeded("densenet121"), ["features.denseblock3", "features"]),
-    "mobilenet_v2": (lambda: seeded("mobilenet_v2"), ["features.14", "features"]),
-    "mobilenet_v3_small": (lambda: seeded("mobilenet_v3_small"), ["features.8", "features"]),
-    "efficientnet_b0": (lambda: seeded("efficientnet_b0"), ["features.5", "features"]),
+    "densenet121": (lambda: shallow("densenet121"), ["features.denseblock3", "features"]),
+    "mobilenet_v2": (lambda: shallow("mobilenet_v2"), ["features.6", "features"]),
+    "mobilenet_v3_small": (lambda: shallow("mobilenet_v3_small"), ["features.4", "features"]),
+    "efficientnet_b0": (lambda: shallow("efficientnet_b0"), ["features.5", "features"]),
     "convnext_tiny": (lambda: seeded("convnext_tiny"), ["features.5", "features"]),
-    "regnet_y_400mf": (lambda: seeded("regnet_y_400mf"), ["trunk_output.block3", "trunk_output"]),
+    "regnet_y_400mf": (lambda: shallow("regnet_y_400mf"), ["trunk_output.block3", "trunk_output"]),
 }
 
 
@@ -197,6 +197,47 @@ def test_lite_upsample_matches_torch(shape) -> None:
             x[:, None], size=size, mode="bilinear", align_corners=False
         )[:, 0]
         np.testing.assert_allclose(upsample(x.numpy(), size), ref.numpy(), atol=1e-6)
+
+
+def test_a_map_flat_up_to_rounding_is_flat_in_torch_and_lite() -> None:
+    """A map whose spread is float rounding of its level is zeros and flagged (min-max would
+    blow the rounding up to [0, 1]); a small but real spread is still scaled."""
+    from xcam.core.ops import normalize
+    from xcam.lite import normalize as lite_normalize
+
+    level = torch.full((3, 6, 6), 3e-4, dtype=torch.float64)
+    noise = torch.randn(3, 6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    maps = (level + noise * torch.tensor([1e-11, 1e-6, 0.0])[:, None, None]).float()
+    maps[2] = 0.0
+    scaled, flat = normalize(maps)
+    assert flat.tolist() == [True, False, True]
+    assert not scaled[0].any() and not scaled[2].any()
+    assert float(scaled[1].min()) == 0.0 and float(scaled[1].max()) == 1.0
+    np.testing.assert_allclose(lite_normalize(maps.numpy()), scaled.numpy(), atol=1e-6)
+
+
+def test_a_replicating_pool_exports_with_parity(tmp_path) -> None:
+    """AlexNet / VGG at a small input: ``AdaptiveAvgPool2d`` replicates a 1x1 map to 3x3, so
+    the Grad-CAM there is constant up to rounding. It was scaled to noise (the export's parity
+    failed at max abs 1); now eager, the file and xcam.lite agree it's flat."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.AdaptiveAvgPool2d(3),
+        nn.Flatten(),
+        nn.Linear(16 * 9, 5),
+    ).eval()
+    report = _export(model, "3", tmp_path, size=16)
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    ref = xcam.GradCAM(model, "3")(x)
+    assert ref.degenerate.all() and not ref.maps.any()
+    got = xcam.GradCAM(xcam.load(report.path, trust_code=True), "3")(x)
+    assert got.degenerate.all() and not got.maps.any()
+    from xcam.lite import OnnxExplainer
+
+    assert not OnnxExplainer(report.path)(x.numpy()).maps.any()
 
 
 def _torch_rule(method: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

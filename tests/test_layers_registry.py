@@ -44,6 +44,30 @@ def test_default_layer_is_last_spatial(resnet18, demo_model) -> None:
     assert default_layer(demo_model, torch.zeros(1, 3, 64, 64)) == "block3"
 
 
+def _replicating() -> nn.Module:
+    """AlexNet / VGG at a small input: the features end at 1x1 and ``avgpool`` copies that
+    one position to 3x3 for the classifier."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.AdaptiveAvgPool2d(3),
+        nn.Flatten(),
+        nn.Linear(8 * 9, 4),
+    ).eval()
+
+
+def test_a_layer_that_repeats_one_position_is_not_the_default() -> None:
+    model = _replicating()
+    for example in (torch.zeros(1, 3, 16, 16), torch.randn(3, 3, 16, 16)):
+        infos = {i.name: i for i in candidate_layers(model, example)}
+        assert infos["3"].grid == (3, 3) and infos["3"].replicated and not infos["3"].spatial
+        assert infos["1"].spatial and not infos["1"].replicated
+        assert default_layer(model, example) == "1"  # the last map whose positions differ
+    assert xcam.GradCAM(model)(torch.randn(2, 3, 16, 16)).layers == ["1"]
+
+
 def test_candidate_layers_shapes(demo_model) -> None:
     infos = {i.name: i for i in candidate_layers(demo_model, torch.zeros(1, 3, 64, 64))}
     assert infos["block1"].shape == (1, 16, 32, 32)

@@ -41,6 +41,7 @@ from xcam.core.artifact import (
 )
 from xcam.core.decision import class_targets, decision_threshold
 from xcam.core.errors import InputError, NumericalError, XCamError
+from xcam.core.flat import RELATIVE_SPREAD
 from xcam.core.grid import grid_shape
 from xcam.core.runtime import CPU, open_session, session_metadata, session_signature
 
@@ -141,9 +142,14 @@ def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def normalize(maps: np.ndarray) -> np.ndarray:
+    """Min-max scale each ``[H, W]`` map to ``[0, 1]``; a flat one (its spread rounding, see
+    :mod:`xcam.core.flat`) becomes zeros."""
     lo = maps.min(axis=(1, 2), keepdims=True)
-    span = maps.max(axis=(1, 2), keepdims=True) - lo
-    return np.clip((maps - lo) / np.where(span > 0, span, 1.0), 0.0, 1.0)
+    hi = maps.max(axis=(1, 2), keepdims=True)
+    span = hi - lo
+    still = span <= RELATIVE_SPREAD * np.maximum(np.abs(hi), np.abs(lo))
+    scaled = (maps - lo) / np.where(still, 1.0, span)
+    return np.clip(np.where(still, 0.0, scaled), 0.0, 1.0)
 
 
 @dataclass

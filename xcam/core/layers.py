@@ -111,10 +111,12 @@ class LayerInfo:
     layout: str = "nchw"
     grid: tuple[int, int] = (0, 0)
     prefix: int = 0  # tokens before the grid ("cls+grid")
+    replicated: bool = False  # every position holds the same values (one position, upsampled)
 
     @property
     def spatial(self) -> bool:
-        return self.grid[0] * self.grid[1] > 1
+        """A grid of more than one position whose positions differ."""
+        return self.grid[0] * self.grid[1] > 1 and not self.replicated
 
     @property
     def is_map(self) -> bool:
@@ -130,7 +132,12 @@ def candidate_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]
 
     The list is in the order modules finish, so a block comes after its children.
     The model's mode and hooks are left as they were. A floating ``example`` is cast to
-    the model's floating dtype (a probe of a ``model.half()``).
+    the model's floating dtype (a probe of a ``model.half()``). The probe runs on a batch of
+    two: a module whose output doesn't carry the batch (Swin V2's relative-position MLP, run
+    on a table of offsets) is no map of the image. A floating probe is seeded uniform noise
+    of the example's shape, whatever the example holds (a zero image makes many maps
+    constant): a 4-D output whose positions all hold the same values is ``replicated``
+    (AlexNet's and VGG's ``avgpool`` at a small input copy one position to 6x6 or 7x7).
     """
     from xcam.core.capture import preserved_state
     from xcam.core.tokens import CHANNELS_FIRST, is_permute, layout_of, timm_nhwc
@@ -138,6 +145,11 @@ def candidate_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]
     dtype = floating_dtype(model)
     if dtype is not None and example.is_floating_point() and example.dtype != dtype:
         example = example.to(dtype)
+    batch = example.shape[0]
+    probe = example if batch > 1 else torch.cat([example, example])
+    if probe.is_floating_point():
+        noise = torch.rand(probe.shape, generator=torch.Generator().manual_seed(0))
+        probe = noise.to(probe.device, probe.dtype)
     infos: list[LayerInfo] = []
     names = module_names(model)
     size = tuple(example.shape[-2:])
@@ -149,11 +161,16 @@ def candidate_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]
             channels_last[0] = is_permute(module, True)
         if not isinstance(output, torch.Tensor) or output.dim() not in (3, 4):
             return
+        if output.shape[0] != probe.shape[0]:
+            return
         name, prefix = names[module], 0
+        replicated = False
         if output.dim() == 4:
             nhwc = channels_last[0] or (nhwc_model and not isinstance(module, CHANNELS_FIRST))
             grid = tuple(output.shape[1:3] if nhwc else output.shape[2:])
             layout = "nhwc" if nhwc else "nchw"
+            first = output[:, :1, :1] if nhwc else output[:, :, :1, :1]
+            replicated = bool(torch.equal(output, first.expand_as(output)))
         else:
             try:
                 found = layout_of(None, model, name, output)
@@ -161,9 +178,11 @@ def candidate_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]
                 return
             layout, prefix = found.kind, found.prefix
             grid = found.to_map(output[:1], size, name).shape[2:]
-        shape = tuple(output.shape)
+        shape = (batch, *output.shape[1:])
         infos.append(
-            LayerInfo(name, type(module).__name__, shape, len(infos), layout, grid, prefix)
+            LayerInfo(
+                name, type(module).__name__, shape, len(infos), layout, grid, prefix, replicated
+            )
         )
 
     handles = []
@@ -172,7 +191,7 @@ def candidate_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]
             for module in names:
                 handles.append(module.register_forward_hook(record))
             with torch.no_grad():
-                model(example)
+                model(probe)
         finally:
             for h in handles:
                 h.remove()
@@ -194,7 +213,8 @@ def default_layer(model: nn.Module, example: torch.Tensor) -> str:
 
 
 def last_spatial(infos: Sequence[LayerInfo]) -> str | None:
-    """The last of ``infos`` with a spatial 4-D output (NCHW or NHWC), else the last 4-D."""
+    """The last of ``infos`` with a spatial 4-D output (NCHW or NHWC; positions that differ),
+    else the last 4-D."""
     maps = [i for i in infos if i.layout in ("nchw", "nhwc")]
     spatial = [i for i in maps if i.spatial] or maps
     return spatial[-1].name if spatial else None

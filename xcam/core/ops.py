@@ -14,19 +14,23 @@ import torch
 import torch.nn.functional as F
 
 from xcam.core.errors import NumericalError
+from xcam.core.flat import RELATIVE_SPREAD
 
 
 def normalize(maps: torch.Tensor, dims: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Min-max scale each sample of ``maps`` to ``[0, 1]`` over its last ``dims`` dimensions
     (``[B, H, W]`` by default; ``dims=3`` scales ``[B, C, H, W]`` over channels and positions).
 
-    A constant sample (nothing to show) becomes zeros and is flagged ``[B]``, never NaN.
+    A constant sample (nothing to show) becomes zeros and is flagged ``[B]``, never NaN; so
+    does one whose spread is rounding (see :mod:`xcam.core.flat`).
     """
     flat = maps.flatten(maps.dim() - dims)  # [..., N]
     lo = flat.amin(dim=-1, keepdim=True)  # (torch.aminmax along a dim is many times slower)
-    span = flat.amax(dim=-1, keepdim=True) - lo
-    scaled = (flat - lo) / torch.where(span > 0, span, 1.0)
-    constant = (span <= 0).flatten(1).all(dim=1)
+    hi = flat.amax(dim=-1, keepdim=True)
+    span = hi - lo
+    still = span <= RELATIVE_SPREAD * torch.maximum(hi.abs(), lo.abs())
+    scaled = torch.where(still, 0.0, (flat - lo) / torch.where(still, 1.0, span))
+    constant = still.flatten(1).all(dim=1)
     return scaled.clamp(0.0, 1.0).reshape(maps.shape), constant
 
 
