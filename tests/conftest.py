@@ -83,7 +83,15 @@ def shallow(name: str, seed: int = 0) -> nn.Module:
     classes and blocks, so the same ops reach the exporters): an export's time grows with the
     number of ops, and a family's ops are all in its first block. The full-depth models are
     covered by ``benchmarks/coverage.py``. Stage names are the full model's."""
-    from torchvision.models import DenseNet, EfficientNet, MobileNetV2, MobileNetV3, RegNet
+    from torchvision.models import (
+        ConvNeXt,
+        DenseNet,
+        EfficientNet,
+        MobileNetV2,
+        MobileNetV3,
+        RegNet,
+    )
+    from torchvision.models.convnext import CNBlockConfig
     from torchvision.models.efficientnet import _efficientnet_conf
     from torchvision.models.mobilenetv3 import _mobilenet_v3_conf
     from torchvision.models.regnet import BlockParams
@@ -95,6 +103,9 @@ def shallow(name: str, seed: int = 0) -> nn.Module:
         stages = [(1, 16, 1), (6, 24, 2), (6, 32, 2), (6, 64, 2), (6, 96, 1), (6, 160, 2)]
         setting = [[t, c, 1, s] for t, c, s in [*stages, (6, 320, 1)]]
         return MobileNetV2(inverted_residual_setting=setting).eval()
+    if name == "convnext_tiny":  # (3, 3, 9, 3) blocks per stage
+        widths = [(96, 192), (192, 384), (384, 768), (768, None)]
+        return ConvNeXt([CNBlockConfig(c, n, 1) for c, n in widths]).eval()
     if name == "mobilenet_v3_small":  # its 11 blocks less those that repeat a shape
         setting, last = _mobilenet_v3_conf("mobilenet_v3_small")
         return MobileNetV3([setting[i] for i in (0, 1, 3, 6, 8)], last).eval()

@@ -62,7 +62,7 @@ FAMILIES = {
     "mobilenet_v2": (lambda: shallow("mobilenet_v2"), ["features.6", "features"]),
     "mobilenet_v3_small": (lambda: shallow("mobilenet_v3_small"), ["features.4", "features"]),
     "efficientnet_b0": (lambda: shallow("efficientnet_b0"), ["features.5", "features"]),
-    "convnext_tiny": (lambda: seeded("convnext_tiny"), ["features.5", "features"]),
+    "convnext_tiny": (lambda: shallow("convnext_tiny"), ["features.5", "features"]),
     "regnet_y_400mf": (lambda: shallow("regnet_y_400mf"), ["trunk_output.block3", "trunk_output"]),
 }
 
