@@ -103,3 +103,13 @@ def test_wrong_types_for_layers_and_method_names_are_clear_errors(demo_model) ->
         xcam.GradCAM(demo_model, 123)
     with pytest.raises(xcam.XCamError, match=r"named by a string, got 123 \(int\)"):
         xcam.get_method(123)
+
+
+def test_xcam_layers_marks_a_repeated_position(runner) -> None:
+    from xcam.cli import main
+
+    res = runner.invoke(main, ["layers", "torchvision:alexnet", "--input-size", "64"])
+    assert res.exit_code == 0, res.output
+    lines = {line[2:].split()[0]: line for line in res.output.splitlines()[1:] if line[2:]}
+    assert "one position repeated" in lines["avgpool"] and lines["avgpool"].startswith(" ")
+    assert lines["features.11"].startswith("*")  # the last ReLU, 1x1 after its max-pool: 3x3
