@@ -37,6 +37,13 @@ torch.set_num_threads({threads})
 name, row = {name!r}, {{"model": {name!r}}}
 torch.manual_seed(0)
 model = torchvision.models.get_model(name, weights=None).eval()
+# torchvision zeroes a ViT's head: every logit 0, every gradient 0, every map flat
+linear = torch.nn.Linear
+zeroed = [n for n, m in model.named_modules() if isinstance(m, linear) and not m.weight.any()]
+for n in zeroed:
+    torch.nn.init.normal_(model.get_submodule(n).weight, std=0.02)
+if zeroed:
+    row["redrawn"] = zeroed
 row["params_m"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 1)
 
 
@@ -164,6 +171,10 @@ def write(rows: dict[str, dict], zoo: list[str], threads: int) -> str:
         reasons = [f"{s}: {r[s + '_reason']}" for s in STEPS if s + "_reason" in r]
         if reasons and r["model"] in NOTES:
             reasons.append(f"why: {NOTES[r['model']]}")
+        if r.get("redrawn"):
+            reasons.append(
+                f"{', '.join(r['redrawn'])} zero in torchvision's init: drawn N(0, 0.02²)"
+            )
         if r.get("degenerate"):  # flagged by the result, not a failure
             reasons.append(
                 f"eager map flat for {r['degenerate']} of the 2 samples (no positive evidence "

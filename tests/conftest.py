@@ -78,6 +78,20 @@ def seeded(name: str, seed: int = 0, **kwargs) -> nn.Module:
     return torchvision.models.get_model(name, weights=None, **kwargs).eval()
 
 
+def replicating() -> nn.Module:
+    """AlexNet / VGG at a small input in small: the features end at 1x1 and layer ``"3"``
+    (an ``AdaptiveAvgPool2d``) copies that one position to 3x3 for the classifier."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.AdaptiveAvgPool2d(3),
+        nn.Flatten(),
+        nn.Linear(8 * 9, 4),
+    ).eval()
+
+
 def shallow(name: str, seed: int = 0) -> nn.Module:
     """A seeded torchvision family built with one block per stage (torchvision's own
     classes and blocks, so the same ops reach the exporters): an export's time grows with the

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import seeded, shallow
+from conftest import replicating, seeded, shallow
 from torch import nn
 
 import exporters
@@ -220,15 +220,7 @@ def test_a_replicating_pool_exports_with_parity(tmp_path) -> None:
     """AlexNet / VGG at a small input: ``AdaptiveAvgPool2d`` replicates a 1x1 map to 3x3, so
     the Grad-CAM there is constant up to rounding. It was scaled to noise (the export's parity
     failed at max abs 1); now eager, the file and xcam.lite agree it's flat."""
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 16, 3, stride=4),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.AdaptiveAvgPool2d(3),
-        nn.Flatten(),
-        nn.Linear(16 * 9, 5),
-    ).eval()
+    model = replicating()
     report = _export(model, "3", tmp_path, size=16)
     x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     ref = xcam.GradCAM(model, "3")(x)

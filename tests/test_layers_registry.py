@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import replicating
 from torch import nn
 
 import xcam
@@ -44,22 +45,8 @@ def test_default_layer_is_last_spatial(resnet18, demo_model) -> None:
     assert default_layer(demo_model, torch.zeros(1, 3, 64, 64)) == "block3"
 
 
-def _replicating() -> nn.Module:
-    """AlexNet / VGG at a small input: the features end at 1x1 and ``avgpool`` copies that
-    one position to 3x3 for the classifier."""
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=2),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.AdaptiveAvgPool2d(3),
-        nn.Flatten(),
-        nn.Linear(8 * 9, 4),
-    ).eval()
-
-
 def test_a_layer_that_repeats_one_position_is_not_the_default() -> None:
-    model = _replicating()
+    model = replicating()
     for example in (torch.zeros(1, 3, 16, 16), torch.randn(3, 3, 16, 16)):
         infos = {i.name: i for i in candidate_layers(model, example)}
         assert infos["3"].grid == (3, 3) and infos["3"].replicated and not infos["3"].spatial

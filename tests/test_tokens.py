@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from conftest import importable
 from tiny_transformers import SIZE, swin, vit
-from torchvision.models import SwinTransformer
 
 import xcam
 from xcam.core.errors import ModelSpecError
@@ -126,20 +125,7 @@ def test_layers_without_the_batch_are_not_candidates() -> None:
     """Swin V2's relative-position MLP runs on a ``[1, 2w-1, 2w-1, 2]`` table, not on the
     image batch: its channels-last output must not be listed as a map (it was the default
     layer of swin_v2_t at 32²)."""
-    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformerBlockV2
-
-    torch.manual_seed(0)
-    model = SwinTransformer(
-        patch_size=[4, 4],
-        embed_dim=16,
-        depths=[2, 2],
-        num_heads=[2, 2],
-        window_size=[4, 4],
-        stochastic_depth_prob=0.0,
-        num_classes=10,
-        block=SwinTransformerBlockV2,
-        downsample_layer=PatchMergingV2,
-    ).eval()
+    model = swin(v2=True)
     for b in (1, 2):
         names = [i.name for i in candidate_layers(model, _x(b))]
         assert not [n for n in names if "cpb_mlp" in n], names

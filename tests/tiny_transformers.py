@@ -30,8 +30,13 @@ def vit(seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def swin(seed: int = 0) -> nn.Module:
+def swin(seed: int = 0, v2: bool = False) -> nn.Module:
+    """``v2``: Swin V2's blocks and patch merging (attention biased by an MLP of the
+    relative positions)."""
+    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformerBlockV2
+
     torch.manual_seed(seed)
+    blocks = {"block": SwinTransformerBlockV2, "downsample_layer": PatchMergingV2} if v2 else {}
     model = SwinTransformer(
         patch_size=[4, 4],
         embed_dim=16,
@@ -40,5 +45,6 @@ def swin(seed: int = 0) -> nn.Module:
         window_size=[4, 4],
         stochastic_depth_prob=0.0,
         num_classes=10,
+        **blocks,
     )
     return model.eval()
