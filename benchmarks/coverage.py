@@ -15,9 +15,12 @@ covered in chunks:
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 
 from common import RESULTS, environment, write_results
@@ -25,7 +28,7 @@ from common import RESULTS, environment, write_results
 SIZES = (32, 64, 96, 128, 160, 224, 299)  # tried in order: the smallest the model takes
 
 ONE = """
-import json, sys, tempfile, time, warnings
+import json, sys, time, warnings
 from pathlib import Path
 import torch, torchvision
 import exporters, xcam
@@ -89,7 +92,7 @@ def eager():
     row["degenerate"] = int(result.degenerate.sum())
 
 
-tmp = Path(tempfile.mkdtemp())
+tmp = Path({tmp!r})
 if step("layer", layer) and step("eager", eager):
     step("export", lambda: exporters.export(model, found["layer"], x, tmp / "a.onnx"))
     step(
@@ -112,16 +115,19 @@ NOTES = {
 
 def run_one(name: str, threads: int, timeout: float) -> dict:
     """One model's row, from a fresh process; a crash or a timeout is said in the row."""
-    code = ONE.format(name=name, threads=threads, sizes=SIZES)
     start = time.perf_counter()
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout
-        )
-        out, err, note = done.stdout, done.stderr, f"exit code {done.returncode}"
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        err, note = "", f"timed out after {timeout:.0f}s"
+    # the exports are written to a folder removed here, even after a crash or a timeout
+    # (a large model's files take gigabytes)
+    with tempfile.TemporaryDirectory(prefix=f"coverage-{name}-") as tmp:
+        code = ONE.format(name=name, threads=threads, sizes=SIZES, tmp=tmp)
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout
+            )
+            out, err, note = done.stdout, done.stderr, f"exit code {done.returncode}"
+        except subprocess.TimeoutExpired as e:
+            out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+            err, note = "", f"timed out after {timeout:.0f}s"
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     row = rows[-1] if rows else {"model": name}
     missing = [s for s in STEPS if s not in row]
@@ -143,6 +149,11 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=1200, help="seconds per model")
     a = p.parse_args()
     zoo = sorted(torchvision.models.list_models(module=torchvision.models))
+    if a.models == []:
+        p.error("--models names at least one model")
+    unknown = sorted(set(a.models or []) - set(zoo))
+    if unknown:
+        p.error(f"not in torchvision's classification zoo: {', '.join(unknown)}")
     names = a.models or zoo
     if a.chunk:
         i, n = (int(v) for v in a.chunk.split("/"))
@@ -151,11 +162,15 @@ def main() -> None:
     for name in names:  # merged and written after each model: runs can stop, or run side by side
         row = run_one(name, a.threads, a.timeout)
         print(json.dumps(row), flush=True)
-        rows = (
-            {r["model"]: r for r in json.loads(path.read_text())["rows"]} if path.exists() else {}
-        )
-        write({**rows, name: row}, zoo, a.threads)
-    print(path.with_suffix(".md").read_text())
+        folder = os.open(RESULTS, os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)  # one run merges at a time
+            old = json.loads(path.read_text())["rows"] if path.exists() else []
+            write({**{r["model"]: r for r in old}, name: row}, zoo, a.threads)
+        finally:
+            os.close(folder)
+    if path.exists():
+        print(path.with_suffix(".md").read_text())
 
 
 def write(rows: dict[str, dict], zoo: list[str], threads: int) -> str:

@@ -214,6 +214,12 @@ def test_a_map_flat_up_to_rounding_is_flat_in_torch_and_lite() -> None:
     assert not scaled[0].any() and not scaled[2].any()
     assert float(scaled[1].min()) == 0.0 and float(scaled[1].max()) == 1.0
     np.testing.assert_allclose(lite_normalize(maps.numpy()), scaled.numpy(), atol=1e-6)
+    # an overflow is not flat: it stays non-finite, for the callers to name
+    maps[0, 2, 3] = float("inf")
+    scaled, flat = normalize(maps)
+    assert not flat[0] and not bool(scaled[0].isfinite().all())
+    with np.errstate(invalid="ignore"):  # inf / inf
+        assert not np.isfinite(lite_normalize(maps.numpy())[0]).all()
 
 
 def test_a_replicating_pool_exports_with_parity(tmp_path) -> None:

@@ -92,6 +92,22 @@ def test_wrong_types_for_layers_and_method_names_are_clear_errors(demo_model) ->
         xcam.get_method(123)
 
 
+def test_a_model_that_takes_one_sample_is_probed_with_one() -> None:
+    class OneAtATime(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.fc = nn.Linear(4 * 14 * 14, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.conv(x).view(1, -1))
+
+    model = OneAtATime().eval()
+    infos = candidate_layers(model, torch.zeros(1, 3, 16, 16))
+    assert [(i.name, i.shape) for i in infos] == [("conv", (1, 4, 14, 14))]
+    assert default_layer(model, torch.zeros(1, 3, 16, 16)) == "conv"
+
+
 def test_xcam_layers_marks_a_repeated_position(runner) -> None:
     from xcam.cli import main
 

@@ -147,7 +147,7 @@ def normalize(maps: np.ndarray) -> np.ndarray:
     lo = maps.min(axis=(1, 2), keepdims=True)
     hi = maps.max(axis=(1, 2), keepdims=True)
     span = hi - lo
-    still = span <= RELATIVE_SPREAD * np.maximum(np.abs(hi), np.abs(lo))
+    still = (span <= RELATIVE_SPREAD * np.maximum(np.abs(hi), np.abs(lo))) & np.isfinite(span)
     scaled = (maps - lo) / np.where(still, 1.0, span)
     return np.clip(np.where(still, 0.0, scaled), 0.0, 1.0)
 

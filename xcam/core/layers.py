@@ -132,12 +132,13 @@ def candidate_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]
 
     The list is in the order modules finish, so a block comes after its children.
     The model's mode and hooks are left as they were. A floating ``example`` is cast to
-    the model's floating dtype (a probe of a ``model.half()``). The probe runs on a batch of
-    two: a module whose output doesn't carry the batch (Swin V2's relative-position MLP, run
-    on a table of offsets) is no map of the image. A floating probe is seeded uniform noise
-    of the example's shape, whatever the example holds (a zero image makes many maps
-    constant): a 4-D output whose positions all hold the same values is ``replicated``
-    (AlexNet's and VGG's ``avgpool`` at a small input copy one position to 6x6 or 7x7).
+    the model's floating dtype (a probe of a ``model.half()``). The probe is a batch of two,
+    the example's first sample and seeded uniform noise of its shape (a zero image makes many
+    maps constant): a module whose output doesn't carry the batch (Swin V2's relative-position
+    MLP, run on a table of offsets) is no map of the image, and a 4-D output whose positions
+    all hold the same values in both samples is ``replicated`` (AlexNet's and VGG's
+    ``avgpool`` at a small input copy one position to 6x6 or 7x7). A model that only runs at
+    batch 1 is probed with the example's first sample alone.
     """
     from xcam.core.capture import preserved_state
     from xcam.core.tokens import CHANNELS_FIRST, is_permute, layout_of, timm_nhwc
@@ -146,10 +147,10 @@ def candidate_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]
     if dtype is not None and example.is_floating_point() and example.dtype != dtype:
         example = example.to(dtype)
     batch = example.shape[0]
-    probe = example if batch > 1 else torch.cat([example, example])
-    if probe.is_floating_point():
-        noise = torch.rand(probe.shape, generator=torch.Generator().manual_seed(0))
-        probe = noise.to(probe.device, probe.dtype)
+    second = example[:1]
+    if example.is_floating_point():
+        second = torch.rand(second.shape, generator=torch.Generator().manual_seed(0))
+    probe = torch.cat([example[:1], second.to(example.device, example.dtype)])
     infos: list[LayerInfo] = []
     names = module_names(model)
     size = tuple(example.shape[-2:])
@@ -191,7 +192,13 @@ def candidate_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]
             for module in names:
                 handles.append(module.register_forward_hook(record))
             with torch.no_grad():
-                model(probe)
+                try:
+                    model(probe)
+                except Exception:  # a model that only takes one sample (x.view(1, -1), ...)
+                    infos.clear()
+                    channels_last[0] = False
+                    probe = example[:1]
+                    model(probe)
         finally:
             for h in handles:
                 h.remove()
@@ -214,9 +221,11 @@ def default_layer(model: nn.Module, example: torch.Tensor) -> str:
 
 def last_spatial(infos: Sequence[LayerInfo]) -> str | None:
     """The last of ``infos`` with a spatial 4-D output (NCHW or NHWC; positions that differ),
-    else the last 4-D."""
+    else the last with more than one position, else the last 4-D."""
     maps = [i for i in infos if i.layout in ("nchw", "nhwc")]
-    spatial = [i for i in maps if i.spatial] or maps
+    spatial = (
+        [i for i in maps if i.spatial] or [i for i in maps if i.grid[0] * i.grid[1] > 1] or maps
+    )
     return spatial[-1].name if spatial else None
 
 

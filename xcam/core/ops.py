@@ -28,7 +28,8 @@ def normalize(maps: torch.Tensor, dims: int = 2) -> tuple[torch.Tensor, torch.Te
     lo = flat.amin(dim=-1, keepdim=True)  # (torch.aminmax along a dim is many times slower)
     hi = flat.amax(dim=-1, keepdim=True)
     span = hi - lo
-    still = span <= RELATIVE_SPREAD * torch.maximum(hi.abs(), lo.abs())
+    # (a non-finite map is left to give NaN, which the callers name as an overflow)
+    still = (span <= RELATIVE_SPREAD * torch.maximum(hi.abs(), lo.abs())) & span.isfinite()
     scaled = torch.where(still, 0.0, (flat - lo) / torch.where(still, 1.0, span))
     constant = still.flatten(1).all(dim=1)
     return scaled.clamp(0.0, 1.0).reshape(maps.shape), constant

@@ -25,8 +25,9 @@ class Explanation:
         scores: the explained score per sample, ``[B]``.
         layer_maps: per layer, ``ReLU(sum_c w_c A_c)`` at the layer's resolution
             ``[B, h, w]``, before normalisation (so identities between methods can be checked).
-        degenerate: ``[B]`` bool, True where a map is constant (e.g. zero gradient): it is
-            returned as zeros rather than NaN.
+        degenerate: ``[B]`` bool, True where a map is flat: constant up to float rounding
+            (e.g. zero gradient; see :mod:`xcam.core.flat`). It is returned as zeros rather
+            than NaN.
         method: the method's registry name; ``layers``: the layer names, in order.
         backend: where the activations came from (``eager``, ``onnx``, ``torchscript``, ``pt2``).
         activation: the final activation ``logits`` already went through (``"sigmoid"``,
