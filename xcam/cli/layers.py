@@ -52,7 +52,7 @@ def layers(model: str, weights: str | None, input_size: str | None) -> None:
         mark = "*" if i.name == chosen else " "
         shape = "x".join(map(str, i.shape))
         layout = "" if i.is_map else f"  {i.layout} {i.grid[0]}x{i.grid[1]}"
-        if i.replicated and i.grid[0] * i.grid[1] > 1:
+        if i.replicated and i.positions > 1:
             layout += "  (one position repeated: a flat map)"
         line = f"{mark} {i.name:<{name_w}}  {i.kind:<{kind_w}}  {shape:<{shape_w}}{layout}"
         click.echo(line.rstrip())

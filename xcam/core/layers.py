@@ -114,9 +114,14 @@ class LayerInfo:
     replicated: bool = False  # every position holds the same values (one position, upsampled)
 
     @property
+    def positions(self) -> int:
+        """How many positions the map has (``h·w``)."""
+        return self.grid[0] * self.grid[1]
+
+    @property
     def spatial(self) -> bool:
         """A grid of more than one position whose positions differ."""
-        return self.grid[0] * self.grid[1] > 1 and not self.replicated
+        return self.positions > 1 and not self.replicated
 
     @property
     def is_map(self) -> bool:
@@ -223,9 +228,7 @@ def last_spatial(infos: Sequence[LayerInfo]) -> str | None:
     """The last of ``infos`` with a spatial 4-D output (NCHW or NHWC; positions that differ),
     else the last with more than one position, else the last 4-D."""
     maps = [i for i in infos if i.layout in ("nchw", "nhwc")]
-    spatial = (
-        [i for i in maps if i.spatial] or [i for i in maps if i.grid[0] * i.grid[1] > 1] or maps
-    )
+    spatial = [i for i in maps if i.spatial] or [i for i in maps if i.positions > 1] or maps
     return spatial[-1].name if spatial else None
 
 
