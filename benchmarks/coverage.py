@@ -156,7 +156,10 @@ def main() -> None:
         p.error(f"not in torchvision's classification zoo: {', '.join(unknown)}")
     names = a.models or zoo
     if a.chunk:
-        i, n = (int(v) for v in a.chunk.split("/"))
+        i, _, n = a.chunk.partition("/")
+        if not (i.isdigit() and n.isdigit() and 1 <= int(i) <= int(n)):
+            p.error(f"--chunk is I/N with 1 <= I <= N, got {a.chunk!r}")
+        i, n = int(i), int(n)
         names = names[(i - 1) * len(names) // n : i * len(names) // n]
     path = RESULTS / "coverage.json"
     for name in names:  # merged and written after each model: runs can stop, or run side by side
