@@ -268,10 +268,10 @@ def test_overwrite_replaces_the_previous_run_and_its_files(images, tmp_path) -> 
 
 
 def test_an_interrupted_run_resumes_where_it_stopped(images, tmp_path, monkeypatch) -> None:
-    import xcam.pipeline
+    import xcam.pipeline.job
 
     out = tmp_path / "out"
-    real = xcam.pipeline._write_outputs
+    real = xcam.pipeline.job.write_item
     calls = {"n": 0}
 
     def interrupted(*args, **kwargs):
@@ -280,7 +280,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(images, tmp_path, monkeypat
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(xcam.pipeline, "_write_outputs", interrupted)
+    monkeypatch.setattr(xcam.pipeline.job, "write_item", interrupted)
     res = _explain(images, out, "--batch-size", "1")
     assert res.exit_code != 0
     monkeypatch.undo()

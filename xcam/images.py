@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from xcam.core.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -156,10 +159,11 @@ def _deep_to_grey(im) -> np.ndarray:
 CHANNEL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 
-def preprocess(
+def preprocess_array(
     images: Sequence, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
-) -> torch.Tensor:
-    """PIL images to a normalised ``[B, C, H, W]`` batch, each resized to ``size`` = (H, W).
+) -> np.ndarray:
+    """PIL images to a normalised float32 ``[B, C, H, W]`` numpy batch, each resized to
+    ``size`` = (H, W) (Pillow's bilinear), ``(x / 255 − mean) / std`` per channel.
 
     ``C`` is the number of entries of ``mean`` (and ``std``): 1 reads the images as grey
     (Pillow's ``L``), 3 as RGB, 4 as RGBA (alpha 255 where an image has none)."""
@@ -173,12 +177,20 @@ def preprocess(
         )
     mode = CHANNEL_MODES[channels]
     h, w = size
-    arrs = []
-    for im in images:
+    m = np.asarray(mean, dtype=np.float32)[:, None, None]
+    s = np.asarray(std, dtype=np.float32)[:, None, None]
+    out = np.empty((len(images), channels, h, w), dtype=np.float32)
+    for i, im in enumerate(images):
         im = im if im.mode == mode else im.convert(mode)
         arr = np.asarray(im.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
-        arrs.append(arr.reshape(h, w, channels) / 255.0)
-    x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)
-    m = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
-    s = torch.tensor(std, dtype=torch.float32)[None, :, None, None]
-    return ((x - m) / s).contiguous()
+        out[i] = (arr.reshape(h, w, channels).transpose(2, 0, 1) / np.float32(255.0) - m) / s
+    return out
+
+
+def preprocess(
+    images: Sequence, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """:func:`preprocess_array` as a torch tensor ``[B, C, H, W]``."""
+    import torch
+
+    return torch.from_numpy(preprocess_array(images, size, mean, std))

@@ -43,6 +43,7 @@ from xcam.core.decision import class_targets, decision_threshold
 from xcam.core.errors import InputError, NumericalError, XCamError
 from xcam.core.flat import RELATIVE_SPREAD
 from xcam.core.grid import grid_shape
+from xcam.core.resize import bilinear
 from xcam.core.runtime import CPU, open_session, session_metadata, session_signature
 
 _EPS = 1e-7
@@ -122,23 +123,9 @@ def as_map(t: np.ndarray, layout: Sequence | None, size: Sequence[int]) -> np.nd
     return grid.transpose(0, 2, 1).reshape(t.shape[0], t.shape[2], h, w)
 
 
-def _resize_axis(x: np.ndarray, n_out: int, axis: int) -> np.ndarray:
-    n_in = x.shape[axis]
-    if n_in == n_out:
-        return x
-    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    lam = (src - i0).astype(x.dtype)
-    shape = [1] * x.ndim
-    shape[axis] = n_out
-    lam = lam.reshape(shape)
-    return np.take(x, i0, axis=axis) * (1 - lam) + np.take(x, i1, axis=axis) * lam
-
-
 def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear ``[B, h, w] -> [B, H, W]`` (half-pixel centres, like torch's default)."""
-    return _resize_axis(_resize_axis(maps, size[0], 1), size[1], 2)
+    return bilinear(maps, size)
 
 
 def normalize(maps: np.ndarray) -> np.ndarray:

@@ -15,12 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from xcam.core.artifact import format_of
+from xcam.core.artifact import IMAGENET_MEAN, IMAGENET_STD, format_of
 from xcam.core.errors import ModelSpecError, first_line
 from xcam.core.files import sha256_file
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # for a channel ImageNet has no statistic for (grey, alpha, …): the average of its three
 EXTRA_MEAN, EXTRA_STD = 0.449, 0.226
 

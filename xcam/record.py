@@ -183,7 +183,9 @@ def _sane(row: dict[str, Any]) -> bool:
         _plain_name(row.get("stem"))
         and isinstance(entries, list)
         and all(
-            isinstance(e, dict) and _plain_name(e.get("overlay")) and _plain_name(e.get("map"))
+            isinstance(e, dict)
+            and (e.get("overlay") is None or _plain_name(e.get("overlay")))
+            and _plain_name(e.get("map"))
             for e in entries
         )
     )
@@ -200,6 +202,6 @@ def _entries(row: dict[str, Any]) -> Any:
 
 
 def _files_of(item: dict[str, Any]) -> list[str]:
-    """The files an image's row lists: its overlay and map, or with ``--class present`` /
-    ``boxes`` those of each label present or box found."""
-    return [e[k] for e in _entries(item) for k in ("overlay", "map")]
+    """The files an image's row lists: its overlay (None with overlays off) and map, or with
+    ``--class present`` / ``boxes`` those of each label present or box found."""
+    return [e[k] for e in _entries(item) for k in ("overlay", "map") if e.get(k) is not None]

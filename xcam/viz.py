@@ -8,16 +8,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from xcam.core.errors import NumericalError, XCamError
+from xcam.core.resize import bilinear
 
 if TYPE_CHECKING:
+    import torch
     from PIL import Image
 
 
+def _as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A tensor's values on the CPU as float32 numpy (viz never imports torch itself)."""
+    if hasattr(x, "detach"):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
 def _to_numpy_map(cam: torch.Tensor | np.ndarray) -> np.ndarray:
-    arr = cam.detach().float().cpu().numpy() if isinstance(cam, torch.Tensor) else np.asarray(cam)
+    arr = _as_numpy(cam)
     if arr.ndim != 2:
         raise ValueError(f"a map is 2-D [H, W], got shape {arr.shape}")
     if not np.isfinite(arr).all():
@@ -34,10 +42,7 @@ def resize_map(cam: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndar
 
 
 def _to_numpy_attribution(attr: torch.Tensor | np.ndarray) -> np.ndarray:
-    if isinstance(attr, torch.Tensor):
-        arr = attr.detach().float().cpu().numpy()
-    else:
-        arr = np.asarray(attr, dtype=np.float32)
+    arr = _as_numpy(attr)
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
@@ -283,19 +288,18 @@ _STRIP_PIXELS = 1 << 17
 
 
 def _interpolate(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A float32 ``[C, h, w]`` array resized to ``size`` = (H, W) by ``F.interpolate``
-    (bilinear, ``align_corners=False``); ``x`` itself when it has that size."""
+    """A float32 ``[C, h, w]`` array resized to ``size`` = (H, W) as ``F.interpolate``
+    (bilinear, ``align_corners=False``; :mod:`xcam.core.resize`); ``x`` itself when it has
+    that size."""
     if x.shape[1:] == tuple(size):
         return x
-    t = torch.from_numpy(np.ascontiguousarray(x))[None]
-    out = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)
-    return out[0].numpy()
+    return bilinear(x, size).astype(np.float32, copy=False)
 
 
 def _resized_strips(x: np.ndarray, size: tuple[int, int]) -> Iterator[tuple[int, np.ndarray]]:
     """``(r0, rows)`` from ``r0`` on, a strip at a time, of ``_interpolate(x, size)``: the
-    height resized once (``[C, H, w]``, narrow), then each strip's width. Torch makes the
-    weights of both, so the rows are the one-call result's up to float32 rounding."""
+    height resized once (``[C, H, w]``, narrow), then each strip's width: each axis is
+    resized on its own, so the rows are the one-call result's."""
     height, width = size
     tall = _interpolate(x, (height, x.shape[2]))
     step = max(1, _STRIP_PIXELS // width)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -81,6 +80,43 @@ from xcam.core.artifact import BACKEND_FORMAT
 )
 @click.option("--colormap", default="jet", show_default=True, help="A matplotlib colormap.")
 @click.option(
+    "--overlays/--no-overlays",
+    default=True,
+    show_default=True,
+    help="Write the overlay PNGs; --no-overlays writes maps and records only (fastest).",
+)
+@click.option(
+    "--target-column",
+    help="A manifest's label column: explain each image's label instead of its prediction "
+    "(the records then say whether the prediction was right).",
+)
+@click.option(
+    "--path-column", default="path", show_default=True, help="A manifest's image path column."
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: threads in this process; ray: a Ray Data pipeline (pip install "
+    "'xcam-deploy[data]'), a local cluster unless --ray-address.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=2,
+    show_default=True,
+    help="local: threads decoding and as many writing.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1),
+    default=2,
+    show_default=True,
+    help="ray: workers, each holding one model (with --device cuda, one GPU each).",
+)
+@click.option("--ray-address", help="ray: join this cluster (e.g. ray://head:10001, auto).")
+@click.option(
     "--overwrite",
     is_flag=True,
     help="Discard a different run's outputs in --out (the same run resumes instead).",
@@ -110,22 +146,52 @@ def explain(
     batch_size,
     alpha,
     colormap,
+    overlays,
+    target_column,
+    path_column,
+    engine,
+    workers,
+    concurrency,
+    ray_address,
     overwrite,
     wait,
 ) -> None:
-    """Explain IMAGES (files or folders) with MODEL: overlay PNGs, .npy maps, predictions.json.
+    """Explain IMAGES with MODEL: .npy maps, overlay PNGs, predictions.json, records.parquet.
 
     \b
     MODEL is 'demo', 'torchvision:NAME' or 'timm:NAME' (random weights unless --weights FILE),
-    'package.module:factory', or a file made by `xcam export` (.onnx, .ts, .pt2).
-    Unreadable images are reported and skipped; the exit code is then 1.
+    'package.module:factory', or a file made by `xcam export` (.onnx, .ts, .pt2); a file
+    exported with --gradients runs without torch.
+    IMAGES are image files, folders (searched recursively), globs ('data/**/*.jpg') and
+    manifests (.csv or .parquet with a path column, optionally a label column).
+    Unreadable images are reported and skipped; the exit code is then 1. The same command
+    run again resumes where an interrupted one stopped.
     """
     from xcam.core.errors import XCamError
+    from xcam.pipeline.job import JobOptions
 
     targets = parse_target(target)
     method_cls = _check_options(out, method, colormap)
+    items = _find_items(images, path_column, target_column)
+    options = JobOptions(batch_size, overlays, alpha, colormap, workers)
+    run = (items, Path(out), options, engine, concurrency, ray_address, device, overwrite, wait)
+    lite_ok = not (
+        layer
+        or aug_smooth
+        or eigen_smooth
+        or pre_activation
+        or tokens
+        or mask
+        or weights
+        or input_size
+        or mean
+        or std
+        or output
+        or backend not in ("eager", "onnx")
+    )
+    if lite_ok and _lite(model, method_cls.name, targets, target_column, device, run):
+        return
     info = load(model, weights, device, input_size, mean=mean, std=std, stats=True, images=True)
-    paths = _find_images(images)
     if layer and not method_cls.uses_layers:
         fail(f"{method_cls.name} has no target layer; leave out --layer")
     probed = probe(
@@ -136,13 +202,119 @@ def explain(
     check_class(targets, info, probed, parse_output(output))
     smooth = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth, "reshape": tokens}
     try:
-        explainer = _explainer(method_cls, info, layer, backend, output, pre_activation, smooth)
-        job = (batch_size, alpha, colormap, device, overwrite, wait)
-        report = _explain_files(info, paths, explainer, Path(out), targets, *job)
+        from xcam.pipeline.torch_batch import MethodBatch
+
+        method_obj = _explainer(method_cls, info, layer, backend, output, pre_activation, smooth)
+        explainer = MethodBatch(info, method_obj, targets, device, target_column)
+    except XCamError as e:
+        fail(str(e))
+    _run(explainer, _same(explainer), *run)
+
+
+def _same(explainer):
+    """A Ray worker's explainer: a copy of this one (the model travels pickled)."""
+    import functools
+
+    return functools.partial(_copy_of, explainer)
+
+
+def _copy_of(explainer):
+    return explainer
+
+
+def _lite(model: str, method: str, targets, target_column, device: str, run) -> bool:
+    """Run the job on an in-graph ONNX file without torch (:mod:`xcam.pipeline.lite_batch`)
+    where it can: MODEL is such a file, the method is one of its rules, the target a class.
+    False where it can't (the main library runs the job)."""
+    import functools
+
+    from xcam.core.errors import XCamError
+    from xcam.core.runtime import device_providers
+    from xcam.pipeline.dataset import in_graph_file
+
+    if device == "cuda":
+        return False  # the main library checks the device and its provider first
+    if not (targets is None or isinstance(targets, int | str)) or not in_graph_file(model, method):
+        return False
+    from xcam.core.artifact import TARGET_INPUT
+    from xcam.pipeline.lite_batch import LiteBatch
+
+    target = targets if isinstance(targets, int) else None
+    if isinstance(targets, str) and targets not in ("positive", "negative", "pos", "neg"):
+        return False
+    if isinstance(targets, str):
+        target = targets
+    factory = functools.partial(
+        LiteBatch,
+        model,
+        method,
+        device_providers(device),
+        targets=target,
+        target_column=target_column,
+    )
+    try:
+        explainer = factory()
+    except (XCamError, ValueError) as e:
+        fail(str(e))
+    wants_target = target is not None or target_column is not None
+    if wants_target and TARGET_INPUT not in explainer.explainer.inputs:
+        return False  # the main library explains other classes with its eager tail
+    if target is not None:
+        from xcam.core.decision import class_targets
+
+        try:
+            class_targets(target, 1, int(explainer.num_classes or 0))
+        except XCamError as e:
+            raise click.BadParameter(str(e), param_hint="--class") from None
+    _run(explainer, factory, *run)
+    return True
+
+
+def _run(
+    explainer,
+    factory,
+    items,
+    out: Path,
+    options,
+    engine,
+    concurrency,
+    address,
+    device,
+    overwrite,
+    wait,
+) -> None:
+    """Run the job with a progress line on stderr, then say what was written."""
+    from xcam.cli.progress import Progress
+    from xcam.core.errors import XCamError
+    from xcam.pipeline.job import run_job
+
+    runner = None
+    if engine == "ray":
+        try:
+            from xcam.pipeline.ray_engine import ray_engine
+        except ImportError as e:
+            fail(f"--engine ray needs Ray: pip install 'xcam-deploy[data]' ({e})")
+        gpus = 1.0 if device == "cuda" else 0.0
+        runner = ray_engine(factory, concurrency=concurrency, address=address, num_gpus=gpus)
+    bar = Progress(len(items))
+    try:
+        report = run_job(
+            explainer,
+            items,
+            out,
+            options,
+            engine=runner,
+            on_progress=bar.update,
+            overwrite=overwrite,
+            wait=wait,
+            echo=echo_err,
+        )
     except XCamError as e:
         fail(str(e))
     except OSError as e:  # a full disk, a folder made read-only meanwhile, …
         fail(f"can't write to {out}: {os_reason(e)}")
+    finally:
+        bar.close()
     _summarise(report)
 
 
@@ -235,14 +407,19 @@ def _check_options(out: str, method: str, colormap: str):
     return method_cls
 
 
-def _find_images(images: tuple[str, ...]) -> list[Path]:
-    """The image files IMAGES name (folders searched); none at all is an error."""
-    from xcam.images import find_images
+def _find_items(images: tuple[str, ...], path_column: str, target_column: str | None):
+    """The items IMAGES name (folders searched, globs matched, manifests read); none at
+    all is an error."""
+    from xcam.core.errors import InputError
+    from xcam.pipeline.sources import find_items
 
-    paths = find_images(images)
-    if not paths:
+    try:
+        items = find_items(images, path_column, target_column, echo_err)
+    except InputError as e:
+        fail(str(e))
+    if not items:
         fail("no images found in " + ", ".join(images))
-    return paths
+    return items
 
 
 def _explainer(method_cls, info, layer, backend: str, output, pre_activation: bool, smooth):
@@ -255,36 +432,15 @@ def _explainer(method_cls, info, layer, backend: str, output, pre_activation: bo
     return method_cls(info.model, backend=backend, output=parse_output(output), **options)
 
 
-def _explain_files(
-    info, paths, explainer, out: Path, targets, batch_size, alpha, colormap, device, overwrite, wait
-):
-    """Explain each image of ``paths`` into ``out``, with a progress bar on stderr."""
-    from xcam.pipeline import explain_files
-
-    with click.progressbar(length=len(paths), label="explaining", file=sys.stderr) as bar:
-        return explain_files(
-            info,
-            paths,
-            explainer,
-            out,
-            targets,
-            batch_size,
-            alpha,
-            colormap,
-            device,
-            on_progress=bar.update,
-            overwrite=overwrite,
-            wait=wait,
-            echo=echo_err,
-        )
-
-
 def _summarise(report) -> None:
     """What was written where; the images that failed, each on a line, then exit code 1."""
     done = len(report.items) - report.skipped
     skipped = f" ({report.skipped} already there from an earlier run)" if report.skipped else ""
-    click.echo(f"wrote {done} overlay(s) and map(s) to {report.out}{skipped}")
+    what = "overlay(s) and map(s)" if report.overlays else "map(s)"
+    click.echo(f"wrote {done} {what} to {report.out}{skipped}")
     click.echo(f"predictions: {report.predictions}")
+    if report.records is not None:
+        click.echo(f"records: {report.records}")
     for err in report.errors:
         click.echo(f"error: {err['error']}", err=True)
     if report.errors:

@@ -7,7 +7,7 @@ import functools
 
 import click
 
-from xcam.core.artifact import MAX_SIDE
+from xcam.core.artifact import MAX_SIDE, TOKEN_LAYOUTS
 
 PRE_ACTIVATION_HELP = (
     "For a model whose output ends in Sigmoid/Softmax/LogSoftmax: explain the score before it "
@@ -132,11 +132,10 @@ class MethodOption(click.Option):
 
 def tokens_option(fn):
     """``--tokens``: how a layer that outputs tokens becomes a map (default: found)."""
-    from xcam.core.tokens import LAYOUTS
 
     return click.option(
         "--tokens",
-        type=click.Choice(LAYOUTS[1:]),
+        type=click.Choice(TOKEN_LAYOUTS),
         help="How the layer's tokens make a map: grid ([B, N, C]), cls+grid (a class token "
         "first), nhwc ([B, H, W, C]); default: found for ViT / Swin and square grids.",
     )(fn)

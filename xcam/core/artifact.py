@@ -198,8 +198,12 @@ class ExportMetadata:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-# the layouts of token layers a file may name (xcam.core.tokens.LAYOUTS less "nchw"; this
-# module stays free of torch)
+# what a file without ``mean`` / ``std`` in its metadata is fed: ImageNet's statistics
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# the layouts of token layers a file may name: every layout but "nchw" (xcam.core.tokens
+# adds it; this module stays free of torch)
 TOKEN_LAYOUTS = ("nhwc", "grid", "cls+grid")
 _LAYOUT_SHAPES = {
     "nhwc": "[B, h, w, C]",

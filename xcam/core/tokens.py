@@ -36,11 +36,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from xcam.core.artifact import TOKEN_LAYOUTS
 from xcam.core.errors import LayerTypeError, XCamError
 from xcam.core.grid import grid_shape
 
 # the layouts a name picks (``reshape="nhwc"``, ``--tokens nhwc``); "nchw" is a map as it is
-LAYOUTS = ("nchw", "nhwc", "grid", "cls+grid")
+LAYOUTS = ("nchw", *TOKEN_LAYOUTS)
 Reshape = str | Callable[[torch.Tensor], torch.Tensor] | None
 TOKENS_HINT = (
     "pass reshape= (--tokens on the command line): 'grid' for [B, N, C] tokens on an h x w "

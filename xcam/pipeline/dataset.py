@@ -1,0 +1,200 @@
+"""The library's entry points for jobs: :func:`explain_dataset` (a model or file, a source,
+an engine) and :func:`explain_files` (a loaded model and method, as ``xcam explain`` and
+``xcam demo`` run them)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from xcam.pipeline.job import JobOptions, JobReport, Progress, run_job
+from xcam.pipeline.sources import Item, find_items
+
+ENGINES = ("local", "ray")
+
+
+def explain_dataset(
+    model_or_file: Any,
+    source: str | Path | Iterable[str | Path | Item],
+    out: str | Path,
+    method: str = "gradcam",
+    *,
+    engine: str = "local",
+    layers: str | Sequence[str] | None = None,
+    target: int | str | None = None,
+    target_column: str | None = None,
+    path_column: str = "path",
+    weights: str | Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 8,
+    overlays: bool = True,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    workers: int = 2,
+    concurrency: int = 2,
+    ray_address: str | None = None,
+    trust_code: bool = False,
+    overwrite: bool = False,
+    wait: bool = False,
+    on_progress: Progress | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> JobReport:
+    """Explain every image of ``source`` with ``model_or_file`` into the folder ``out``.
+
+    ``model_or_file``: an ``nn.Module``, a model spec (``"demo"``, ``"torchvision:NAME"``,
+    …) or an exported file; a file exported with gradients in its graph (``xcam export
+    --gradients``) runs without torch for the methods :data:`xcam.lite.METHODS`.
+    ``source``: a folder (recursive), a glob, a CSV / Parquet manifest, an image, or a list
+    of them. ``target_column``: the manifest's label column, explained instead of the
+    prediction (rows then say whether the prediction was right).
+
+    Writes ``<stem>_<method>.npy`` (each map at its image's size), ``.png`` overlays unless
+    ``overlays=False``, ``predictions.json`` and ``records.parquet``; resumes an
+    interrupted run of the same settings. ``engine="ray"`` runs the batches as a Ray Data
+    pipeline (``concurrency`` workers, each holding one model; a local cluster unless
+    ``ray_address``). Bad images are rows with their error; the report lists them.
+
+    Example::
+
+        report = xcam.explain_dataset("r50_grad.onnx", "val/", "out/", overlays=False)
+        print(len(report.items), "explained,", len(report.errors), "failed")
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    specs = [source] if isinstance(source, str | Path) else list(source)
+    loose = [s for s in specs if not isinstance(s, Item)]
+    items = [s for s in specs if isinstance(s, Item)] + find_items(
+        loose, path_column, target_column, echo
+    )
+    factory = functools.partial(
+        make_explainer,
+        model_or_file,
+        method,
+        layers=layers,
+        target=target,
+        target_column=target_column,
+        weights=weights,
+        device=device,
+        trust_code=trust_code,
+    )
+    explainer = factory()
+    options = JobOptions(batch_size, overlays, alpha, colormap, workers)
+    runner = None
+    if engine == "ray":
+        from xcam.pipeline.ray_engine import ray_engine
+
+        gpus = 1.0 if device == "cuda" else 0.0
+        runner = ray_engine(factory, concurrency=concurrency, address=ray_address, num_gpus=gpus)
+    return run_job(
+        explainer,
+        items,
+        out,
+        options,
+        engine=runner,
+        on_progress=on_progress,
+        overwrite=overwrite,
+        wait=wait,
+        echo=echo,
+    )
+
+
+def in_graph_file(model_or_file: Any, method: str) -> bool:
+    """Whether ``model_or_file`` names an ONNX file whose graph holds the gradients of
+    ``method`` (a :class:`~xcam.pipeline.lite_batch.LiteBatch` can run it, without torch)."""
+    from xcam.lite import METHODS
+
+    if not isinstance(model_or_file, str | Path) or method not in METHODS:
+        return False
+    path = Path(model_or_file)
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        return False
+    from xcam.core.runtime import open_session, session_metadata
+
+    try:
+        meta = session_metadata(open_session(path, threads=1), path.name)
+    except Exception:  # unreadable or not xcam's: the main library says why, in full
+        return False
+    return bool(meta.gradients)
+
+
+def make_explainer(
+    model_or_file: Any,
+    method: str = "gradcam",
+    *,
+    layers: str | Sequence[str] | None = None,
+    target: int | str | None = None,
+    target_column: str | None = None,
+    weights: str | Path | None = None,
+    device: str = "cpu",
+    trust_code: bool = False,
+):
+    """The explainer of a job: :class:`~xcam.pipeline.lite_batch.LiteBatch` for an in-graph
+    ONNX file (no torch), else :class:`~xcam.pipeline.torch_batch.MethodBatch` on the model
+    loaded by :func:`xcam.models.load_model`. Workers of the Ray engine call this too."""
+    if weights is None and layers is None and in_graph_file(model_or_file, method):
+        from xcam.core.runtime import device_providers
+        from xcam.pipeline.lite_batch import LiteBatch
+
+        return LiteBatch(
+            model_or_file,
+            method,
+            device_providers(device),
+            targets=target,
+            target_column=target_column,
+        )
+    from xcam.methods import get_method
+    from xcam.models import load_model
+    from xcam.pipeline.torch_batch import MethodBatch
+
+    info = load_model(model_or_file, weights=weights, device=device, trust_code=trust_code)
+    cls = get_method(method)
+    options: dict[str, Any] = {}
+    if cls.uses_layers:
+        options["layers"] = ([layers] if isinstance(layers, str) else layers) or info.default_layer
+    return MethodBatch(info, cls(info.model, **options), target, device, target_column)
+
+
+def explain_files(
+    info,
+    paths: Sequence[Path],
+    method,
+    out: Path,
+    targets=None,
+    batch_size: int = 8,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    device: str = "cpu",
+    on_progress: Progress | None = None,
+    overwrite: bool = False,
+    wait: bool = False,
+    echo: Callable[[str], None] | None = None,
+    overlays: bool = True,
+    workers: int = 2,
+) -> JobReport:
+    """Explain each image of ``paths`` (paths or :class:`~xcam.pipeline.sources.Item`) with
+    ``method`` (a :class:`~xcam.methods.base.BaseCAM` on ``info``'s model) into ``out``:
+    ``<stem>_<method>.png`` / ``.npy`` and the records (see :mod:`xcam.pipeline.job` for
+    the folder's safety and resumption).
+
+    The ``.npy`` map is float32 in ``[0, 1]`` at the image's own size, aligned with the
+    overlay. A method whose maps are input-shaped attributions ``[B, C, H, W]`` (Guided
+    Backprop, Guided Grad-CAM) writes instead the attribution's picture
+    (:func:`xcam.viz.attribution_image`) and the raw float32 ``[C, H_img, W_img]``
+    attribution, resized bilinearly; each item's ``kind`` is ``"attribution"`` or
+    ``"heatmap"``."""
+    from xcam.pipeline.torch_batch import MethodBatch
+
+    explainer = MethodBatch(info, method, targets, device)
+    options = JobOptions(batch_size, overlays, alpha, colormap, workers)
+    return run_job(
+        explainer,
+        paths,
+        out,
+        options,
+        on_progress=on_progress,
+        overwrite=overwrite,
+        wait=wait,
+        echo=echo,
+    )

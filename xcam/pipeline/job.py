@@ -1,0 +1,441 @@
+"""A dataset job in its output folder: the run, what to skip on resume, and the local engine.
+
+The local engine streams::
+
+    items ─► decode threads ─► model on batches (this thread) ─► write threads ─► record
+             (bounded: a few batches ahead)                       (bounded queue)
+
+so memory holds a few batches of images whatever the dataset's size. Rows reach the record
+(:mod:`xcam.record`) in the items' order, each as soon as its files are written.
+
+Safety of the folder (see :mod:`xcam.record`):
+
+- one job at a time per folder: another gets an :class:`OutputError` (or, with ``wait``,
+  waits);
+- every option that changes an output is the *run*; a folder holds one run. The same run
+  again resumes: images already done are skipped, new ones are added (a run over some of
+  the images keeps the others' entries). A different run, or files the record doesn't list,
+  are an :class:`OutputError` unless ``overwrite``, which discards the previous run's record
+  and files;
+- files are written atomically and the record as images finish, so an interrupted job
+  leaves whole files and resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xcam.core.errors import InputError, OutputError
+from xcam.pipeline.batch import BatchExplainer, Explained, decode, output_names, write_item
+from xcam.pipeline.sources import Item, resolve_label
+from xcam.record import SUMMARY, Record, differences, image_key, image_stamp
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class JobReport:
+    """What an explain job wrote and what it could not do."""
+
+    out: Path
+    items: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)
+    predictions: Path | None = None
+    records: Path | None = None  # records.parquet (None without pyarrow)
+    skipped: int = 0  # images already explained by an earlier, identical run
+    seconds: float = 0.0
+    overlays: bool = True
+
+
+@dataclass
+class JobOptions:
+    """How a job writes (``overlays``, ``alpha``, ``colormap`` change outputs and enter the
+    run; the rest is speed)."""
+
+    batch_size: int = 8
+    overlays: bool = True
+    alpha: float = 0.5
+    colormap: str = "jet"
+    workers: int = 2  # decode threads, and as many write threads
+    ahead: int = 2  # batches decoded ahead of the model
+
+    def run(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "colormap": self.colormap, "overlays": self.overlays}
+
+
+def run_job(
+    explainer: BatchExplainer,
+    items: Iterable[Item | Path | str],
+    out: str | Path,
+    options: JobOptions | None = None,
+    *,
+    engine: Callable[..., None] | None = None,
+    on_progress: Progress | None = None,
+    overwrite: bool = False,
+    wait: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> JobReport:
+    """Explain ``items`` into ``out``: ``<stem>_<method>.npy`` maps, ``.png`` overlays,
+    ``predictions.json`` and ``records.parquet``. ``engine(explainer, todo, record, stems,
+    options, on_progress)`` runs the images still to do (default: :func:`stream`, threads
+    in this process); it adds one row per image to ``record``."""
+    from xcam.files import locked_folder
+    from xcam.pipeline.table import write_table
+
+    options = options or JobOptions()
+    say = echo or (lambda _line: None)
+    out = Path(out)
+    started = time.perf_counter()
+    unique = _unique_items(items, say)
+    run = {**explainer.settings(), **options.run()}
+    with locked_folder(out, wait):
+        record = _record_for(out, run, overwrite)
+        unique, stems = _plan(out, record, unique, explainer.name, options.overlays, overwrite, say)
+        record.open()
+        _ingest_parts(record, say)
+        todo, report = _resume(record, unique, say, on_progress)
+        complete = False
+        try:
+            (engine or stream)(explainer, todo, record, stems, options, on_progress)
+            complete = True
+        finally:
+            report.predictions = record.close(_summary(explainer), complete)
+            report.records = write_table(record, say)
+    _collect(report, record, set(unique))
+    report.overlays = options.overlays
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def stream(
+    explainer: BatchExplainer,
+    todo: Sequence[Item],
+    record: Record,
+    stems: dict[str, str],
+    options: JobOptions,
+    on_progress: Progress | None = None,
+) -> None:
+    """The local engine: ``options.workers`` decode threads ahead of the model, a writer
+    thread behind it, both bounded; rows land in ``todo``'s order.
+
+    One writer, in order, so that a failure (a full disk, an interrupt) stops the job where
+    it is: the images after it are not written, as in a job without threads."""
+    progress = on_progress or (lambda _n: None)
+    size = options.batch_size
+    chunks = (todo[i : i + size] for i in range(0, len(todo), size))
+    stop = threading.Event()
+
+    def write(*args: Any) -> dict[str, Any]:
+        if stop.is_set():
+            raise _Stopped
+        try:
+            return write_item(*args)
+        except BaseException:
+            stop.set()
+            raise
+
+    decoders = ThreadPoolExecutor(options.workers, thread_name_prefix="xcam-decode")
+    writer = ThreadPoolExecutor(1, thread_name_prefix="xcam-write")
+
+    def submit(chunk: Sequence[Item]) -> list[tuple[Item, Future]]:
+        return [(it, decoders.submit(decode, it.path, explainer)) for it in chunk]
+
+    writes: deque[tuple[dict[str, Any], Future]] = deque()
+    try:
+        ahead = deque(submit(c) for c in itertools.islice(chunks, options.ahead))
+        while ahead:
+            decoded = ahead.popleft()
+            following = next(chunks, None)
+            if following is not None:
+                ahead.append(submit(following))
+            ready = []
+            for item, future in decoded:
+                row, loaded = _loaded(item, future, explainer)
+                if loaded is None:
+                    record.add(row)
+                    progress(1)
+                else:
+                    ready.append((row, *loaded))
+            if not ready:
+                continue
+            if getattr(explainer, "per_label", False):  # --class present / boxes
+                explainer.rows(ready, record, stems, options)  # type: ignore[attr-defined]
+                progress(len(ready))
+                continue
+            for (row, image, _x, label), explained in zip(
+                ready, explain_ready(explainer, ready), strict=True
+            ):
+                stem = f"{stems[row['key']]}_{explainer.name}"
+                record.claim(output_names(stem, options.overlays))
+                job = (record.out, stem, image, explained, options.overlays)
+                task = writer.submit(write, *job, options.alpha, options.colormap)
+                row = {**row, "stem": stems[row["key"]]}
+                writes.append((finish_row(row, explained, label), task))
+            while len(writes) > 2 * size:  # bounded: the model waits for a slow disk
+                _land(record, *writes.popleft(), progress)
+        while writes:
+            _land(record, *writes.popleft(), progress)
+    except BaseException:
+        stop.set()  # nothing more is written; what was is whole and claimed
+        raise
+    finally:
+        decoders.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True, cancel_futures=True)
+
+
+class _Stopped(Exception):
+    """A write not started because the job stopped."""
+
+
+def explain_batch(
+    explainer: BatchExplainer,
+    items: Sequence[Item],
+    stems: dict[str, str],
+    out: Path,
+    options: JobOptions,
+) -> list[dict[str, Any]]:
+    """One batch start to end in this thread (a Ray worker's): decode, explain, write; a row
+    per item, its error where it failed."""
+    from concurrent.futures import Future
+
+    rows, ready = [], []
+    for item in items:
+        future: Future = Future()
+        try:
+            future.set_result(decode(item.path, explainer))
+        except Exception as e:  # re-raised by _loaded, which names the file
+            future.set_exception(e)
+        row, loaded = _loaded(item, future, explainer)
+        if loaded is None:
+            rows.append(row)
+        else:
+            ready.append((row, *loaded))
+    for (row, image, _x, label), explained in (
+        zip(ready, explain_ready(explainer, ready), strict=True) if ready else ()
+    ):
+        stem = f"{stems[row['key']]}_{explainer.name}"
+        files = write_item(
+            out, stem, image, explained, options.overlays, options.alpha, options.colormap
+        )
+        rows.append({**finish_row({**row, "stem": stems[row["key"]]}, explained, label), **files})
+    return rows
+
+
+def _loaded(item: Item, future: Future, explainer: BatchExplainer):
+    """An item's row head and its decoded image, input and label; or its error row."""
+    key = image_key(item.path)
+    row: dict[str, Any] = {"key": key, "image": str(item.path)}
+    try:
+        image, stamp, x = future.result()
+        label = None
+        if item.label is not None:
+            k = getattr(explainer, "num_classes", None)
+            label = resolve_label(item.label, explainer.classes, k)
+    except InputError as e:
+        return {**row, "error": str(e)}, None
+    except OSError as e:
+        return {**row, "error": f"{item.path}: {e.strerror or e}"}, None
+    return {"key": key, "stamp": stamp, "image": str(item.path)}, (image, x, label)
+
+
+def explain_ready(explainer: BatchExplainer, ready: Sequence) -> list[Explained]:
+    """The explainer on the batch ``ready`` (rows, images, inputs, labels). A model that
+    overflows (NaN) fails the job with its :class:`NumericalError`: that is the model's
+    fault, not an image's."""
+    import numpy as np
+
+    x = np.stack([r[2] for r in ready])
+    labels = [r[3] for r in ready]
+    return list(explainer(x, None if all(v is None for v in labels) else labels))
+
+
+def finish_row(row: dict[str, Any], explained: Explained, label: int | None) -> dict[str, Any]:
+    """An image's row without its files: what the explainer found, and with a label, the
+    label and whether the top prediction is it."""
+    full = {**row, **explained.fields}
+    if label is not None:
+        full["label"] = label
+        preds = explained.fields.get("predictions") or [{}]
+        top = preds[0]
+        if "probability" in top and top.get("name") == "positive":  # one logit: the decision
+            full["correct"] = int(top["probability"] >= 0.5) == label
+        else:
+            full["correct"] = top.get("class") == label
+    return full
+
+
+def _land(record: Record, row: dict[str, Any], task: Future, progress: Progress) -> None:
+    """A written image's row, its files named, into the record."""
+    files = task.result()  # an OSError (a full disk) fails the job: nothing half-recorded
+    record.add({**row, **files})
+    progress(1)
+
+
+# where the Ray engine's workers leave their rows (Ray's Parquet writer); read into the
+# record when the job ends, or by the next run after an interrupt
+PARTS = ".xcam-parts"
+
+
+def _ingest_parts(record: Record, say: Callable[[str], None] | None = None) -> int:
+    """Rows the Ray engine's workers wrote to ``PARTS`` into the record (each image's last
+    row wins), then the parts removed; a torn part (a kill mid-write) is skipped: its
+    images run again. Returns how many rows were read."""
+    import json
+    import shutil
+
+    folder = record.out / PARTS
+    if not folder.is_dir():
+        return 0
+    count = 0
+    for part in sorted(folder.rglob("*.parquet")):
+        try:
+            import pyarrow.parquet as pq
+
+            rows = pq.read_table(part, columns=["row"]).column("row").to_pylist()
+        except Exception:  # a torn or foreign file: those images are simply not done
+            continue
+        for text in rows:
+            row = json.loads(text)
+            if isinstance(row, dict) and isinstance(row.get("key"), str):
+                record.add(row)
+                count += 1
+    shutil.rmtree(folder, ignore_errors=True)
+    if count and say is not None:
+        say(f"read {count} row(s) written by Ray workers")
+    return count
+
+
+def _unique_items(
+    items: Iterable[Item | Path | str], say: Callable[[str], None]
+) -> dict[str, Item]:
+    """The items by :func:`~xcam.record.image_key`, in order; an image given twice is
+    explained once (the first names it)."""
+    unique: dict[str, Item] = {}
+    for it in items:
+        item = it if isinstance(it, Item) else Item(Path(it))
+        key = image_key(item.path)
+        if key in unique:
+            say(f"note: {item.path} is given more than once; explained once")
+        unique.setdefault(key, item)
+    return unique
+
+
+def _plan(
+    out: Path,
+    record: Record,
+    unique: dict[str, Item],
+    method_name: str,
+    overlays: bool,
+    overwrite: bool,
+    say: Callable[[str], None],
+) -> tuple[dict[str, Item], dict[str, str]]:
+    """The images to explain (not this run's own outputs, e.g. with ``-o .`` beside the
+    images) and every image's stem: the record's for images it knows, a new unique one for
+    the rest. Files the new stems would replace that the record doesn't list are refused."""
+    from xcam.files import unique_stems
+
+    mine = {image_key(out / n) for n in record.owned}
+    if any(k in mine for k in unique):
+        say(f"note: skipped this run's own outputs in {out}")
+        unique = {k: it for k, it in unique.items() if k not in mine}
+    known = {k: i["stem"] for k, i in record.items.items()}
+    fresh = [it.path for k, it in unique.items() if k not in known]
+    new = unique_stems(fresh, taken=known.values())
+    stems = {**known, **{image_key(p): s for p, s in new.items()}}
+    names = [n for s in new.values() for n in output_names(f"{s}_{method_name}", overlays)]
+    _refuse_foreign(out, record, names, overwrite)
+    return unique, stems
+
+
+def _resume(
+    record: Record, unique: dict[str, Item], say: Callable[[str], None], on_progress
+) -> tuple[list[Item], JobReport]:
+    """The images still to explain and the job's report; images an earlier run of the same
+    settings finished are skipped, said and counted as progress."""
+    todo = [it for k, it in unique.items() if not _done(record, k, it.path)]
+    report = JobReport(record.out, skipped=len(unique) - len(todo))
+    if report.skipped:
+        say(f"resuming: {report.skipped} of {len(unique)} image(s) already explained")
+        if on_progress is not None:  # a progress object's ``skip`` keeps its rate true
+            owner = getattr(on_progress, "__self__", None)
+            getattr(owner, "skip", on_progress)(report.skipped)
+    return todo, report
+
+
+def _summary(explainer: BatchExplainer) -> dict[str, Any]:
+    """What ``predictions.json`` says of the job beside its images."""
+    settings = explainer.settings()
+    return {
+        "model": settings.get("model"),
+        "method": explainer.name,
+        "layers": settings.get("layers"),
+        "input_size": list(explainer.input_size),
+    }
+
+
+def _collect(report: JobReport, record: Record, keys: set[str]) -> None:
+    """Fill ``report`` with the record's items and errors of this job's images (the record
+    may hold other images of the same run)."""
+    report.items = [i for k, i in record.items.items() if k in keys]
+    report.errors = [
+        {"image": e["image"], "error": e["error"]} for k, e in record.errors.items() if k in keys
+    ]
+
+
+def _done(record: Record, key: str, path: Path) -> bool:
+    try:
+        return record.done(key, image_stamp(path))
+    except OSError:
+        return False
+
+
+def _record_for(out: Path, run: dict[str, Any], overwrite: bool) -> Record:
+    """The record to continue (the same run), or a new one. Another run's record is an
+    :class:`OutputError` unless ``overwrite``, which removes it and the files it lists."""
+    try:
+        old = Record.read(out)
+    except ValueError as e:  # a journal xcam can't read: not ours to replace unasked
+        if not overwrite:
+            raise OutputError(
+                f"{e}; pass --overwrite (overwrite=True) or choose another --out"
+            ) from None
+        old = None
+    if old is not None and old.run == run:
+        return old
+    if old is not None and not (old.owned or old.items or old.errors):
+        return Record(out, run)  # a run that ended before its first image: nothing to lose
+    if old is not None:
+        if not overwrite:
+            diff = "; ".join(differences(old.run, run))
+            raise OutputError(
+                f"{out} holds the outputs of a different run ({diff}); pass --overwrite "
+                "(overwrite=True) to replace them, or choose another --out"
+            )
+        for name in old.files():
+            (out / name).unlink(missing_ok=True)
+    elif (out / SUMMARY).exists() and not overwrite:  # a record without its journal
+        raise OutputError(
+            f"{out} already holds a {SUMMARY} written by a different run or by something "
+            "else; pass --overwrite (overwrite=True) to replace it, or choose another --out"
+        )
+    return Record(out, run)
+
+
+def _refuse_foreign(out: Path, record: Record, names: list[str], overwrite: bool) -> None:
+    """Files this run would write that its record doesn't list are someone else's."""
+    listed = record.owned
+    foreign = [n for n in names if n not in listed and (out / n).exists()]
+    if foreign and not overwrite:
+        raise OutputError(
+            f"{out} already holds {len(foreign)} file(s) this run would replace (e.g. "
+            f"{foreign[0]}), written by a different run or by something else; pass --overwrite "
+            "(overwrite=True) to replace them, or choose another --out"
+        )

@@ -1,0 +1,131 @@
+"""The Ray engine: a job's batches as a Ray Data pipeline.
+
+``map_batches`` with an actor class (:class:`Worker`) that holds one explainer (a torch
+model, or an ONNX Runtime session for an in-graph file: then the worker imports numpy and
+onnxruntime, never torch) and runs :func:`xcam.pipeline.job.explain_batch` on each batch:
+decode, explain, write the maps and overlays. The rows go out through Ray's Parquet writer
+into the output folder (``.xcam-parts``), and the driver reads them into the job's record.
+
+Ray retries a batch whose worker died (the actor is restarted); a batch's rows exist only
+once it returned, and its files are written atomically, so every image is explained exactly
+once. Scheduling, retries and back-pressure are Ray's: xcam writes no scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from xcam.core.errors import XCamError
+from xcam.pipeline.batch import BatchExplainer, output_names
+from xcam.pipeline.job import PARTS, JobOptions, Progress, _ingest_parts, explain_batch
+from xcam.pipeline.sources import Item
+from xcam.record import Record, _clean
+
+
+class Worker:
+    """A Ray Data actor: one explainer, built once per worker by ``factory``."""
+
+    def __init__(self, factory: Callable[[], BatchExplainer], out: str, options: JobOptions):
+        self.explainer = factory()
+        self.out, self.options = Path(out), options
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        items = [
+            Item(Path(str(p)), json.loads(str(label)))
+            for p, label in zip(batch["path"], batch["label"], strict=True)
+        ]
+        stems = {str(k): str(s) for k, s in zip(batch["key"], batch["stem"], strict=True)}
+        rows = explain_batch(self.explainer, items, stems, self.out, self.options)
+        return {
+            "key": np.array([r["key"] for r in rows], dtype=object),
+            "row": np.array([json.dumps(_clean(r)) for r in rows], dtype=object),
+        }
+
+
+def ray_engine(
+    factory: Callable[[], BatchExplainer],
+    *,
+    concurrency: int = 2,
+    address: str | None = None,
+    num_gpus: float = 0.0,
+    num_cpus: float = 1.0,
+):
+    """An engine for :func:`xcam.pipeline.job.run_job`: ``concurrency`` Ray actors, each
+    with ``num_cpus`` CPUs and ``num_gpus`` GPUs and its own explainer from ``factory``. A
+    Ray already initialised in this process is used as it is; otherwise ``ray.init`` starts
+    a local cluster (or joins ``address``) and shuts it down after the job."""
+
+    def engine(
+        explainer: BatchExplainer,
+        todo: Sequence[Item],
+        record: Record,
+        stems: dict[str, str],
+        options: JobOptions,
+        on_progress: Progress | None = None,
+    ) -> None:
+        if getattr(explainer, "per_label", False):
+            raise XCamError(
+                "--class present and --class boxes run on the local engine only; leave out "
+                "--engine ray"
+            )
+        if not todo:
+            return
+        import ray
+
+        from xcam.record import image_key
+
+        rows = []
+        for it in todo:
+            key = image_key(it.path)
+            rows.append(
+                {
+                    "key": key,
+                    "path": str(it.path),
+                    "stem": stems[key],
+                    "label": json.dumps(it.label),
+                }
+            )
+            record.claim(output_names(f"{stems[key]}_{explainer.name}", options.overlays))
+        own = not ray.is_initialized()
+        if own:
+            ray.init(address=address, include_dashboard=False, logging_level="warning")
+        try:
+            blocks = max(1, min(len(rows), len(rows) // max(options.batch_size, 1)))
+            ds = ray.data.from_items(rows, override_num_blocks=blocks)
+            ds = ds.map_batches(
+                Worker,
+                fn_constructor_kwargs={
+                    "factory": factory,
+                    "out": str(record.out),
+                    "options": options,
+                },
+                batch_size=options.batch_size,
+                batch_format="numpy",
+                concurrency=concurrency,
+                num_cpus=num_cpus,
+                num_gpus=num_gpus or None,
+                max_restarts=-1,  # a worker that dies is restarted …
+                max_task_retries=-1,  # … and its batch run again
+            )
+            ds.write_parquet(str(record.out / PARTS))
+        finally:
+            if own:
+                ray.shutdown()
+            done = _ingest_parts(record)
+            if on_progress is not None and done:
+                on_progress(done)
+
+    return engine
+
+
+def default_threads(concurrency: int) -> int:
+    """ONNX Runtime threads per worker so that the workers share this machine's cores."""
+    return max(1, (os.cpu_count() or 1) // max(concurrency, 1))
+
+
+__all__ = ["Worker", "default_threads", "ray_engine"]
