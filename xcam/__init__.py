@@ -44,6 +44,7 @@ _LAZY = {
     "GuidedBackprop": "xcam.attributions.guided",
     "GuidedGradCAM": "xcam.attributions.guided",
     "load_model": "xcam.models",
+    "explain_dataset": "xcam.pipeline.dataset",
     "load": "xcam.backends",
     "Backend": "xcam.backends",
 }
@@ -78,6 +79,7 @@ __all__ = [
     "XGradCAM",
     "__version__",
     "candidate_layers",
+    "explain_dataset",
     "get_method",
     "list_methods",
     "load",
@@ -116,6 +118,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from xcam.methods.scorecam import ScoreCAM
     from xcam.methods.xgradcam import XGradCAM
     from xcam.models import load_model
+    from xcam.pipeline.dataset import explain_dataset
 
 
 def __getattr__(name: str) -> Any:
