@@ -201,25 +201,47 @@ def explain(
     _check_boxes(targets, probed)
     check_class(targets, info, probed, parse_output(output))
     smooth = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth, "reshape": tokens}
+    recipe = (method_cls.name, tuple(layer), backend, output, pre_activation, smooth, targets)
     try:
-        from xcam.pipeline.torch_batch import MethodBatch
-
-        method_obj = _explainer(method_cls, info, layer, backend, output, pre_activation, smooth)
-        explainer = MethodBatch(info, method_obj, targets, device, target_column)
+        explainer = _method_batch(info, *recipe, device, target_column)
     except XCamError as e:
         fail(str(e))
-    _run(explainer, _same(explainer), *run)
+    _run(explainer, _rebuilt(model, weights, info, recipe, device, target_column), *run)
 
 
-def _same(explainer):
-    """A Ray worker's explainer: a copy of this one (the model travels pickled)."""
+def _method_batch(
+    info, method, layer, backend, output, pre_activation, smooth, targets, device, target_column
+):
+    """The torch explainer of the job: the method on MODEL, as the options say."""
+    from xcam.methods import get_method
+    from xcam.pipeline.torch_batch import MethodBatch
+
+    method_obj = _explainer(
+        get_method(method), info, layer, backend, output, pre_activation, smooth
+    )
+    return MethodBatch(info, method_obj, targets, device, target_column)
+
+
+def _rebuilt(model: str, weights, info, recipe, device: str, target_column):
+    """How a Ray worker makes the same explainer: MODEL loaded there, as here."""
     import functools
 
-    return functools.partial(_copy_of, explainer)
+    meta = click.get_current_context().meta
+    trust = (meta.get("xcam.trust_weights", False), meta.get("xcam.trust_code", False))
+    stats = (tuple(info.input_size), tuple(info.mean), tuple(info.std))
+    return functools.partial(
+        _worker_explainer, model, weights, trust, stats, recipe, device, target_column
+    )
 
 
-def _copy_of(explainer):
-    return explainer
+def _worker_explainer(model, weights, trust, stats, recipe, device, target_column):
+    from xcam.models import load_model
+
+    info = load_model(
+        model, weights=weights, device=device, trust_weights=trust[0], trust_code=trust[1]
+    )
+    info.input_size, info.mean, info.std = stats
+    return _method_batch(info, *recipe, device, target_column)
 
 
 def _lite(model: str, method: str, targets, target_column, device: str, run) -> bool:
@@ -233,7 +255,10 @@ def _lite(model: str, method: str, targets, target_column, device: str, run) -> 
     from xcam.pipeline.dataset import in_graph_file
 
     if device == "cuda":
-        return False  # the main library checks the device and its provider first
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            return False  # the main library says what is missing
     if not (targets is None or isinstance(targets, int | str)) or not in_graph_file(model, method):
         return False
     from xcam.core.artifact import TARGET_INPUT
@@ -244,11 +269,18 @@ def _lite(model: str, method: str, targets, target_column, device: str, run) -> 
         return False
     if isinstance(targets, str):
         target = targets
+    engine, concurrency = run[3], run[4]
+    threads = None
+    if engine == "ray":  # the workers share the cores (Ray gives each one CPU)
+        from xcam.pipeline.dataset import default_threads
+
+        threads = default_threads(concurrency)
     factory = functools.partial(
         LiteBatch,
         model,
         method,
         device_providers(device),
+        threads,
         targets=target,
         target_column=target_column,
     )

@@ -15,6 +15,13 @@ from xcam.pipeline.sources import Item, find_items
 ENGINES = ("local", "ray")
 
 
+def default_threads(concurrency: int) -> int:
+    """ONNX Runtime threads per Ray worker, so that the workers share this machine's cores."""
+    import os
+
+    return max(1, (os.cpu_count() or 1) // max(concurrency, 1))
+
+
 def explain_dataset(
     model_or_file: Any,
     source: str | Path | Iterable[str | Path | Item],
@@ -78,6 +85,7 @@ def explain_dataset(
         weights=weights,
         device=device,
         trust_code=trust_code,
+        threads=default_threads(concurrency) if engine == "ray" else None,
     )
     explainer = factory()
     options = JobOptions(batch_size, overlays, alpha, colormap, workers)
@@ -129,6 +137,7 @@ def make_explainer(
     weights: str | Path | None = None,
     device: str = "cpu",
     trust_code: bool = False,
+    threads: int | None = None,
 ):
     """The explainer of a job: :class:`~xcam.pipeline.lite_batch.LiteBatch` for an in-graph
     ONNX file (no torch), else :class:`~xcam.pipeline.torch_batch.MethodBatch` on the model
@@ -141,6 +150,7 @@ def make_explainer(
             model_or_file,
             method,
             device_providers(device),
+            threads,
             targets=target,
             target_column=target_column,
         )

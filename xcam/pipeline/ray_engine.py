@@ -14,7 +14,6 @@ once. Scheduling, retries and back-pressure are Ray's: xcam writes no scheduler.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -123,9 +122,4 @@ def ray_engine(
     return engine
 
 
-def default_threads(concurrency: int) -> int:
-    """ONNX Runtime threads per worker so that the workers share this machine's cores."""
-    return max(1, (os.cpu_count() or 1) // max(concurrency, 1))
-
-
-__all__ = ["Worker", "default_threads", "ray_engine"]
+__all__ = ["Worker", "ray_engine"]
