@@ -52,9 +52,7 @@ def _pictures(folder: Path, n: int, seed: int = 0) -> list[Path]:
 @pytest.fixture(scope="module")
 def grad_file(tmp_path_factory) -> Path:
     """The demo model exported with in-graph gradients and a target input (runs on lite)."""
-    from xcam.demo import load_demo_model
-
-    from xcam.demo import model_card
+    from xcam.demo import load_demo_model, model_card
 
     path = tmp_path_factory.mktemp("ingraph") / "demo_grad.onnx"
     example = torch.rand(2, 3, 64, 64)
@@ -129,6 +127,9 @@ def test_in_graph_job_runs_without_torch_and_equals_lite_per_image(grad_file, tm
         report = explain_dataset({str(grad_file)!r}, {str(tmp_path / "imgs")!r},
                                  {str(out)!r}, batch_size=2)
         assert not report.errors and len(report.items) == 5, report.errors
+        from xcam.cli import main
+        main(["explain", {str(grad_file)!r}, {str(tmp_path / "imgs")!r}, "--out",
+              {str(tmp_path / "cli")!r}, "--no-overlays"], standalone_mode=False)
         assert "torch" not in sys.modules, "the in-graph job imported torch"
         print("ok")
         """
@@ -155,8 +156,10 @@ def test_manifest_labels_explain_the_true_class(grad_file, tmp_path, runner) -> 
 
     paths = _pictures(tmp_path / "data" / "imgs", 4, seed=2)
     classes = OnnxExplainer(grad_file).metadata.classes
-    labels = [0, 2, classes[1], 3]
-    lines = ["file,label"] + [f"imgs/{p.name},{lab}" for p, lab in zip(paths, labels, strict=True)]
+    labels = [0, 2, classes[1], None]  # an empty cell: explained for its prediction
+    lines = ["file,label"] + [
+        f"imgs/{p.name},{'' if lab is None else lab}" for p, lab in zip(paths, labels, strict=True)
+    ]
     lines += ["imgs/missing.png,1", f"imgs/{paths[0].name.replace('000', '009')},nosuch"]
     shutil.copy(paths[0], paths[0].with_name(paths[0].name.replace("000", "009")))
     manifest = tmp_path / "data" / "list.csv"
@@ -172,17 +175,40 @@ def test_manifest_labels_explain_the_true_class(grad_file, tmp_path, runner) -> 
     assert "no such file" in errors["missing.png"] and "'nosuch'" in errors["img009.png"]
     lite, stats = OnnxExplainer(grad_file), LiteBatch(grad_file)
     for p, label in zip(paths, labels, strict=True):
-        want = label if isinstance(label, int) else classes.index(label)
+        want = label if isinstance(label, int) or label is None else classes.index(label)
         row = table[p.name]
-        assert row["label"] == want and row["target"] == want
         assert row["overlay"] is None and not (out / f"{p.stem}_gradcam.png").exists()
         im = load_image(p)
         x = preprocess([im], (64, 64), stats.mean, stats.std).numpy()
-        alone = lite(x, targets=[want])
-        assert row["correct"] == (int(alone.logits[0].argmax()) == want)
+        alone = lite(x, targets=None if want is None else [want])
+        if want is None:
+            assert row["label"] is None and row["correct"] is None
+            assert row["target"] == int(alone.logits[0].argmax())
+        else:
+            assert row["label"] == want and row["target"] == want
+            assert row["correct"] == (int(alone.logits[0].argmax()) == want)
         np.testing.assert_allclose(
             np.load(out / row["map"]), resize_map(alone.maps[0], (im.height, im.width)), atol=TOL
         )
+
+
+def test_a_changed_label_is_explained_again(grad_file, tmp_path) -> None:
+    paths = _pictures(tmp_path / "imgs", 2, seed=4)
+    manifest = tmp_path / "m.csv"
+    out = tmp_path / "out"
+
+    def run(labels):
+        rows = "".join(f"{p},{lab}\n" for p, lab in zip(paths, labels, strict=True))
+        manifest.write_text("path,y\n" + rows)
+        return explain_dataset(grad_file, manifest, out, target_column="y", overlays=False)
+
+    assert run([1, 2]).skipped == 0
+    again = run([1, 3])
+    assert again.skipped == 1 and not again.errors
+    assert {Path(r["image"]).name: r["target"] for r in again.items} == {
+        paths[0].name: 1,
+        paths[1].name: 3,
+    }
 
 
 def test_sources_folders_globs_and_parquet_manifests(tmp_path) -> None:
@@ -199,6 +225,14 @@ def test_sources_folders_globs_and_parquet_manifests(tmp_path) -> None:
     assert any("old_out" in n for n in notes)
     assert [it.path for it in find_items([str(root / "a" / "*.png")])] == a
     assert [it.path for it in find_items([str(root / "**" / "deep" / "*.png")])] == b
+    notes.clear()  # a glob over the outputs of an earlier job skips them, and says so
+    assert [it.path for it in find_items([str(root / "**" / "*.png")], echo=notes.append)] == [
+        *a,
+        *b,
+    ]
+    assert any("outputs of an earlier xcam job" in n for n in notes)
+    assert find_items([str(root / "*.jpg")], echo=notes.append) == []
+    assert "note: no images match" in notes[-1]
     manifest = tmp_path / "m.parquet"
     pq.write_table(pa.table({"path": [str(p) for p in a], "y": [1, None]}), manifest)
     items = find_items([manifest], target_column="y")

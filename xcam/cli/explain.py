@@ -19,6 +19,7 @@ from xcam.cli.options import (
 )
 from xcam.cli.probe import check_class, probe
 from xcam.core.artifact import BACKEND_FORMAT
+from xcam.core.decision import BOXES, PRESENT
 
 
 @click.command()
@@ -106,7 +107,7 @@ from xcam.core.artifact import BACKEND_FORMAT
     type=click.IntRange(1),
     default=2,
     show_default=True,
-    help="local: threads decoding and as many writing.",
+    help="local: threads decoding images ahead of the model (one more writes).",
 )
 @click.option(
     "--concurrency",
@@ -171,7 +172,7 @@ def explain(
     from xcam.pipeline.job import JobOptions
 
     targets = parse_target(target)
-    method_cls = _check_options(out, method, colormap)
+    _check_out(out, colormap)
     items = _find_items(images, path_column, target_column)
     options = JobOptions(batch_size, overlays, alpha, colormap, workers)
     run = (items, Path(out), options, engine, concurrency, ray_address, device, overwrite, wait)
@@ -189,8 +190,15 @@ def explain(
         or output
         or backend not in ("eager", "onnx")
     )
-    if lite_ok and _lite(model, method_cls.name, targets, target_column, device, run):
+    if lite_ok and _lite(model, method, targets, target_column, device, run):
         return
+    method_cls = _method(method)
+    if targets in (PRESENT, BOXES) and not overlays:
+        raise click.BadParameter(
+            "--class present and --class boxes write overlays (a box is drawn on its "
+            "overlay); leave out --no-overlays",
+            param_hint="--no-overlays",
+        )
     info = load(model, weights, device, input_size, mean=mean, std=std, stats=True, images=True)
     if layer and not method_cls.uses_layers:
         fail(f"{method_cls.name} has no target layer; leave out --layer")
@@ -246,56 +254,37 @@ def _worker_explainer(model, weights, trust, stats, recipe, device, target_colum
 
 def _lite(model: str, method: str, targets, target_column, device: str, run) -> bool:
     """Run the job on an in-graph ONNX file without torch (:mod:`xcam.pipeline.lite_batch`)
-    where it can: MODEL is such a file, the method is one of its rules, the target a class.
-    False where it can't (the main library runs the job)."""
+    where it can (:func:`xcam.pipeline.dataset.lite_explainer`); False where it can't (the
+    main library runs the job)."""
     import functools
 
     from xcam.core.errors import XCamError
-    from xcam.core.runtime import device_providers
-    from xcam.pipeline.dataset import in_graph_file
+    from xcam.pipeline.dataset import default_threads, lite_explainer
 
-    if device == "cuda":
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            return False  # the main library says what is missing
-    if not (targets is None or isinstance(targets, int | str)) or not in_graph_file(model, method):
+    if not (targets is None or isinstance(targets, int | str)):
         return False
-    from xcam.core.artifact import TARGET_INPUT
-    from xcam.pipeline.lite_batch import LiteBatch
-
-    target = targets if isinstance(targets, int) else None
-    if isinstance(targets, str) and targets not in ("positive", "negative", "pos", "neg"):
-        return False
-    if isinstance(targets, str):
-        target = targets
     engine, concurrency = run[3], run[4]
-    threads = None
-    if engine == "ray":  # the workers share the cores (Ray gives each one CPU)
-        from xcam.pipeline.dataset import default_threads
-
-        threads = default_threads(concurrency)
     factory = functools.partial(
-        LiteBatch,
+        lite_explainer,
         model,
         method,
-        device_providers(device),
-        threads,
-        targets=target,
+        device=device,
+        # Ray gives each worker one CPU: the workers share the cores
+        threads=default_threads(concurrency) if engine == "ray" else None,
+        target=targets,
         target_column=target_column,
     )
     try:
         explainer = factory()
     except (XCamError, ValueError) as e:
         fail(str(e))
-    wants_target = target is not None or target_column is not None
-    if wants_target and TARGET_INPUT not in explainer.explainer.inputs:
-        return False  # the main library explains other classes with its eager tail
-    if target is not None:
+    if explainer is None:
+        return False
+    if targets is not None:
         from xcam.core.decision import class_targets
 
         try:
-            class_targets(target, 1, int(explainer.num_classes or 0))
+            class_targets(targets, 1, int(explainer.num_classes or 0))
         except XCamError as e:
             raise click.BadParameter(str(e), param_hint="--class") from None
     _run(explainer, factory, *run)
@@ -382,7 +371,7 @@ def _segmentation_target(targets, mask: str | None, probed, output):
 def _check_boxes(targets, probed) -> None:
     """``--class boxes`` is for a detector (one dict of boxes, labels and scores per image),
     and a detector is explained box by box: either way round is bad usage, found first."""
-    from xcam.core.targets import BOXES, per_image
+    from xcam.core.targets import per_image
 
     if probed is None:
         return
@@ -420,23 +409,28 @@ def _read_mask(path: str, size) -> object:
     return region
 
 
-def _check_options(out: str, method: str, colormap: str):
-    """--out, --method and --colormap, checked before the model loads; the method's class."""
+def _check_out(out: str, colormap: str) -> None:
+    """--out and --colormap, checked before anything loads."""
     from xcam.core.errors import XCamError
-    from xcam.methods import get_method
     from xcam.viz import check_colormap
 
     if not out.strip():
         raise click.BadParameter("is empty; name a folder", param_hint="--out")
     try:
-        method_cls = get_method(method)
-    except XCamError as e:
-        raise click.BadParameter(str(e), param_hint="--method") from None
-    try:
         check_colormap(colormap)
     except XCamError as e:
         raise click.BadParameter(str(e), param_hint="--colormap") from None
-    return method_cls
+
+
+def _method(method: str):
+    """--method's class (this imports the methods, and torch)."""
+    from xcam.core.errors import XCamError
+    from xcam.methods import get_method
+
+    try:
+        return get_method(method)
+    except XCamError as e:
+        raise click.BadParameter(str(e), param_hint="--method") from None
 
 
 def _find_items(images: tuple[str, ...], path_column: str, target_column: str | None):

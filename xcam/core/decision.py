@@ -7,6 +7,11 @@ import numpy as np
 
 from xcam.core.errors import TargetError
 
+# the targets that explain every label a multi-label head says is present / every box a
+# detector finds (a map each)
+PRESENT = "present"
+BOXES = "boxes"
+
 # a single-logit (sigmoid) head's named targets: 1 explains the logit, 0 its negation
 BINARY = {"positive": 1, "pos": 1, "negative": 0, "neg": 0}
 

@@ -26,15 +26,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from xcam.core.decision import BINARY, decision_threshold
+from xcam.core.decision import BINARY, PRESENT, decision_threshold
 from xcam.core.errors import TargetError
 
 TargetFn = Callable[[torch.Tensor], torch.Tensor]
 Targets = None | int | str | Sequence[int] | torch.Tensor | TargetFn | Sequence[Callable]
 
 
-PRESENT = "present"
-BOXES = "boxes"
 BOX_SCORE = 0.5  # the detections "boxes" explains: those scored at least this
 
 

@@ -16,13 +16,12 @@ from torch import nn
 from xcam.core import ops
 from xcam.core.artifact import FORMATS
 from xcam.core.cammodel import WHOLE, OutputSelector
+from xcam.core.decision import BOXES, PRESENT
 from xcam.core.errors import InputError, NumericalError, XCamError
 from xcam.core.inputs import check_input, first_conv_channels
 from xcam.core.layers import Layers, candidate_layers, default_layer, resolve_layers
 from xcam.core.result import CamResult, outcome
 from xcam.core.targets import (
-    BOXES,
-    PRESENT,
     Targets,
     detected_boxes,
     flat_output,

@@ -19,6 +19,7 @@ import importlib
 from typing import Any, TypeVar
 
 from xcam.core.errors import XCamError
+from xcam.core.names import method_key
 
 BUILTIN_PACKAGES = ("xcam.methods", "xcam.attributions")
 
@@ -27,16 +28,12 @@ C = TypeVar("C", bound=type)
 _REGISTRY: dict[str, Any] = {}
 
 
-def _key(name: str) -> str:
-    return name.lower().replace("-", "").replace("_", "").replace(" ", "")
-
-
 def register_method(cls: C) -> C:
     """Class decorator: register ``cls`` under ``cls.name``; a taken name is an error."""
     name = getattr(cls, "name", "")
     if not name:
         raise XCamError(f"{cls.__name__} has no name to register under")
-    key = _key(name)
+    key = method_key(name)
     if key in _REGISTRY and _REGISTRY[key] is not cls:
         raise XCamError(
             f"a method named {name!r} is already registered ({_REGISTRY[key].__name__})"
@@ -56,7 +53,7 @@ def get_method(name: str) -> Any:
     if not isinstance(name, str):
         raise XCamError(f"a method is named by a string, got {name!r} ({type(name).__name__})")
     try:
-        return _builtins()[_key(name)]
+        return _builtins()[method_key(name)]
     except KeyError:
         raise XCamError(
             f"unknown method {name!r}; available: {', '.join(list_methods())}"

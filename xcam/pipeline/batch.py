@@ -167,12 +167,14 @@ def decode(path: Path, explainer: BatchExplainer) -> tuple[Any, list[int], np.nd
     from xcam.images import load_image, preprocess_array
     from xcam.record import image_stamp
 
-    image = load_image(path)  # first: it names a missing or unreadable file best
-    try:
+    try:  # before reading: a file replaced meanwhile is not recorded as unchanged
         stamp = image_stamp(path)
-    except OSError as e:
+    except OSError:
+        stamp = None
+    image = load_image(path)  # it names a missing or unreadable file best
+    if stamp is None:
         from xcam.core.errors import InputError
 
-        raise InputError(f"{path}: {e.strerror or e}") from None
+        raise InputError(f"{path}: its size and time can't be read")
     x = preprocess_array([image], explainer.input_size, explainer.mean, explainer.std)[0]
     return image, stamp, x

@@ -109,11 +109,10 @@ def explain_dataset(
 
 
 def in_graph_file(model_or_file: Any, method: str) -> bool:
-    """Whether ``model_or_file`` names an ONNX file whose graph holds the gradients of
-    ``method`` (a :class:`~xcam.pipeline.lite_batch.LiteBatch` can run it, without torch)."""
-    from xcam.lite import METHODS
-
-    if not isinstance(model_or_file, str | Path) or method not in METHODS:
+    """Whether ``model_or_file`` names an ONNX file whose graph holds the gradients that
+    ``method`` reads (a :class:`~xcam.pipeline.lite_batch.LiteBatch` can run it, without
+    torch)."""
+    if not isinstance(model_or_file, str | Path) or lite_method(method) is None:
         return False
     path = Path(model_or_file)
     if path.suffix.lower() != ".onnx" or not path.is_file():
@@ -125,6 +124,58 @@ def in_graph_file(model_or_file: Any, method: str) -> bool:
     except Exception:  # unreadable or not xcam's: the main library says why, in full
         return False
     return bool(meta.gradients)
+
+
+def lite_method(method: str) -> str | None:
+    """``method``'s name among :data:`xcam.lite.METHODS`, matched as the registry matches
+    names; None for a method an in-graph file can't serve."""
+    from xcam.core.names import method_key
+    from xcam.lite import METHODS
+
+    return {method_key(m): m for m in METHODS}.get(method_key(method))
+
+
+def lite_explainer(
+    path: Any,
+    method: str,
+    *,
+    device: str = "cpu",
+    threads: int | None = None,
+    target: int | str | None = None,
+    target_column: str | None = None,
+):
+    """A :class:`~xcam.pipeline.lite_batch.LiteBatch` for this job where the file can serve
+    it without torch: an in-graph ONNX file, one of its methods, a class target (or labels)
+    it takes as an input, ONNX Runtime's CUDA provider for ``device="cuda"``. None where it
+    can't: the main library runs such a job."""
+    from xcam.core.artifact import TARGET_INPUT
+    from xcam.core.decision import BINARY
+    from xcam.core.runtime import CUDA, device_providers
+
+    if device.startswith("cuda"):
+        import onnxruntime as ort
+
+        if CUDA not in ort.get_available_providers():
+            return None  # the main library says what is missing
+    named = isinstance(target, str) and target.lower() in BINARY
+    if target is not None and not (isinstance(target, int) or named):
+        return None
+    if not in_graph_file(path, method):
+        return None
+    from xcam.pipeline.lite_batch import LiteBatch
+
+    explainer = LiteBatch(
+        path,
+        lite_method(method),
+        device_providers(device),
+        threads,
+        targets=target,
+        target_column=target_column,
+    )
+    wants_target = target is not None or target_column is not None
+    if wants_target and TARGET_INPUT not in explainer.explainer.inputs:
+        return None  # the main library explains other classes with its eager tail
+    return explainer
 
 
 def make_explainer(
@@ -142,18 +193,17 @@ def make_explainer(
     """The explainer of a job: :class:`~xcam.pipeline.lite_batch.LiteBatch` for an in-graph
     ONNX file (no torch), else :class:`~xcam.pipeline.torch_batch.MethodBatch` on the model
     loaded by :func:`xcam.models.load_model`. Workers of the Ray engine call this too."""
-    if weights is None and layers is None and in_graph_file(model_or_file, method):
-        from xcam.core.runtime import device_providers
-        from xcam.pipeline.lite_batch import LiteBatch
-
-        return LiteBatch(
+    if weights is None and layers is None:
+        lite = lite_explainer(
             model_or_file,
             method,
-            device_providers(device),
-            threads,
-            targets=target,
+            device=device,
+            threads=threads,
+            target=target,
             target_column=target_column,
         )
+        if lite is not None:
+            return lite
     from xcam.methods import get_method
     from xcam.models import load_model
     from xcam.pipeline.torch_batch import MethodBatch

@@ -98,10 +98,11 @@ def run_job(
     run = {**explainer.settings(), **options.run()}
     with locked_folder(out, wait):
         record = _record_for(out, run, overwrite)
+        parts = _read_parts(record, say)  # before the plan: their stems are taken
         unique, stems = _plan(out, record, unique, explainer.name, options.overlays, overwrite, say)
         record.open()
-        _ingest_parts(record, say)
-        todo, report = _resume(record, unique, say, on_progress)
+        _remove_parts(parts)  # now in the journal
+        todo, report = _resume(record, unique, explainer, say, on_progress)
         complete = False
         try:
             (engine or stream)(explainer, todo, record, stems, options, on_progress)
@@ -173,6 +174,10 @@ def stream(
             for (row, image, _x, label), explained in zip(
                 ready, explain_ready(explainer, ready), strict=True
             ):
+                if isinstance(explained, str):
+                    record.add({"key": row["key"], "image": row["image"], "error": explained})
+                    progress(1)
+                    continue
                 stem = f"{stems[row['key']]}_{explainer.name}"
                 record.claim(output_names(stem, options.overlays))
                 job = (record.out, stem, image, explained, options.overlays)
@@ -198,29 +203,30 @@ class _Stopped(Exception):
 def explain_batch(
     explainer: BatchExplainer,
     items: Sequence[Item],
+    keys: Sequence[str],
     stems: dict[str, str],
     out: Path,
     options: JobOptions,
 ) -> list[dict[str, Any]]:
     """One batch start to end in this thread (a Ray worker's): decode, explain, write; a row
-    per item, its error where it failed."""
-    from concurrent.futures import Future
-
+    per item (``keys``: the driver's keys of the items), its error where it failed."""
     rows, ready = [], []
-    for item in items:
+    for item, key in zip(items, keys, strict=True):
         future: Future = Future()
         try:
             future.set_result(decode(item.path, explainer))
         except Exception as e:  # re-raised by _loaded, which names the file
             future.set_exception(e)
-        row, loaded = _loaded(item, future, explainer)
+        row, loaded = _loaded(item, future, explainer, key)
         if loaded is None:
             rows.append(row)
         else:
             ready.append((row, *loaded))
-    for (row, image, _x, label), explained in (
-        zip(ready, explain_ready(explainer, ready), strict=True) if ready else ()
-    ):
+    found = explain_ready(explainer, ready) if ready else []
+    for (row, image, _x, label), explained in zip(ready, found, strict=True):
+        if isinstance(explained, str):
+            rows.append({"key": row["key"], "image": row["image"], "error": explained})
+            continue
         stem = f"{stems[row['key']]}_{explainer.name}"
         files = write_item(
             out, stem, image, explained, options.overlays, options.alpha, options.colormap
@@ -229,16 +235,13 @@ def explain_batch(
     return rows
 
 
-def _loaded(item: Item, future: Future, explainer: BatchExplainer):
+def _loaded(item: Item, future: Future, explainer: BatchExplainer, key: str | None = None):
     """An item's row head and its decoded image, input and label; or its error row."""
-    key = image_key(item.path)
+    key = key or image_key(item.path)
     row: dict[str, Any] = {"key": key, "image": str(item.path)}
     try:
         image, stamp, x = future.result()
-        label = None
-        if item.label is not None:
-            k = getattr(explainer, "num_classes", None)
-            label = resolve_label(item.label, explainer.classes, k)
+        label = None if item.label is None else _label_of(item.label, explainer)
     except InputError as e:
         return {**row, "error": str(e)}, None
     except OSError as e:
@@ -246,15 +249,38 @@ def _loaded(item: Item, future: Future, explainer: BatchExplainer):
     return {"key": key, "stamp": stamp, "image": str(item.path)}, (image, x, label)
 
 
-def explain_ready(explainer: BatchExplainer, ready: Sequence) -> list[Explained]:
-    """The explainer on the batch ``ready`` (rows, images, inputs, labels). A model that
-    overflows (NaN) fails the job with its :class:`NumericalError`: that is the model's
-    fault, not an image's."""
+def _label_of(label: Any, explainer: BatchExplainer) -> int:
+    return resolve_label(label, explainer.classes, getattr(explainer, "num_classes", None))
+
+
+def explain_ready(explainer: BatchExplainer, ready: Sequence) -> list[Explained | str]:
+    """The explainer on the batch ``ready`` (rows, images, inputs, labels): the images with
+    a label and those without in a call each. A label the model refuses (a class it hasn't)
+    is that image's error (a string); a model that overflows (NaN) fails the job with its
+    :class:`NumericalError`: that is the model's fault, not an image's."""
     import numpy as np
 
-    x = np.stack([r[2] for r in ready])
-    labels = [r[3] for r in ready]
-    return list(explainer(x, None if all(v is None for v in labels) else labels))
+    from xcam.core.errors import TargetError
+
+    labelled = [i for i, r in enumerate(ready) if r[3] is not None]
+    bare = [i for i, r in enumerate(ready) if r[3] is None]
+    found: dict[int, Explained | str] = {}
+    for group, with_labels in ((bare, False), (labelled, True)):
+        if not group:
+            continue
+        x = np.stack([ready[i][2] for i in group])
+        labels = [ready[i][3] for i in group] if with_labels else None
+        try:
+            found.update(zip(group, explainer(x, labels), strict=True))
+        except TargetError as e:
+            if not with_labels:
+                raise
+            if len(group) == 1:
+                found[group[0]] = f"{ready[group[0]][0]['image']}: {e}"
+            else:  # which label? each image alone says
+                for i in group:
+                    found[i] = explain_ready(explainer, [ready[i]])[0]
+    return [found[i] for i in range(len(ready))]
 
 
 def finish_row(row: dict[str, Any], explained: Explained, label: int | None) -> dict[str, Any]:
@@ -284,16 +310,15 @@ def _land(record: Record, row: dict[str, Any], task: Future, progress: Progress)
 PARTS = ".xcam-parts"
 
 
-def _ingest_parts(record: Record, say: Callable[[str], None] | None = None) -> int:
-    """Rows the Ray engine's workers wrote to ``PARTS`` into the record (each image's last
-    row wins), then the parts removed; a torn part (a kill mid-write) is skipped: its
-    images run again. Returns how many rows were read."""
+def _read_parts(record: Record, say: Callable[[str], None] | None = None) -> Path | None:
+    """Rows the Ray engine's workers wrote to ``PARTS`` into ``record`` (each image's last
+    row wins); a torn part (a kill mid-write) is skipped: its images run again. Returns
+    the folder, to remove once the rows are in the journal."""
     import json
-    import shutil
 
     folder = record.out / PARTS
     if not folder.is_dir():
-        return 0
+        return None
     count = 0
     for part in sorted(folder.rglob("*.parquet")):
         try:
@@ -307,10 +332,24 @@ def _ingest_parts(record: Record, say: Callable[[str], None] | None = None) -> i
             if isinstance(row, dict) and isinstance(row.get("key"), str):
                 record.add(row)
                 count += 1
-    shutil.rmtree(folder, ignore_errors=True)
     if count and say is not None:
         say(f"read {count} row(s) written by Ray workers")
-    return count
+    return folder
+
+
+def _remove_parts(folder: Path | None) -> None:
+    import shutil
+
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def ingest_parts(record: Record) -> int:
+    """:func:`_read_parts` then the parts removed (the Ray engine, at the end of its run);
+    how many rows came in."""
+    before = len(record.items) + len(record.errors)
+    _remove_parts(_read_parts(record))
+    return len(record.items) + len(record.errors) - before
 
 
 def _unique_items(
@@ -356,11 +395,16 @@ def _plan(
 
 
 def _resume(
-    record: Record, unique: dict[str, Item], say: Callable[[str], None], on_progress
+    record: Record,
+    unique: dict[str, Item],
+    explainer: BatchExplainer,
+    say: Callable[[str], None],
+    on_progress,
 ) -> tuple[list[Item], JobReport]:
     """The images still to explain and the job's report; images an earlier run of the same
-    settings finished are skipped, said and counted as progress."""
-    todo = [it for k, it in unique.items() if not _done(record, k, it.path)]
+    settings finished (the same file, the same label) are skipped, said and counted as
+    progress."""
+    todo = [it for k, it in unique.items() if not _done(record, k, it, explainer)]
     report = JobReport(record.out, skipped=len(unique) - len(todo))
     if report.skipped:
         say(f"resuming: {report.skipped} of {len(unique)} image(s) already explained")
@@ -390,11 +434,17 @@ def _collect(report: JobReport, record: Record, keys: set[str]) -> None:
     ]
 
 
-def _done(record: Record, key: str, path: Path) -> bool:
+def _done(record: Record, key: str, item: Item, explainer: BatchExplainer) -> bool:
     try:
-        return record.done(key, image_stamp(path))
+        if not record.done(key, image_stamp(item.path)):
+            return False
     except OSError:
         return False
+    try:
+        label = None if item.label is None else _label_of(item.label, explainer)
+    except InputError:
+        return False  # its label is wrong now: explained again, to say so
+    return record.items[key].get("label") == label
 
 
 def _record_for(out: Path, run: dict[str, Any], overwrite: bool) -> Record:
@@ -411,6 +461,7 @@ def _record_for(out: Path, run: dict[str, Any], overwrite: bool) -> Record:
     if old is not None and old.run == run:
         return old
     if old is not None and not (old.owned or old.items or old.errors):
+        _remove_parts(out / PARTS)
         return Record(out, run)  # a run that ended before its first image: nothing to lose
     if old is not None:
         if not overwrite:
@@ -421,11 +472,13 @@ def _record_for(out: Path, run: dict[str, Any], overwrite: bool) -> Record:
             )
         for name in old.files():
             (out / name).unlink(missing_ok=True)
+        _remove_parts(out / PARTS)  # rows of the replaced run
     elif (out / SUMMARY).exists() and not overwrite:  # a record without its journal
         raise OutputError(
             f"{out} already holds a {SUMMARY} written by a different run or by something "
             "else; pass --overwrite (overwrite=True) to replace it, or choose another --out"
         )
+    _remove_parts(out / PARTS)  # left without a journal: no run of ours to resume
     return Record(out, run)
 
 

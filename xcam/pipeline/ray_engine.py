@@ -18,12 +18,25 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import ray
 
 from xcam.core.errors import XCamError
 from xcam.pipeline.batch import BatchExplainer, output_names
-from xcam.pipeline.job import PARTS, JobOptions, Progress, _ingest_parts, explain_batch
+from xcam.pipeline.job import PARTS, JobOptions, Progress, explain_batch, ingest_parts
 from xcam.pipeline.sources import Item
 from xcam.record import Record, _clean
+
+# times a batch is retried on a restarted worker: a worker that died once is retried, an
+# image that kills every worker it reaches (out of memory) ends the job
+RETRIES = 3
+
+
+def _reason(e: BaseException) -> str:
+    """The innermost cause of a Ray error: what the worker's code raised."""
+    while e.__cause__ is not None and e.__cause__ is not e:
+        e = e.__cause__
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}"
 
 
 class Worker:
@@ -38,8 +51,9 @@ class Worker:
             Item(Path(str(p)), json.loads(str(label)))
             for p, label in zip(batch["path"], batch["label"], strict=True)
         ]
-        stems = {str(k): str(s) for k, s in zip(batch["key"], batch["stem"], strict=True)}
-        rows = explain_batch(self.explainer, items, stems, self.out, self.options)
+        keys = [str(k) for k in batch["key"]]
+        stems = {k: str(s) for k, s in zip(keys, batch["stem"], strict=True)}
+        rows = explain_batch(self.explainer, items, keys, stems, self.out, self.options)
         return {
             "key": np.array([r["key"] for r in rows], dtype=object),
             "row": np.array([json.dumps(_clean(r)) for r in rows], dtype=object),
@@ -74,22 +88,21 @@ def ray_engine(
             )
         if not todo:
             return
-        import ray
-
         from xcam.record import image_key
 
         rows = []
         for it in todo:
             key = image_key(it.path)
-            rows.append(
+            rows.append(  # absolute paths: a worker may run elsewhere, in another folder
                 {
                     "key": key,
-                    "path": str(it.path),
+                    "path": str(it.path.absolute()),
                     "stem": stems[key],
                     "label": json.dumps(it.label),
                 }
             )
             record.claim(output_names(f"{stems[key]}_{explainer.name}", options.overlays))
+        out = str(record.out.absolute())
         own = not ray.is_initialized()
         if own:
             ray.init(address=address, include_dashboard=False, logging_level="warning")
@@ -100,7 +113,7 @@ def ray_engine(
                 Worker,
                 fn_constructor_kwargs={
                     "factory": factory,
-                    "out": str(record.out),
+                    "out": out,
                     "options": options,
                 },
                 batch_size=options.batch_size,
@@ -108,14 +121,16 @@ def ray_engine(
                 concurrency=concurrency,
                 num_cpus=num_cpus,
                 num_gpus=num_gpus or None,
-                max_restarts=-1,  # a worker that dies is restarted …
-                max_task_retries=-1,  # … and its batch run again
+                max_restarts=RETRIES,  # a worker that dies is restarted …
+                max_task_retries=RETRIES,  # … and its batch run again
             )
-            ds.write_parquet(str(record.out / PARTS))
+            ds.write_parquet(str(record.out.absolute() / PARTS))
+        except Exception as e:  # Ray wraps what a worker raised: say that, in one line
+            raise XCamError(f"the Ray job failed: {_reason(e)}") from e
         finally:
             if own:
                 ray.shutdown()
-            done = _ingest_parts(record)
+            done = ingest_parts(record)
             if on_progress is not None and done:
                 on_progress(done)
 

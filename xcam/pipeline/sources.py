@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from xcam.core.decision import BINARY
 from xcam.core.errors import InputError
 from xcam.images import IMAGE_SUFFIXES
 from xcam.record import JOURNAL
@@ -51,8 +52,13 @@ def find_items(
         elif p.is_dir():
             items.extend(Item(f) for f in _walk(p, say))
         elif _GLOB_CHARS & set(text) and not p.exists():
-            matches = sorted(glob.glob(text, recursive=True))
-            items.extend(Item(Path(m)) for m in matches if _is_image(Path(m)))
+            matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
+            found = [m for m in matches if _is_image(m) and not _in_outputs(m)]
+            if len(found) < sum(map(_is_image, matches)):
+                say(f"note: {text}: skipped the outputs of an earlier xcam job it matches")
+            if not found:
+                say(f"note: no images match {text}")
+            items.extend(Item(m) for m in found)
         else:
             items.append(Item(p))  # a file, or a missing one: reported as that image's error
     if target_column is not None and not any(
@@ -69,11 +75,20 @@ def _is_image(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
 
 
+def _in_outputs(p: Path) -> bool:
+    """Whether ``p`` lies in an xcam job's output folder (one holding its record)."""
+    return (p.parent / JOURNAL).exists()
+
+
 def _walk(root: Path, say) -> list[Path]:
     """The image files under ``root``, sorted by path; hidden folders and folders holding an
     xcam job's record (its outputs) are not entered; links to folders are not followed."""
     found: list[Path] = []
-    for folder, dirs, files in os.walk(root):
+
+    def unreadable(e: OSError) -> None:
+        say(f"note: skipped {e.filename}: {e.strerror or e}")
+
+    for folder, dirs, files in os.walk(root, onerror=unreadable):
         here = Path(folder)
         if here != root and JOURNAL in files:
             say(f"note: skipped {here}: it holds the outputs of an xcam job")
@@ -100,9 +115,11 @@ def read_manifest(
     paths = columns[path_column]
     labels = columns[target_column] if target_column is not None else [None] * len(paths)
     items = []
-    for row, (p, label) in enumerate(zip(paths, labels, strict=True), start=2):
+    first = 2 if path.suffix.lower() == ".csv" else 1  # a CSV's line 1 is its header
+    for row, (p, label) in enumerate(zip(paths, labels, strict=True), start=first):
         if p is None or not str(p).strip():
-            raise InputError(f"{path}: row {row} has no path")
+            what = "line" if first == 2 else "row"
+            raise InputError(f"{path}: {what} {row} has no {path_column!r}")
         p = Path(str(p).strip())
         items.append(Item(p if p.is_absolute() else base / p, _label(label)))
     return items
@@ -117,7 +134,11 @@ def _label(value: Any) -> Any:
     if not text:
         return None
     try:
-        number = float(text)
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)  # "3.0", as a spreadsheet writes an integer
     except ValueError:
         return text
     return int(number) if number.is_integer() else text
@@ -158,7 +179,13 @@ def _parquet(why: str):
 def resolve_label(label: Any, classes: Sequence[str] | None, k: int | None) -> int:
     """A manifest label as a class index: an index in range, or one of ``classes``'
     names; anything else is an :class:`InputError` naming it."""
+    if k == 1 and isinstance(label, str) and label.lower() in BINARY:
+        return BINARY[label.lower()]
     if isinstance(label, int):
+        if k == 1 and label not in (0, 1):
+            raise InputError(
+                f"label {label}: a single-logit head's labels are 1 (positive) or 0 (negative)"
+            )
         if k is not None and k > 1 and not 0 <= label < k:
             raise InputError(f"label {label} is out of range for {k} classes (0..{k - 1})")
         return label

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from xcam.core.decision import BOXES, PRESENT
 from xcam.core.result import Attribution
-from xcam.core.targets import BOXES, PRESENT, Targets, score_functions
+from xcam.core.targets import Targets, score_functions
 from xcam.methods.base import BaseCAM
 from xcam.models import ModelInfo
 from xcam.pipeline.batch import Explained, top_predictions, write_item
@@ -98,6 +99,13 @@ class MethodBatch:
         every box a detector finds (``<stem>_box<n>_<label>_<method>``, the box drawn on
         the overlay), and its rows in the record. A file of those names that this run did
         not write fails the image, never gets replaced."""
+        if not options.overlays:
+            from xcam.core.errors import XCamError
+
+            raise XCamError(
+                "--class present and --class boxes write overlays (a box is drawn on its "
+                "overlay); leave out --no-overlays (overlays=False)"
+            )
         x = torch.from_numpy(np.stack([r[2] for r in ready])).to(self.device)
         method, info, kind = self.method, self.info, self.targets
         result = method(x, targets=kind).cpu()
