@@ -2,7 +2,7 @@
 
 The local engine streams::
 
-    items ─► decode threads ─► model on batches (this thread) ─► write threads ─► record
+    items ─► decode threads ─► model on batches (this thread) ─► a writer thread ─► record
              (bounded: a few batches ahead)                       (bounded queue)
 
 so memory holds a few batches of images whatever the dataset's size. Rows reach the record
@@ -64,7 +64,7 @@ class JobOptions:
     overlays: bool = True
     alpha: float = 0.5
     colormap: str = "jet"
-    workers: int = 2  # decode threads, and as many write threads
+    workers: int = 2  # decode threads (one more thread writes)
     ahead: int = 2  # batches decoded ahead of the model
 
     def run(self) -> dict[str, Any]:

@@ -26,9 +26,10 @@ from xcam.pipeline.job import PARTS, JobOptions, Progress, explain_batch, ingest
 from xcam.pipeline.sources import Item
 from xcam.record import Record, _clean
 
-# times a batch is retried on a restarted worker: a worker that died once is retried, an
-# image that kills every worker it reaches (out of memory) ends the job
-RETRIES = 3
+# tries of a batch whose worker dies: a worker killed once is retried; a batch that kills
+# every worker it reaches is tried image by image, and the image that does (one too large
+# for memory, say) becomes an error row after as many tries
+RETRIES = 2
 
 
 def _reason(e: BaseException) -> str:
@@ -40,11 +41,30 @@ def _reason(e: BaseException) -> str:
 
 
 class Worker:
-    """A Ray Data actor: one explainer, built once per worker by ``factory``."""
+    """A Ray Data actor: one explainer, built once per worker by ``factory``. Ray restarts a
+    worker that died and gives it the batch again; the tries are counted in the output
+    folder, so an image that kills every worker it reaches ends as an error row after
+    ``RETRIES`` tries instead of being retried forever."""
 
     def __init__(self, factory: Callable[[], BatchExplainer], out: str, options: JobOptions):
         self.explainer = factory()
         self.out, self.options = Path(out), options
+
+    def _attempt(self, keys: list[str], done: bool = False) -> int:
+        """This batch's try, counted (1 the first time); ``done``: it came through, forget
+        its tries."""
+        import hashlib
+
+        folder = self.out / PARTS / "tries"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha1("\n".join(keys).encode("utf-8", "surrogateescape")).hexdigest()
+        mark = folder / name
+        if done:
+            mark.unlink(missing_ok=True)
+            return 0
+        tries = int(mark.read_text() or 0) + 1 if mark.exists() else 1
+        mark.write_text(str(tries))
+        return tries
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [
@@ -53,7 +73,19 @@ class Worker:
         ]
         keys = [str(k) for k in batch["key"]]
         stems = {k: str(s) for k, s in zip(keys, batch["stem"], strict=True)}
-        rows = explain_batch(self.explainer, items, keys, stems, self.out, self.options)
+        if self._attempt(keys) <= RETRIES:
+            rows = explain_batch(self.explainer, items, keys, stems, self.out, self.options)
+        else:  # each try killed its worker: the images one by one, to find which does
+            rows = []
+            for item, key in zip(items, keys, strict=True):
+                if self._attempt([key]) > RETRIES:
+                    why = f"a Ray worker died on each of {RETRIES} tries at this image"
+                    rows.append(
+                        {"key": key, "image": str(item.path), "error": f"{item.path}: {why}"}
+                    )
+                    continue
+                rows += explain_batch(self.explainer, [item], [key], stems, self.out, self.options)
+                self._attempt([key], done=True)
         return {
             "key": np.array([r["key"] for r in rows], dtype=object),
             "row": np.array([json.dumps(_clean(r)) for r in rows], dtype=object),
@@ -121,9 +153,7 @@ def ray_engine(
                 concurrency=concurrency,
                 num_cpus=num_cpus,
                 num_gpus=num_gpus or None,
-                max_restarts=RETRIES,  # a worker that dies is restarted …
-                max_task_retries=RETRIES,  # … and its batch run again
-            )
+            )  # Ray Data's actors are restarted, and their batches retried, by default
             ds.write_parquet(str(record.out.absolute() / PARTS))
         except Exception as e:  # Ray wraps what a worker raised: say that, in one line
             raise XCamError(f"the Ray job failed: {_reason(e)}") from e
