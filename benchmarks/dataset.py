@@ -214,34 +214,20 @@ def main() -> None:
     files = models(cache / "models")
     imgs = make_images(cache / f"imgs{args.images}", args.images, (256, 320), 0)
     o = cache / "out"
+    dev = ["--device", args.device]
+    cpu = "CPUExecutionProvider"
+    providers = f"CUDAExecutionProvider,{cpu}" if args.device == "cuda" else cpu
+    cam = [*XCAM, "explain", str(files["cam"]), str(imgs), "--out", str(o), *dev]
+    eager = [*XCAM, "explain", "torchvision:resnet50", "--weights", str(files["pth"])]
     arms = {
-        "floor": ([PY, "-c", FLOOR, str(imgs), str(files["plain"])], None),
-        "in-graph": ([*XCAM, "explain", str(files["cam"]), str(imgs), "--out", str(o)], o),
-        "in-graph --no-overlays": (
-            [*XCAM, "explain", str(files["cam"]), str(imgs), "--out", str(o), "--no-overlays"],
-            o,
-        ),
-        "eager": (
-            [
-                *XCAM,
-                "explain",
-                "torchvision:resnet50",
-                "--weights",
-                str(files["pth"]),
-                str(imgs),
-                "--layer",
-                "layer4",
-                "--out",
-                str(o),
-            ],
-            o,
-        ),
+        "floor": ([PY, "-c", FLOOR, str(imgs), str(files["plain"]), providers], None),
+        "in-graph": (cam, o),
+        "in-graph --no-overlays": ([*cam, "--no-overlays"], o),
+        "eager": ([*eager, str(imgs), "--layer", "layer4", "--out", str(o), *dev], o),
     }
     if "peer" not in skip:
-        arms["peer loop (pytorch-grad-cam)"] = (
-            [PY, "-c", PEER, str(imgs), str(files["pth"]), str(o)],
-            o,
-        )
+        peer = [PY, "-c", PEER, str(imgs), str(files["pth"]), str(o), args.device]
+        arms["peer loop (pytorch-grad-cam)"] = (peer, o)
     print(f"{args.images} images, {args.rounds} rounds", file=sys.stderr)
     jobs = rounds(arms, args.rounds)
     result: dict = {
@@ -264,7 +250,7 @@ def main() -> None:
         ratios["peer loop / in-graph (goal ≥ 5)"] = peer / jobs["in-graph"]["s"]
     if "ray" not in skip:
         many = make_images(cache / f"imgs{args.ray_images}", args.ray_images, (256, 320), 1)
-        cmd = [*XCAM, "explain", str(files["cam"]), str(many), "--out", str(o)]
+        cmd = [*XCAM, "explain", str(files["cam"]), str(many), "--out", str(o), *dev]
         ray_arms = {
             "embedded": (cmd, o),
             "ray, 1 worker": ([*cmd, "--engine", "ray", "--concurrency", "1"], o),

@@ -172,7 +172,7 @@ def explain(
     from xcam.pipeline.job import JobOptions
 
     targets = parse_target(target)
-    _check_out(out, colormap)
+    _check_out(out, colormap if overlays else None)
     items = _find_items(images, path_column, target_column)
     options = JobOptions(batch_size, overlays, alpha, colormap, workers)
     run = (items, Path(out), options, engine, concurrency, ray_address, device, overwrite, wait)
@@ -409,13 +409,15 @@ def _read_mask(path: str, size) -> object:
     return region
 
 
-def _check_out(out: str, colormap: str) -> None:
-    """--out and --colormap, checked before anything loads."""
+def _check_out(out: str, colormap: str | None) -> None:
+    """--out and --colormap (None: no overlays to colour), checked before anything loads."""
     from xcam.core.errors import XCamError
     from xcam.viz import check_colormap
 
     if not out.strip():
         raise click.BadParameter("is empty; name a folder", param_hint="--out")
+    if colormap is None:
+        return
     try:
         check_colormap(colormap)
     except XCamError as e:

@@ -108,24 +108,6 @@ def explain_dataset(
     )
 
 
-def in_graph_file(model_or_file: Any, method: str) -> bool:
-    """Whether ``model_or_file`` names an ONNX file whose graph holds the gradients that
-    ``method`` reads (a :class:`~xcam.pipeline.lite_batch.LiteBatch` can run it, without
-    torch)."""
-    if not isinstance(model_or_file, str | Path) or lite_method(method) is None:
-        return False
-    path = Path(model_or_file)
-    if path.suffix.lower() != ".onnx" or not path.is_file():
-        return False
-    from xcam.core.runtime import open_session, session_metadata
-
-    try:
-        meta = session_metadata(open_session(path, threads=1), path.name)
-    except Exception:  # unreadable or not xcam's: the main library says why, in full
-        return False
-    return bool(meta.gradients)
-
-
 def lite_method(method: str) -> str | None:
     """``method``'s name among :data:`xcam.lite.METHODS`, matched as the registry matches
     names; None for a method an in-graph file can't serve."""
@@ -160,18 +142,24 @@ def lite_explainer(
     named = isinstance(target, str) and target.lower() in BINARY
     if target is not None and not (isinstance(target, int) or named):
         return None
-    if not in_graph_file(path, method):
+    name = lite_method(method)
+    if name is None or not isinstance(path, str | Path):
+        return None
+    if Path(path).suffix.lower() != ".onnx" or not Path(path).is_file():
         return None
     from xcam.pipeline.lite_batch import LiteBatch
 
-    explainer = LiteBatch(
-        path,
-        lite_method(method),
-        device_providers(device),
-        threads,
-        targets=target,
-        target_column=target_column,
-    )
+    try:  # one session: a file without gradients in its graph refuses to load here
+        explainer = LiteBatch(
+            path,
+            name,
+            device_providers(device),
+            threads,
+            targets=target,
+            target_column=target_column,
+        )
+    except Exception:  # no gradients, or not a file xcam reads: the main library says why
+        return None
     wants_target = target is not None or target_column is not None
     if wants_target and TARGET_INPUT not in explainer.explainer.inputs:
         return None  # the main library explains other classes with its eager tail

@@ -143,8 +143,10 @@ def stream(
             stop.set()
             raise
 
-    decoders = ThreadPoolExecutor(options.workers, thread_name_prefix="xcam-decode")
-    writer = ThreadPoolExecutor(1, thread_name_prefix="xcam-write")
+    decoders = ThreadPoolExecutor(
+        options.workers, thread_name_prefix="xcam-decode", initializer=_yield_to_model
+    )
+    writer = ThreadPoolExecutor(1, thread_name_prefix="xcam-write", initializer=_yield_to_model)
 
     def submit(chunk: Sequence[Item]) -> list[tuple[Item, Future]]:
         return [(it, decoders.submit(decode, it.path, explainer)) for it in chunk]
@@ -194,6 +196,18 @@ def stream(
     finally:
         decoders.shutdown(wait=True, cancel_futures=True)
         writer.shutdown(wait=True, cancel_futures=True)
+
+
+def _yield_to_model() -> None:
+    """Run this thread at a lower priority than the model's (Linux: per thread): where the
+    cores are all busy, the model's threads, which wait for each other at every operator,
+    are not the ones preempted."""
+    import os
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not allowed: as it was
+        pass
 
 
 class _Stopped(Exception):

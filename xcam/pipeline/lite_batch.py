@@ -38,7 +38,7 @@ class LiteBatch:
         from xcam.lite import OnnxExplainer
 
         self.path = Path(path)
-        self.explainer = OnnxExplainer(self.path, providers, method, threads)
+        self.explainer = OnnxExplainer(self.path, providers, method, threads, spin=False)
         meta = self.explainer.metadata
         shape = meta.input_shape
         h, w = shape[2:4] if len(shape) == 4 else (None, None)
