@@ -202,12 +202,11 @@ def _yield_to_model() -> None:
     """Run this thread at a lower priority than the model's (Linux: per thread): where the
     cores are all busy, the model's threads, which wait for each other at every operator,
     are not the ones preempted."""
+    import contextlib
     import os
 
-    try:
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed: as it was
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):  # not Linux, or not allowed: as it was
-        pass
 
 
 class _Stopped(Exception):
