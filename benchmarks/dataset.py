@@ -91,9 +91,11 @@ with GradCAM(model=model, target_layers=[model.layer4]) as cam:
 MEASURED = r"""
 import resource, subprocess, sys, time
 t = time.perf_counter()
-code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE).returncode
+done = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 wall = time.perf_counter() - t
-print(wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)
+print(wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, done.returncode)
+if done.returncode:
+    sys.stderr.write(done.stderr.decode(errors="replace")[-2000:])
 """
 
 
@@ -174,7 +176,7 @@ def run(cmd: list[str], out: Path | None = None) -> dict[str, float]:
     done = subprocess.run([PY, "-c", MEASURED, *cmd], capture_output=True, text=True)
     wall, rss, code = done.stdout.split()
     if int(code) != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed (exit {code})")
+        raise SystemExit(f"{' '.join(cmd[:6])} … failed (exit {code}):\n{done.stderr}")
     return {"s": float(wall), "rss_mib": int(rss) / 1024}
 
 

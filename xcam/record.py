@@ -150,16 +150,18 @@ class Record:
         if self._journal is not None:
             self._journal.close()
             self._journal = None
-        summary = {
-            **payload,
-            "run": self.run,
-            "complete": complete,
-            "images": [_public(i) for i in self.items.values()],
-            "errors": [_public(e) for e in self.errors.values()],
-        }
+        head = {**payload, "run": self.run, "complete": complete}
         path = self.out / SUMMARY
-        with atomic(path) as tmp:
-            tmp.write_text(json.dumps(_clean(summary), indent=2, allow_nan=False) + "\n")
+        # written a row at a time: a dataset's summary is never held whole in memory
+        with atomic(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(_clean(head), indent=2, allow_nan=False)[:-2])
+            for name, rows in (("images", self.items.values()), ("errors", self.errors.values())):
+                f.write(f',\n  "{name}": [')
+                for n, row in enumerate(rows):
+                    text = json.dumps(_clean(_public(row)), indent=2, allow_nan=False)
+                    f.write(("," if n else "") + "\n    " + text.replace("\n", "\n    "))
+                f.write("\n  ]" if rows else "]")
+            f.write("\n}\n")
         return path
 
 

@@ -222,13 +222,15 @@ def grid(
     return canvas
 
 
-def save_png(image, path: str | Path) -> Path:
-    """Write ``image`` as a PNG, atomically (no half-written file after an interrupt)."""
+def save_png(image, path: str | Path, compress_level: int = 6) -> Path:
+    """Write ``image`` as a PNG, atomically (no half-written file after an interrupt).
+    ``compress_level``: zlib's, 0–9 (Pillow's default 6; 1 encodes an overlay ~3x faster
+    for ~1/3 more bytes, OpenCV's default)."""
     from xcam.files import atomic
 
     path = Path(path)
     with atomic(path) as tmp:
-        image.save(tmp, format="PNG")
+        image.save(tmp, format="PNG", compress_level=compress_level)
     return path
 
 

@@ -22,6 +22,7 @@ from xcam.core.files import atomic
 from xcam.record import Record
 
 TABLE = "records.parquet"
+CHUNK = 2048  # rows per row group
 
 
 def _schema():
@@ -100,9 +101,15 @@ def write_table(record: Record, say: Callable[[str], None] | None = None) -> Pat
         if say is not None:
             say(f"note: {TABLE} not written: it needs pyarrow (pip install 'xcam-deploy[data]')")
         return None
-    rows = [table_row(r) for r in [*record.items.values(), *record.errors.values()]]
-    table = pa.Table.from_pylist(rows, schema=_schema())
+    import itertools
+
+    rows = itertools.chain(record.items.values(), record.errors.values())
+    schema = _schema()
     path = record.out / TABLE
-    with atomic(path) as tmp:
-        pq.write_table(table, tmp)
+    # a row group at a time: a dataset's table is never held whole in memory
+    with atomic(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        while chunk := [table_row(r) for r in itertools.islice(rows, CHUNK)]:
+            writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
+        if not (record.items or record.errors):
+            writer.write_table(schema.empty_table())
     return path
