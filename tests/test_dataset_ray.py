@@ -93,22 +93,23 @@ def _once(out: Path, n: int) -> None:
     assert not (out / ".xcam-parts").exists()
 
 
+def _on_ray(wrapper, arg: str, grad_file: Path, folder: Path, out: Path, batch: int):
+    """The job on 2 Ray workers, each holding ``wrapper`` around the in-graph file."""
+    inner = functools.partial(LiteBatch, grad_file, threads=1)
+    factory = functools.partial(wrapper, inner, arg)
+    engine = ray_engine(factory, concurrency=2)
+    return run_job(
+        LiteBatch(grad_file), find_items([folder]), out, JobOptions(batch), engine=engine
+    )
+
+
 def test_ray_engine_equals_the_local_engine_without_torch_on_workers(
     cluster, grad_file, pictures, local, tmp_path
 ) -> None:
     seen = tmp_path / "seen"
     seen.mkdir()
-    factory = functools.partial(
-        ray_factories.Probe, functools.partial(LiteBatch, grad_file, threads=1), str(seen)
-    )
     out = tmp_path / "out"
-    report = run_job(
-        LiteBatch(grad_file),
-        find_items([pictures]),
-        out,
-        JobOptions(batch_size=4),
-        engine=ray_engine(factory, concurrency=2),
-    )
+    report = _on_ray(ray_factories.Probe, str(seen), grad_file, pictures, out, batch=4)
     assert len(report.items) == 12 and [Path(e["image"]).name for e in report.errors] == [
         "broken.png"
     ]
@@ -131,17 +132,8 @@ def test_a_killed_worker_is_retried_and_every_image_explained_once(
     shutil.copytree(pictures, folder)
     Image.new("RGB", (50, 40), (7, 7, 7)).save(folder / "zzz_flat.png")  # the last batch
     marker = tmp_path / "killed"
-    factory = functools.partial(
-        ray_factories.Killer, functools.partial(LiteBatch, grad_file, threads=1), str(marker)
-    )
     out = tmp_path / "out"
-    report = run_job(
-        LiteBatch(grad_file),
-        find_items([folder]),
-        out,
-        JobOptions(batch_size=2),
-        engine=ray_engine(factory, concurrency=2),
-    )
+    report = _on_ray(ray_factories.Killer, str(marker), grad_file, folder, out, batch=2)
     assert marker.exists()  # a worker did die
     rows = _rows(out)
     assert "died on each of 2 tries" in rows.pop("zzz_flat.png")["error"]

@@ -36,7 +36,7 @@ from typing import Any
 from xcam.core.errors import InputError, OutputError
 from xcam.pipeline.batch import BatchExplainer, Explained, decode, output_names, write_item
 from xcam.pipeline.sources import Item, resolve_label
-from xcam.record import SUMMARY, Record, differences, image_key, image_stamp
+from xcam.record import SUMMARY, Record, RowList, differences, image_key, image_stamp
 
 Progress = Callable[[int], None]
 
@@ -46,7 +46,7 @@ class JobReport:
     """What an explain job wrote and what it could not do."""
 
     out: Path
-    items: list[dict[str, Any]] = field(default_factory=list)
+    items: Sequence[dict[str, Any]] = field(default_factory=list)  # decoded when read
     errors: list[dict[str, str]] = field(default_factory=list)
     predictions: Path | None = None
     records: Path | None = None  # records.parquet (None without pyarrow)
@@ -441,7 +441,7 @@ def _summary(explainer: BatchExplainer) -> dict[str, Any]:
 def _collect(report: JobReport, record: Record, keys: set[str]) -> None:
     """Fill ``report`` with the record's items and errors of this job's images (the record
     may hold other images of the same run)."""
-    report.items = [i for k, i in record.items.items() if k in keys]
+    report.items = RowList(record.items, [k for k in record.items if k in keys])
     report.errors = [
         {"image": e["image"], "error": e["error"]} for k, e in record.errors.items() if k in keys
     ]
