@@ -173,6 +173,10 @@ def explain(
 
     targets = parse_target(target)
     _check_out(out, colormap if overlays else None)
+    from xcam.pipeline.dataset import lite_method
+
+    if lite_method(method) is None:  # not one an in-graph file serves: known at all?
+        _method(method)  # (a name lite knows is registered: no torch imported for it)
     items = _find_items(images, path_column, target_column)
     options = JobOptions(batch_size, overlays, alpha, colormap, workers)
     run = (items, Path(out), options, engine, concurrency, ray_address, device, overwrite, wait)
