@@ -105,6 +105,8 @@ def read_manifest(
     """The rows of a CSV or Parquet manifest as items; a missing column is an
     :class:`InputError` naming the columns there are."""
     columns = _read_table(path)
+    if not columns:
+        raise InputError(f"{path}: an empty manifest (no header, no columns)")
     for name, what in ((path_column, "path"), (target_column, "target")):
         if name is not None and name not in columns:
             raise InputError(
