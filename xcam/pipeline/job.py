@@ -176,16 +176,14 @@ def stream(
             for (row, image, _x, label), explained in zip(
                 ready, explain_ready(explainer, ready), strict=True
             ):
-                if isinstance(explained, str):
-                    record.add({"key": row["key"], "image": row["image"], "error": explained})
+                done, stem = _outcome(row, explained, label, stems, explainer.name)
+                if stem is None:
+                    record.add(done)
                     progress(1)
                     continue
-                stem = f"{stems[row['key']]}_{explainer.name}"
                 record.claim(output_names(stem, options.overlays))
                 job = (record.out, stem, image, explained, options.overlays)
-                task = writer.submit(write, *job, options.alpha, options.colormap)
-                row = {**row, "stem": stems[row["key"]]}
-                writes.append((finish_row(row, explained, label), task))
+                writes.append((done, writer.submit(write, *job, options.alpha, options.colormap)))
             while len(writes) > 2 * size:  # bounded: the model waits for a slow disk
                 _land(record, *writes.popleft(), progress)
         while writes:
@@ -237,15 +235,27 @@ def explain_batch(
             ready.append((row, *loaded))
     found = explain_ready(explainer, ready) if ready else []
     for (row, image, _x, label), explained in zip(ready, found, strict=True):
-        if isinstance(explained, str):
-            rows.append({"key": row["key"], "image": row["image"], "error": explained})
-            continue
-        stem = f"{stems[row['key']]}_{explainer.name}"
-        files = write_item(
-            out, stem, image, explained, options.overlays, options.alpha, options.colormap
-        )
-        rows.append({**finish_row({**row, "stem": stems[row["key"]]}, explained, label), **files})
+        done, stem = _outcome(row, explained, label, stems, explainer.name)
+        if stem is not None:
+            job = (out, stem, image, explained, options.overlays, options.alpha, options.colormap)
+            done = {**done, **write_item(*job)}
+        rows.append(done)
     return rows
+
+
+def _outcome(
+    row: dict[str, Any],
+    explained: Explained | str,
+    label: int | None,
+    stems: dict[str, str],
+    method: str,
+) -> tuple[dict[str, Any], str | None]:
+    """What one explained image becomes (both engines): its error row and None (a label
+    the model refused), or its row without files and the stem of its output files."""
+    if isinstance(explained, str):
+        return {"key": row["key"], "image": row["image"], "error": explained}, None
+    stem = stems[row["key"]]
+    return finish_row({**row, "stem": stem}, explained, label), f"{stem}_{method}"
 
 
 def _loaded(item: Item, future: Future, explainer: BatchExplainer, key: str | None = None):
