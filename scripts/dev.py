@@ -56,7 +56,7 @@ def main(argv: list[str]) -> None:
         run(BIN / "ruff", "check", ".")
         run(BIN / "ruff", "format", "--check", ".")
         run(BIN / "lint-imports")  # the layers of ARCHITECTURE.md (pyproject's importlinter)
-        run(PY, "-m", "pytest", *rest)
+        run(PY, "-m", "pytest", *(rest or ["--durations=25"]))  # the slowest, for the budget
     elif cmd == "train-demo":
         run(PY, "-m", "xcam.demo.train", *rest)
 

@@ -4,7 +4,7 @@ collide, atomic writes (from :mod:`xcam.core.files`)."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -64,11 +64,16 @@ def unique_stems(paths: Iterable[Path], taken: Iterable[str] = ()) -> dict[Path,
     used = set(taken)
     stems: dict[Path, str] = {}
     for p in paths:
-        base = fit_stem(p.stem)
-        stem, n = base, 1
-        while stem in used:
-            n += 1
-            stem = f"{base}_{n}"
-        used.add(stem)
-        stems[p] = stem
+        stems[p] = next_stem(p, used)
+        used.add(stems[p])
     return stems
+
+
+def next_stem(path: Path, used: Container[str]) -> str:
+    """``path``'s stem, file-system-safe and not in ``used``: ``a``, else ``a_2``, …"""
+    base = fit_stem(path.stem)
+    stem, n = base, 1
+    while stem in used:
+        n += 1
+        stem = f"{base}_{n}"
+    return stem

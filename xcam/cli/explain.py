@@ -443,15 +443,16 @@ def _find_items(images: tuple[str, ...], path_column: str, target_column: str | 
     """The items IMAGES name (folders searched, globs matched, manifests read); none at
     all is an error."""
     from xcam.core.errors import InputError
-    from xcam.pipeline.sources import find_items
+    from xcam.pipeline.plan import Plan
+    from xcam.pipeline.sources import iter_items
 
     try:
-        items = find_items(images, path_column, target_column, echo_err)
+        plan = Plan.of(iter_items(images, path_column, target_column, echo_err), echo_err)
     except InputError as e:
         fail(str(e))
-    if not items:
+    if not len(plan):
         fail("no images found in " + ", ".join(images))
-    return items
+    return plan
 
 
 def _explainer(method_cls, info, layer, backend: str, output, pre_activation: bool, smooth):

@@ -5,12 +5,14 @@ an engine) and :func:`explain_files` (a loaded model and method, as ``xcam expla
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from xcam.pipeline.job import JobOptions, JobReport, Progress, run_job
-from xcam.pipeline.sources import Item, find_items
+from xcam.pipeline.plan import Plan
+from xcam.pipeline.sources import Item, iter_items
 
 ENGINES = ("local", "ray")
 
@@ -72,9 +74,9 @@ def explain_dataset(
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     specs = [source] if isinstance(source, str | Path) else list(source)
     loose = [s for s in specs if not isinstance(s, Item)]
-    items = [s for s in specs if isinstance(s, Item)] + find_items(
-        loose, path_column, target_column, echo
-    )
+    given = (s for s in specs if isinstance(s, Item))
+    found = iter_items(loose, path_column, target_column, echo)
+    plan = Plan.of(itertools.chain(given, found), echo or (lambda _line: None))
     factory = functools.partial(
         make_explainer,
         model_or_file,
@@ -97,7 +99,7 @@ def explain_dataset(
         runner = ray_engine(factory, concurrency=concurrency, address=ray_address, num_gpus=gpus)
     return run_job(
         explainer,
-        items,
+        plan,
         out,
         options,
         engine=runner,

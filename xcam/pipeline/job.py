@@ -5,8 +5,9 @@ The local engine streams::
     items ─► decode threads ─► model on batches (this thread) ─► a writer thread ─► record
              (bounded: a few batches ahead)                       (bounded queue)
 
-so memory holds a few batches of images whatever the dataset's size. Rows reach the record
-(:mod:`xcam.record`) in the items' order, each as soon as its files are written.
+so memory holds a few batches of images whatever the dataset's size; what the job knows
+per image is on disk (:mod:`xcam.pipeline.plan`, :mod:`xcam.record`). Rows reach the record
+in the items' order, each as soon as its files are written.
 
 Safety of the folder (see :mod:`xcam.record`):
 
@@ -27,7 +28,7 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +36,9 @@ from typing import Any
 
 from xcam.core.errors import InputError, OutputError
 from xcam.pipeline.batch import BatchExplainer, Explained, decode, output_names, write_item
+from xcam.pipeline.plan import Plan
 from xcam.pipeline.sources import Item, resolve_label
-from xcam.record import SUMMARY, Record, RowList, differences, image_key, image_stamp
+from xcam.record import SUMMARY, Record, differences, image_key, image_stamp
 
 Progress = Callable[[int], None]
 
@@ -73,7 +75,7 @@ class JobOptions:
 
 def run_job(
     explainer: BatchExplainer,
-    items: Iterable[Item | Path | str],
+    items: Iterable[Item | Path | str] | Plan,
     out: str | Path,
     options: JobOptions | None = None,
     *,
@@ -94,23 +96,23 @@ def run_job(
     say = echo or (lambda _line: None)
     out = Path(out)
     started = time.perf_counter()
-    unique = _unique_items(items, say)
+    plan = items if isinstance(items, Plan) else Plan.of(items, say)
     run = {**explainer.settings(), **options.run()}
     with locked_folder(out, wait):
         record = _record_for(out, run, overwrite)
         parts = _read_parts(record, say)  # before the plan: their stems are taken
-        unique, stems = _plan(out, record, unique, explainer.name, options.overlays, overwrite, say)
+        _plan(out, record, plan, explainer.name, options.overlays, overwrite, say)
         record.open()
         _remove_parts(parts)  # now in the journal
-        todo, report = _resume(record, unique, explainer, say, on_progress)
+        report = _resume(record, plan, explainer, say, on_progress)
         complete = False
         try:
-            (engine or stream)(explainer, todo, record, stems, options, on_progress)
+            (engine or stream)(explainer, plan.todo, record, plan.stems, options, on_progress)
             complete = True
         finally:
             report.predictions = record.close(_summary(explainer), complete)
             report.records = write_table(record, say)
-    _collect(report, record, set(unique))
+    _collect(report, record, plan)
     report.overlays = options.overlays
     report.seconds = time.perf_counter() - started
     return report
@@ -120,7 +122,7 @@ def stream(
     explainer: BatchExplainer,
     todo: Sequence[Item],
     record: Record,
-    stems: dict[str, str],
+    stems: Mapping[str, str],
     options: JobOptions,
     on_progress: Progress | None = None,
 ) -> None:
@@ -215,7 +217,7 @@ def explain_batch(
     explainer: BatchExplainer,
     items: Sequence[Item],
     keys: Sequence[str],
-    stems: dict[str, str],
+    stems: Mapping[str, str],
     out: Path,
     options: JobOptions,
 ) -> list[dict[str, Any]]:
@@ -247,7 +249,7 @@ def _outcome(
     row: dict[str, Any],
     explained: Explained | str,
     label: int | None,
-    stems: dict[str, str],
+    stems: Mapping[str, str],
     method: str,
 ) -> tuple[dict[str, Any], str | None]:
     """What one explained image becomes (both engines): its error row and None (a label
@@ -375,66 +377,42 @@ def ingest_parts(record: Record) -> int:
     return len(record.items) + len(record.errors) - before
 
 
-def _unique_items(
-    items: Iterable[Item | Path | str], say: Callable[[str], None]
-) -> dict[str, Item]:
-    """The items by :func:`~xcam.record.image_key`, in order; an image given twice is
-    explained once (the first names it)."""
-    unique: dict[str, Item] = {}
-    for it in items:
-        item = it if isinstance(it, Item) else Item(Path(it))
-        key = image_key(item.path)
-        if key in unique:
-            say(f"note: {item.path} is given more than once; explained once")
-        unique.setdefault(key, item)
-    return unique
-
-
 def _plan(
     out: Path,
     record: Record,
-    unique: dict[str, Item],
+    plan: Plan,
     method_name: str,
     overlays: bool,
     overwrite: bool,
     say: Callable[[str], None],
-) -> tuple[dict[str, Item], dict[str, str]]:
+) -> None:
     """The images to explain (not this run's own outputs, e.g. with ``-o .`` beside the
     images) and every image's stem: the record's for images it knows, a new unique one for
     the rest. Files the new stems would replace that the record doesn't list are refused."""
-    from xcam.files import unique_stems
-
-    mine = {image_key(out / n) for n in record.owned}
-    if any(k in mine for k in unique):
+    if plan.drop_outputs(out, record.owned):
         say(f"note: skipped this run's own outputs in {out}")
-        unique = {k: it for k, it in unique.items() if k not in mine}
-    known = {k: i["stem"] for k, i in record.items.items()}
-    fresh = [it.path for k, it in unique.items() if k not in known]
-    new = unique_stems(fresh, taken=known.values())
-    stems = {**known, **{image_key(p): s for p, s in new.items()}}
-    names = [n for s in new.values() for n in output_names(f"{s}_{method_name}", overlays)]
-    _refuse_foreign(out, record, names, overwrite)
-    return unique, stems
+    plan.assign_stems(record.items)
+    _refuse_foreign(out, record, plan.fresh_names(method_name, overlays), overwrite)
 
 
 def _resume(
     record: Record,
-    unique: dict[str, Item],
+    plan: Plan,
     explainer: BatchExplainer,
     say: Callable[[str], None],
     on_progress,
-) -> tuple[list[Item], JobReport]:
-    """The images still to explain and the job's report; images an earlier run of the same
-    settings finished (the same file, the same label) are skipped, said and counted as
-    progress."""
-    todo = [it for k, it in unique.items() if not _done(record, k, it, explainer)]
-    report = JobReport(record.out, skipped=len(unique) - len(todo))
-    if report.skipped:
-        say(f"resuming: {report.skipped} of {len(unique)} image(s) already explained")
+) -> JobReport:
+    """Mark the images still to explain and make the job's report; images an earlier run
+    of the same settings finished (the same file, the same label) are skipped, said and
+    counted as progress."""
+    skipped = plan.mark_todo(lambda key, item: _done(record, key, item, explainer))
+    report = JobReport(record.out, skipped=skipped)
+    if skipped:
+        say(f"resuming: {skipped} of {len(plan)} image(s) already explained")
         if on_progress is not None:  # a progress object's ``skip`` keeps its rate true
             owner = getattr(on_progress, "__self__", None)
-            getattr(owner, "skip", on_progress)(report.skipped)
-    return todo, report
+            getattr(owner, "skip", on_progress)(skipped)
+    return report
 
 
 def _summary(explainer: BatchExplainer) -> dict[str, Any]:
@@ -448,26 +426,27 @@ def _summary(explainer: BatchExplainer) -> dict[str, Any]:
     }
 
 
-def _collect(report: JobReport, record: Record, keys: set[str]) -> None:
+def _collect(report: JobReport, record: Record, plan: Plan) -> None:
     """Fill ``report`` with the record's items and errors of this job's images (the record
-    may hold other images of the same run)."""
-    report.items = RowList(record.items, [k for k in record.items if k in keys])
+    may hold other images of the same run); its items are read from disk when used."""
+    report.items = record.items.select(plan.__contains__)
     report.errors = [
-        {"image": e["image"], "error": e["error"]} for k, e in record.errors.items() if k in keys
+        {"image": e["image"], "error": e["error"]} for e in record.errors.rows() if e["key"] in plan
     ]
 
 
 def _done(record: Record, key: str, item: Item, explainer: BatchExplainer) -> bool:
     try:
-        if not record.done(key, image_stamp(item.path)):
-            return False
+        row = record.finished(key, image_stamp(item.path))
     except OSError:
+        return False
+    if row is None:
         return False
     try:
         label = None if item.label is None else _label_of(item.label, explainer)
     except InputError:
         return False  # its label is wrong now: explained again, to say so
-    return record.items[key].get("label") == label
+    return row.get("label") == label
 
 
 def _record_for(out: Path, run: dict[str, Any], overwrite: bool) -> Record:
@@ -493,7 +472,7 @@ def _record_for(out: Path, run: dict[str, Any], overwrite: bool) -> Record:
                 f"{out} holds the outputs of a different run ({diff}); pass --overwrite "
                 "(overwrite=True) to replace them, or choose another --out"
             )
-        for name in old.files():
+        for name in old.owned:
             (out / name).unlink(missing_ok=True)
         _remove_parts(out / PARTS)  # rows of the replaced run
     elif (out / SUMMARY).exists() and not overwrite:  # a record without its journal
@@ -505,13 +484,16 @@ def _record_for(out: Path, run: dict[str, Any], overwrite: bool) -> Record:
     return Record(out, run)
 
 
-def _refuse_foreign(out: Path, record: Record, names: list[str], overwrite: bool) -> None:
+def _refuse_foreign(out: Path, record: Record, names: Iterable[str], overwrite: bool) -> None:
     """Files this run would write that its record doesn't list are someone else's."""
-    listed = record.owned
-    foreign = [n for n in names if n not in listed and (out / n).exists()]
-    if foreign and not overwrite:
+    if overwrite:
+        return
+    foreign = (n for n in names if n not in record.owned and (out / n).exists())
+    first = next(foreign, None)
+    if first is not None:
+        count = 1 + sum(1 for _ in foreign)
         raise OutputError(
-            f"{out} already holds {len(foreign)} file(s) this run would replace (e.g. "
-            f"{foreign[0]}), written by a different run or by something else; pass --overwrite "
+            f"{out} already holds {count} file(s) this run would replace (e.g. "
+            f"{first}), written by a different run or by something else; pass --overwrite "
             "(overwrite=True) to replace them, or choose another --out"
         )

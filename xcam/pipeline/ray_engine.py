@@ -14,7 +14,7 @@ once. Scheduling, retries and back-pressure are Ray's: xcam writes no scheduler.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +109,7 @@ def ray_engine(
         explainer: BatchExplainer,
         todo: Sequence[Item],
         record: Record,
-        stems: dict[str, str],
+        stems: Mapping[str, str],
         options: JobOptions,
         on_progress: Progress | None = None,
     ) -> None:

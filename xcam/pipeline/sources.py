@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,29 +38,22 @@ def find_items(
     target_column: str | None = None,
     echo=None,
 ) -> list[Item]:
-    """The images ``specs`` name, in order: an image file as it is, a folder's images
-    (recursive, sorted; a folder holding an xcam job's record is skipped: those are
-    outputs), a glob's matches (``**`` recurses), a manifest's rows. ``target_column``
-    (a manifest's label column) may only be given with manifests."""
+    """:func:`iter_items` as a list."""
+    return list(iter_items(specs, path_column, target_column, echo))
+
+
+def iter_items(
+    specs: Iterable[str | Path],
+    path_column: str = "path",
+    target_column: str | None = None,
+    echo=None,
+) -> Iterator[Item]:
+    """The images ``specs`` name, in order, as they are found: an image file as it is, a
+    folder's images (recursive, sorted; a folder holding an xcam job's record is skipped:
+    those are outputs), a glob's matches (``**`` recurses), a manifest's rows.
+    ``target_column`` (a manifest's label column) may only be given with manifests."""
     say = echo or (lambda _line: None)
-    items: list[Item] = []
-    for spec in specs:
-        text = str(spec)
-        p = Path(text)
-        if p.suffix.lower() in MANIFEST_SUFFIXES and p.is_file():
-            items.extend(read_manifest(p, path_column, target_column))
-        elif p.is_dir():
-            items.extend(Item(f) for f in _walk(p, say))
-        elif _GLOB_CHARS & set(text) and not p.exists():
-            matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
-            found = [m for m in matches if _is_image(m) and not _in_outputs(m)]
-            if len(found) < sum(map(_is_image, matches)):
-                say(f"note: {text}: skipped the outputs of an earlier xcam job it matches")
-            if not found:
-                say(f"note: no images match {text}")
-            items.extend(Item(m) for m in found)
-        else:
-            items.append(Item(p))  # a file, or a missing one: reported as that image's error
+    specs = list(specs)
     if target_column is not None and not any(
         Path(str(s)).suffix.lower() in MANIFEST_SUFFIXES for s in specs
     ):
@@ -68,7 +61,27 @@ def find_items(
             f"target column {target_column!r} is for a manifest (a .csv or .parquet with a "
             "path column); none was given"
         )
-    return items
+    for spec in specs:
+        text = str(spec)
+        p = Path(text)
+        if p.suffix.lower() in MANIFEST_SUFFIXES and p.is_file():
+            yield from read_manifest(p, path_column, target_column)
+        elif p.is_dir():
+            yield from (Item(f) for f in _walk(p, say))
+        elif _GLOB_CHARS & set(text) and not p.exists():
+            found = n = 0
+            for m in map(Path, sorted(glob.glob(text, recursive=True))):
+                if _is_image(m):
+                    n += 1
+                    if not _in_outputs(m):
+                        found += 1
+                        yield Item(m)
+            if found < n:
+                say(f"note: {text}: skipped the outputs of an earlier xcam job it matches")
+            if not found:
+                say(f"note: no images match {text}")
+        else:
+            yield Item(p)  # a file, or a missing one: reported as that image's error
 
 
 def _is_image(p: Path) -> bool:
@@ -80,10 +93,10 @@ def _in_outputs(p: Path) -> bool:
     return (p.parent / JOURNAL).exists()
 
 
-def _walk(root: Path, say) -> list[Path]:
-    """The image files under ``root``, sorted by path; hidden folders and folders holding an
-    xcam job's record (its outputs) are not entered; links to folders are not followed."""
-    found: list[Path] = []
+def _walk(root: Path, say) -> Iterator[Path]:
+    """The image files under ``root``, sorted by path, a folder at a time; hidden folders
+    and folders holding an xcam job's record (its outputs) are not entered; links to folders
+    are not followed."""
 
     def unreadable(e: OSError) -> None:
         say(f"note: skipped {e.filename}: {e.strerror or e}")
@@ -95,8 +108,7 @@ def _walk(root: Path, say) -> list[Path]:
             dirs[:] = []
             continue
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(here / f for f in sorted(files) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
-    return found
+        yield from (here / f for f in sorted(files) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
 
 
 def read_manifest(

@@ -22,7 +22,7 @@ from xcam.core.files import atomic
 from xcam.record import Record
 
 TABLE = "records.parquet"
-CHUNK = 2048  # rows per row group
+CHUNK = 256  # rows per row group
 
 
 def _schema():
@@ -103,7 +103,7 @@ def write_table(record: Record, say: Callable[[str], None] | None = None) -> Pat
         return None
     import itertools
 
-    rows = itertools.chain(record.items.values(), record.errors.values())
+    rows = itertools.chain(record.items.rows(), record.errors.rows())
     schema = _schema()
     path = record.out / TABLE
     # a row group at a time: a dataset's table is never held whole in memory

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,7 @@ class MethodBatch:
             return "positive" if target == 1 else "negative"
         return self.info.class_name(target)
 
-    def rows(self, ready: list, record: Any, stems: dict[str, str], options: Any) -> None:
+    def rows(self, ready: list, record: Any, stems: Mapping[str, str], options: Any) -> None:
         """``--class present`` / ``--class boxes``: per image, an overlay and a map for every
         label its multi-label head says is present (``<stem>_<label>_<method>``), or for
         every box a detector finds (``<stem>_box<n>_<label>_<method>``, the box drawn on
