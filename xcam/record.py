@@ -66,6 +66,7 @@ def scratch() -> sqlite3.Connection:
     db = sqlite3.connect("", check_same_thread=False, isolation_level=None)
     db.execute("PRAGMA journal_mode=OFF")  # scratch: nothing to roll back or to keep
     db.execute("PRAGMA synchronous=OFF")
+    db.execute("PRAGMA cache_size=-1024")  # KiB: what it keeps of the database in memory
     return db
 
 
