@@ -52,25 +52,53 @@ def load_image(
 
     Any failure is an :class:`InputError` naming the file and the reason.
     """
-    import warnings
-
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, not an image")
     try:
-        if path.stat().st_size == 0:
-            raise InputError(f"{path}: empty file (0 bytes)")
+        empty = path.stat().st_size == 0
+    except PermissionError:
+        raise InputError(f"{path}: cannot be read (permission denied)") from None
+    except OSError as e:
+        raise InputError(f"{path}: not a readable image ({e})") from None
+    if empty:
+        raise InputError(f"{path}: empty file (0 bytes)")
+    return _decode(path, str(path), background, max_pixels)
+
+
+def image_from_bytes(
+    data: bytes,
+    name: str = "the image",
+    *,
+    background: tuple[int, int, int] = BACKGROUND,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+):
+    """:func:`load_image` for an image's bytes (an upload): the same rules; errors name
+    ``name``."""
+    import io
+
+    if not data:
+        raise InputError(f"{name}: empty (0 bytes)")
+    return _decode(io.BytesIO(data), name, background, max_pixels)
+
+
+def _decode(source, name: str, background: tuple[int, int, int], max_pixels: int | None):
+    """An opened image (a path or a binary file object) as :func:`load_image` returns it;
+    any failure an :class:`InputError` naming ``name``."""
+    import warnings
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 w, h = im.size
                 if max_pixels is not None and w * h > max_pixels:
                     raise InputError(
-                        f"{path}: {w}x{h} = {w * h} pixels is above the limit of {max_pixels} "
+                        f"{name}: {w}x{h} = {w * h} pixels is above the limit of {max_pixels} "
                         "(a guard against decompression bombs; raise max_pixels to allow it)"
                     )
                 im.load()
@@ -79,16 +107,18 @@ def load_image(
     except InputError:
         raise
     except PermissionError:
-        raise InputError(f"{path}: cannot be read (permission denied)") from None
+        raise InputError(f"{name}: cannot be read (permission denied)") from None
+    except UnidentifiedImageError as e:  # Pillow's message names a file object for bytes
+        why = e if isinstance(source, Path) else "not a format Pillow reads"
+        raise InputError(f"{name}: not a readable image ({why})") from None
     except (
-        UnidentifiedImageError,
         OSError,
         ValueError,
         SyntaxError,
         Image.DecompressionBombError,
         Image.DecompressionBombWarning,
     ) as e:
-        raise InputError(f"{path}: not a readable image ({e})") from None
+        raise InputError(f"{name}: not a readable image ({e})") from None
 
 
 # rows converted at a time where a conversion needs full-size temporaries

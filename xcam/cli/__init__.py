@@ -1,7 +1,7 @@
 """The ``xcam`` command line (click). Every command has ``--help``.
 
 The group lives here; each command lives in a module of its own (layers, explain, demo,
-export, filters, bench), and what they share in messages, options, loading and probe.
+export, filters, bench, serve), and what they share in messages, options, loading and probe.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import threading
 import click
 
 from xcam import __version__
-from xcam.cli import bench, demo, explain, export, filters, layers
+from xcam.cli import bench, demo, explain, export, filters, layers, serve
 from xcam.cli.messages import fail, one_line, os_reason
 
 
@@ -90,6 +90,14 @@ def _warnings_on_one_line(debug: bool):
         yield
 
 
-COMMANDS = (layers.layers, explain.explain, demo.demo, export.export, filters.filters, bench.bench)
+COMMANDS = (
+    layers.layers,
+    explain.explain,
+    demo.demo,
+    export.export,
+    filters.filters,
+    bench.bench,
+    serve.serve,
+)
 for _command in COMMANDS:
     main.add_command(_command)

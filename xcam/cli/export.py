@@ -62,6 +62,12 @@ from xcam.core.artifact import FORMATS
 )
 @click.option("--pre-activation", is_flag=True, help=PRE_ACTIVATION_HELP)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option(
+    "--triton-repo",
+    type=click.Path(file_okay=False),
+    help="Also write a Triton model repository there: <name>/config.pbtxt, <name>/1/model.onnx.",
+)
+@click.option("--triton-name", help="The model's name in --triton-repo (default: --out's stem).")
 def export(
     model,
     layer,
@@ -81,6 +87,8 @@ def export(
     target_input,
     pre_activation,
     device,
+    triton_repo,
+    triton_name,
 ) -> None:
     """Export MODEL with its target-layer activations as named outputs.
 
@@ -97,6 +105,7 @@ def export(
             param_hint="--target-input",
         )
     _check_paths(model, out, fmt, check)
+    triton = _triton_target(fmt, out, triton_repo, triton_name)
     info = load(model, weights, device, input_size, mean=mean, std=std, stats=True)
     given = list(layer) or ([info.default_layer] if info.default_layer else [])
     probe(info, model, input_size, given)
@@ -120,6 +129,41 @@ def export(
         pre_activation=pre_activation,
     )
     click.echo(str(report))
+    if triton is not None:
+        from exporters.triton import write_repository
+        from xcam.core.errors import XCamError
+
+        try:
+            folder = write_repository(out, triton.parent, triton.name)
+        except XCamError as e:
+            fail(str(e))
+        except OSError as e:
+            fail(f"can't write the Triton repository {triton.parent}: {os_reason(e)}")
+        click.echo(f"Triton model repository: {folder} (config.pbtxt, 1/model.onnx)")
+
+
+def _triton_target(fmt: str, out: str, repo: str | None, name: str | None) -> Path | None:
+    """``--triton-repo``'s model folder, refused before anything is exported: Triton serves
+    the ONNX file, and an existing model folder is not replaced."""
+    if repo is None:
+        if name is not None:
+            raise click.BadParameter("needs --triton-repo", param_hint="--triton-name")
+        return None
+    if fmt != "onnx":
+        raise click.BadParameter(
+            f"a Triton repository holds the ONNX file; leave out --format {fmt}",
+            param_hint="--triton-repo",
+        )
+    from exporters.errors import ExportError
+    from exporters.triton import model_name
+
+    try:
+        folder = Path(repo) / model_name(name or Path(out).stem)
+    except ExportError as e:
+        raise click.BadParameter(str(e), param_hint="--triton-name") from None
+    if folder.exists():
+        fail(f"{folder} already exists: remove it, or pass another --triton-name")
+    return folder
 
 
 def _check_paths(model: str, out: str, fmt: str, check: bool) -> None:

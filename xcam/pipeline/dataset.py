@@ -132,7 +132,6 @@ def lite_explainer(
     it without torch: an in-graph ONNX file, one of its methods, a class target (or labels)
     it takes as an input, ONNX Runtime's CUDA provider for ``device="cuda"``. None where it
     can't: the main library runs such a job."""
-    from xcam.core.artifact import TARGET_INPUT
     from xcam.core.decision import BINARY
     from xcam.core.runtime import CUDA, device_providers
 
@@ -163,7 +162,7 @@ def lite_explainer(
     except Exception:  # no gradients, or not a file xcam reads: the main library says why
         return None
     wants_target = target is not None or target_column is not None
-    if wants_target and TARGET_INPUT not in explainer.explainer.inputs:
+    if wants_target and not explainer.takes_targets:
         return None  # the main library explains other classes with its eager tail
     return explainer
 
@@ -179,6 +178,7 @@ def make_explainer(
     device: str = "cpu",
     trust_code: bool = False,
     threads: int | None = None,
+    trust_weights: bool = False,
 ):
     """The explainer of a job: :class:`~xcam.pipeline.lite_batch.LiteBatch` for an in-graph
     ONNX file (no torch), else :class:`~xcam.pipeline.torch_batch.MethodBatch` on the model
@@ -198,7 +198,13 @@ def make_explainer(
     from xcam.models import load_model
     from xcam.pipeline.torch_batch import MethodBatch
 
-    info = load_model(model_or_file, weights=weights, device=device, trust_code=trust_code)
+    info = load_model(
+        model_or_file,
+        weights=weights,
+        device=device,
+        trust_code=trust_code,
+        trust_weights=trust_weights,
+    )
     cls = get_method(method)
     options: dict[str, Any] = {}
     if cls.uses_layers:

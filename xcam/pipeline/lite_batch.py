@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from xcam.core.artifact import IMAGENET_MEAN, IMAGENET_STD
+from xcam.core.artifact import IMAGENET_MEAN, IMAGENET_STD, TARGET_INPUT
 from xcam.core.files import sha256_file
 from xcam.pipeline.batch import Explained, class_name, top_predictions
 
@@ -52,6 +52,8 @@ class LiteBatch:
         self.targets, self.target_column = targets, target_column
         self.fingerprint = sha256_file(self.path)
         self.layers = list(meta.layers)
+        # a class other than the top-1 needs the file's target input (export --target-input)
+        self.takes_targets = TARGET_INPUT in self.explainer.inputs
 
     def settings(self) -> dict[str, Any]:
         found = {

@@ -135,11 +135,11 @@ def read_manifest(
             what = "line" if first == 2 else "row"
             raise InputError(f"{path}: {what} {row} has no {path_column!r}")
         p = Path(str(p).strip())
-        items.append(Item(p if p.is_absolute() else base / p, _label(label)))
+        items.append(Item(p if p.is_absolute() else base / p, parse_label(label)))
     return items
 
 
-def _label(value: Any) -> Any:
+def parse_label(value: Any) -> Any:
     """A label as the manifest holds it: an int where it reads as one, else the text (a
     class name, resolved by the job), None where the cell is empty."""
     if value is None or (isinstance(value, float) and value != value):

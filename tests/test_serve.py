@@ -1,0 +1,229 @@
+"""``xcam serve``: a real uvicorn server on 127.0.0.1 answering real HTTP requests — maps
+equal to ``xcam.lite``'s, dynamic batching equal to batch 1, the bad-request matrix, the
+routes, and the command run as a subprocess (an in-graph file served without torch)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from serving import call, decoded_map, export_demo, multipart, png, serving
+
+from xcam.images import image_from_bytes, preprocess_array
+from xcam.lite import OnnxExplainer
+from xcam.models import load_model
+from xcam.pipeline.dataset import make_explainer
+from xcam.serve import make_app
+from xcam.viz import resize_map
+
+TOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def grad_file(tmp_path_factory) -> Path:
+    return export_demo(tmp_path_factory.mktemp("serve") / "demo_grad.onnx")
+
+
+def test_served_maps_equal_lite_image_by_image(grad_file) -> None:
+    """Three images of different sizes in one multipart request: each map (``?map=npy``,
+    at the image's size) equals ``xcam.lite``'s map resized, within 1e-6; the top-1 and the
+    target agree; ``target=`` by class name explains that class."""
+    lite = OnnxExplainer(grad_file)
+    images = [png(i, size) for i, size in enumerate([(50, 70), (64, 64), (90, 40)])]
+    explainer = make_explainer(grad_file)
+    with serving(make_app(explainer)) as url:
+        body, ctype = multipart([(f"img{i}.png", b) for i, b in enumerate(images)])
+        status, got = call(url + "/v1/explain?map=npy", body, ctype)
+        assert status == 200, got
+        name = explainer.classes[1]
+        status, chosen = call(url + f"/v1/explain?map=npy&target={name}", images[0], "image/png")
+        assert status == 200, chosen
+    assert [e["name"] for e in got["images"]] == ["img0.png", "img1.png", "img2.png"]
+    for data, entry in zip(images, got["images"], strict=True):
+        picture = image_from_bytes(data)
+        x = preprocess_array([picture], explainer.input_size, explainer.mean, explainer.std)
+        want = lite(x)
+        size = (picture.height, picture.width)
+        np.testing.assert_allclose(decoded_map(entry), resize_map(want.maps[0], size), atol=TOL)
+        assert entry["target"] == int(want.targets[0]) == entry["predictions"][0]["class"]
+        assert (entry["width"], entry["height"]) == (picture.width, picture.height)
+    picture = image_from_bytes(images[0])
+    x = preprocess_array([picture], explainer.input_size, explainer.mean, explainer.std)
+    want = lite(x, targets=[1])
+    entry = chosen["images"][0]
+    assert entry["target"] == 1 and entry["target_name"] == name
+    size = (picture.height, picture.width)
+    np.testing.assert_allclose(decoded_map(entry), resize_map(want.maps[0], size), atol=TOL)
+
+
+def test_png_map_and_overlay(grad_file) -> None:
+    """By default the map is an 8-bit grey PNG (the [0, 1] map times 255, rounded);
+    ``?overlay=1`` adds the overlay PNG at the image's size."""
+    data = png(3)
+    with serving(make_app(make_explainer(grad_file))) as url:
+        _, exact = call(url + "/v1/explain?map=npy", data, "image/png")
+        status, got = call(url + "/v1/explain?overlay=1", data, "image/png")
+    assert status == 200, got
+    entry = got["images"][0]
+    grey = np.asarray(Image.open(io.BytesIO(base64.b64decode(entry["map"]["data"]))))
+    assert grey.dtype == np.uint8 and grey.shape == (50, 70)
+    np.testing.assert_array_equal(
+        grey, np.rint(decoded_map(exact["images"][0]) * 255).astype(np.uint8)
+    )
+    overlay = Image.open(io.BytesIO(base64.b64decode(entry["overlay"]["data"])))
+    assert overlay.size == (70, 50) and overlay.mode == "RGB"
+    assert np.asarray(overlay).std() > 0
+
+
+def test_dynamic_batching_answers_as_batch_one(grad_file) -> None:
+    """Sixteen concurrent requests on a server that batches (up to 8, waiting 50 ms) get the
+    answers a server of batch 1 gives, and fewer model calls than requests happen."""
+    images = [png(i, (40 + 3 * i, 60)) for i in range(16)]
+    explainer = make_explainer(grad_file)
+
+    def answers(url: str) -> list[dict]:
+        with ThreadPoolExecutor(16) as pool:
+            done = list(
+                pool.map(lambda b: call(url + "/v1/explain?map=npy", b, "image/png"), images)
+            )
+        assert all(status == 200 for status, _ in done), done
+        return [got["images"][0] for _, got in done]
+
+    with serving(make_app(explainer, max_batch=1, max_wait_ms=0)) as url:
+        single = answers(url)
+    with serving(make_app(explainer, max_batch=8, max_wait_ms=50)) as url:
+        batched = answers(url)
+        _, metrics = call(url + "/metrics")
+    for a, b in zip(single, batched, strict=True):
+        np.testing.assert_allclose(decoded_map(a), decoded_map(b), atol=TOL)
+        assert a["target"] == b["target"] and a["predictions"][0] == b["predictions"][0]
+        assert abs(a["score"] - b["score"]) < 1e-5
+    calls = float(
+        next(
+            line.split()[-1]
+            for line in metrics.splitlines()
+            if line.startswith("xcam_batch_size_count")
+        )
+    )
+    assert calls < 16, metrics  # some requests shared a model call
+
+
+def test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_goes_on(grad_file) -> None:
+    """Each bad request gets its 4xx and a JSON error saying what is wrong; a good request
+    and /healthz still answer after all of them; /metrics counts the errors."""
+    good = png(0)
+    big = png(1, (200, 200))
+    app = make_app(make_explainer(grad_file), max_body=150_000, max_pixels=100 * 100)
+    body, ctype = multipart([("a.png", good)])
+    fields_only = (
+        b'--xcam-test-boundary\r\nContent-Disposition: form-data; name="note"\r\n\r\n'
+        b"hello\r\n--xcam-test-boundary--\r\n"
+    )
+    cases = [
+        ("text/plain", good, "", 415, "not an image"),
+        ("image/png", b"GIF89a but not really", "", 400, "not a readable image"),
+        ("image/png", good[: len(good) // 2], "", 400, "truncated"),
+        ("image/png", big, "", 400, "above the limit"),  # a decompression bomb, in small
+        ("image/png", b"\0" * 200_000, "", 413, "over the limit"),
+        ("image/png", b"", "", 400, "empty"),
+        ("image/png", good, "?target=99", 400, "out of range"),
+        ("image/png", good, "?target=zebra", 400, "neither a class index"),
+        ("image/png", good, "?map=jpeg", 400, "one of png, npy"),
+        ("image/png", good, "?overlay=maybe", 400, "1 or 0"),
+        ("image/png", good, "?method=hirescam", 400, "not served here"),
+        (ctype, body[:40], "", 400, "multipart"),
+        (ctype.replace("xcam-test-boundary", "other"), body, "", 400, "malformed multipart"),
+        (ctype, fields_only, "", 400, "without a file field"),
+    ]
+    with serving(app) as url:
+        for media, data, query, status, words in cases:
+            got_status, got = call(url + "/v1/explain" + query, data, media)
+            assert (got_status, words in str(got.get("error", ""))) == (status, True), (
+                media,
+                query,
+                got_status,
+                got,
+            )
+        # a name is only echoed back, without its folders: no request names a server path
+        status, got = call(
+            url + "/v1/explain", good, "image/png", {"X-Filename": "../../etc/passwd"}
+        )
+        assert status == 200 and got["images"][0]["name"] == "passwd"
+        assert call(url + "/healthz") == (200, {"status": "ok"})
+        assert call(url + "/v1/explain", good, "image/png")[0] == 200
+        _, metrics = call(url + "/metrics")
+    assert 'xcam_errors_total{path="/v1/explain",status="400"} 12.0' in metrics
+    assert 'xcam_errors_total{path="/v1/explain",status="413"} 1.0' in metrics
+
+
+def test_model_route_says_what_is_served(grad_file) -> None:
+    from xcam.demo import model_card
+
+    with serving(make_app(make_explainer(grad_file), max_batch=4)) as url:
+        status, got = call(url + "/v1/model")
+    assert status == 200
+    assert got["method"] == "gradcam" and got["layers"] == ["block3"]
+    assert got["input_size"] == [64, 64] and got["classes"] == model_card()["classes"]
+    assert got["limits"]["max_batch"] == 4
+
+
+def test_an_eager_model_is_served_through_the_library(tmp_path) -> None:
+    """A model spec (no exported file) is served by the main library: its map equals the
+    library's Grad-CAM on the same input."""
+    import xcam
+
+    data = png(2)
+    with serving(make_app(make_explainer("demo"))) as url:
+        status, got = call(url + "/v1/explain?map=npy", data, "image/png")
+    assert status == 200, got
+    info = load_model("demo")
+    picture = image_from_bytes(data)
+    x = torch.from_numpy(preprocess_array([picture], info.input_size, info.mean, info.std))
+    want = xcam.GradCAM(info.model, info.default_layer)(x).maps[0].numpy()
+    np.testing.assert_allclose(decoded_map(got["images"][0]), resize_map(want, (50, 70)), atol=1e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_serves_an_in_graph_file_without_torch(grad_file) -> None:
+    """``xcam serve FILE`` as a subprocess: it answers on 127.0.0.1, never imports torch for
+    an in-graph file, and stops on SIGTERM."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "xcam.cli", "serve", str(grad_file), "--port", str(port)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "xcam serve did not start"
+            try:
+                if call(url + "/healthz")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        status, got = call(url + "/v1/explain", png(0), "image/png")
+        assert status == 200 and got["images"][0]["map"]["format"] == "png"
+        assert call(url + "/v1/model")[1]["torch"] is False
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out.decode()
+    assert f"on http://127.0.0.1:{port}" in out.decode()

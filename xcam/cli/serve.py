@@ -1,0 +1,158 @@
+"""``xcam serve``: explanations over HTTP (:mod:`xcam.serve`), one process under uvicorn."""
+
+from __future__ import annotations
+
+import signal
+
+import click
+
+from xcam.cli.messages import fail
+from xcam.cli.options import MethodOption, trust_options
+
+_UNITS = {"": 1, "B": 1, "KB": 2**10, "K": 2**10, "MB": 2**20, "M": 2**20, "GB": 2**30, "G": 2**30}
+
+
+def parse_bytes(value: str) -> int:
+    """``8MB``, ``512KB``, ``1048576`` as bytes (binary units)."""
+    text = value.strip().upper().replace(" ", "")
+    number = text.rstrip("BKMG")
+    unit = text[len(number) :]
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1.0
+    if unit not in _UNITS or amount <= 0:
+        raise click.BadParameter(f"{value!r}: a size such as 8MB, 512KB or 1048576")
+    return int(amount * _UNITS[unit])
+
+
+@click.command()
+@trust_options
+@click.argument("model")
+@click.option(
+    "--method",
+    "-m",
+    cls=MethodOption,
+    default="gradcam",
+    show_default=True,
+    help="Method: one of the registered names.",
+)
+@click.option("--layer", "-l", "layer", multiple=True, help="Target layer (repeat to fuse).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="State dict for the model.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (0.0.0.0: every interface; this machine only by default).",
+)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Most images in one model call (dynamic batching).",
+)
+@click.option(
+    "--max-wait-ms",
+    type=click.FloatRange(0),
+    default=5.0,
+    show_default=True,
+    help="How long a model call waits for more images after the first.",
+)
+@click.option(
+    "--max-body", default="8MB", show_default=True, help="Largest request body (413 above)."
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(1),
+    default=40_000_000,
+    show_default=True,
+    help="Most pixels of one image (400 above: a guard against decompression bombs).",
+)
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option("--colormap", default="jet", show_default=True)
+@click.option("--threads", type=click.IntRange(1), help="ONNX Runtime's threads (default: all).")
+@click.option(
+    "--log-level",
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    default="info",
+    show_default=True,
+)
+def serve(
+    model: str,
+    method: str,
+    layer: tuple[str, ...],
+    weights: str | None,
+    device: str,
+    host: str,
+    port: int,
+    max_batch: int,
+    max_wait_ms: float,
+    max_body: str,
+    max_pixels: int,
+    alpha: float,
+    colormap: str,
+    threads: int | None,
+    log_level: str,
+) -> None:
+    """Serve explanations of MODEL over HTTP: POST an image to /v1/explain, get the top-k,
+    the target, its score and the map (JSON).
+
+    \b
+    MODEL is a file made by `xcam export` (one exported with --gradients is served without
+    torch), 'demo', 'torchvision:NAME', 'timm:NAME' or 'package.module:factory'.
+    Routes: POST /v1/explain, GET /v1/model, /healthz, /metrics (Prometheus).
+    Requests that arrive within --max-wait-ms share one model call of up to --max-batch
+    images.
+    """
+    from xcam.core.errors import XCamError
+    from xcam.viz import check_colormap
+
+    limit = parse_bytes(max_body)
+    try:
+        check_colormap(colormap)
+    except (ValueError, XCamError) as e:
+        raise click.BadParameter(str(e), param_hint="--colormap") from None
+    meta = click.get_current_context().meta
+    try:
+        import uvicorn
+
+        from xcam.pipeline.dataset import make_explainer
+        from xcam.serve import make_app
+    except ImportError as e:
+        fail(f"xcam serve needs {e.name}: pip install 'xcam-deploy[serve]'")
+    try:
+        explainer = make_explainer(
+            model,
+            method,
+            layers=list(layer) or None,
+            weights=weights,
+            device=device,
+            trust_code=meta.get("xcam.trust_code", False),
+            trust_weights=meta.get("xcam.trust_weights", False),
+            threads=threads,
+        )
+    except XCamError as e:
+        fail(str(e))
+    app = make_app(
+        explainer,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_body=limit,
+        max_pixels=max_pixels,
+        alpha=alpha,
+        colormap=colormap,
+    )
+    click.echo(
+        f"serving {model} ({explainer.name}) on http://{host}:{port}: POST /v1/explain, "
+        "GET /v1/model /healthz /metrics",
+        err=True,
+    )
+    # uvicorn shuts down gracefully on SIGINT / SIGTERM, then raises the signal again for
+    # the handler it found: this one, so that a stopped server exits 0 (as it should)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _sig, _frame: None)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    click.echo("stopped", err=True)
