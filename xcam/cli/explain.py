@@ -87,6 +87,12 @@ from xcam.core.decision import BOXES, PRESENT
     help="Write the overlay PNGs; --no-overlays writes maps and records only (fastest).",
 )
 @click.option(
+    "--report",
+    is_flag=True,
+    help="Also write report.html: the overlays as a gallery, sortable by score, filterable "
+    "by class and right/wrong; it reads offline (open it in a browser).",
+)
+@click.option(
     "--target-column",
     help="A manifest's label column: explain each image's label instead of its prediction "
     "(the records then say whether the prediction was right).",
@@ -148,6 +154,7 @@ def explain(
     alpha,
     colormap,
     overlays,
+    report,
     target_column,
     path_column,
     engine,
@@ -178,7 +185,7 @@ def explain(
     if lite_method(method) is None:  # not one an in-graph file serves: known at all?
         _method(method)  # (a name lite knows is registered: no torch imported for it)
     items = _find_items(images, path_column, target_column)
-    options = JobOptions(batch_size, overlays, alpha, colormap, workers)
+    options = JobOptions(batch_size, overlays, alpha, colormap, workers, report=report)
     run = (items, Path(out), options, engine, concurrency, ray_address, device, overwrite, wait)
     lite_ok = not (
         layer
@@ -474,6 +481,8 @@ def _summarise(report) -> None:
     click.echo(f"predictions: {report.predictions}")
     if report.records is not None:
         click.echo(f"records: {report.records}")
+    if report.report is not None:
+        click.echo(f"report: {report.report}")
     for err in report.errors:
         click.echo(f"error: {err['error']}", err=True)
     if report.errors:

@@ -42,6 +42,7 @@ def explain_dataset(
     alpha: float = 0.5,
     colormap: str = "jet",
     workers: int = 2,
+    report: bool = False,
     concurrency: int = 2,
     ray_address: str | None = None,
     trust_code: bool = False,
@@ -60,7 +61,8 @@ def explain_dataset(
     prediction (rows then say whether the prediction was right).
 
     Writes ``<stem>_<method>.npy`` (each map at its image's size), ``.png`` overlays unless
-    ``overlays=False``, ``predictions.json`` and ``records.parquet``; resumes an
+    ``overlays=False``, ``predictions.json``, ``records.parquet`` and with ``report=True``
+    ``report.html`` (a gallery that reads offline); resumes an
     interrupted run of the same settings. ``engine="ray"`` runs the batches as a Ray Data
     pipeline (``concurrency`` workers, each holding one model; a local cluster unless
     ``ray_address``). Bad images are rows with their error; the report lists them.
@@ -90,7 +92,7 @@ def explain_dataset(
         threads=default_threads(concurrency) if engine == "ray" else None,
     )
     explainer = factory()
-    options = JobOptions(batch_size, overlays, alpha, colormap, workers)
+    options = JobOptions(batch_size, overlays, alpha, colormap, workers, report=report)
     runner = None
     if engine == "ray":
         from xcam.pipeline.ray_engine import ray_engine

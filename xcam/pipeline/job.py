@@ -52,6 +52,7 @@ class JobReport:
     errors: list[dict[str, str]] = field(default_factory=list)
     predictions: Path | None = None
     records: Path | None = None  # records.parquet (None without pyarrow)
+    report: Path | None = None  # report.html, where asked for
     skipped: int = 0  # images already explained by an earlier, identical run
     seconds: float = 0.0
     overlays: bool = True
@@ -68,6 +69,7 @@ class JobOptions:
     colormap: str = "jet"
     workers: int = 2  # decode threads (one more thread writes)
     ahead: int = 2  # batches decoded ahead of the model
+    report: bool = False  # report.html: the overlays as a gallery (xcam.pipeline.report)
 
     def run(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "colormap": self.colormap, "overlays": self.overlays}
@@ -86,9 +88,10 @@ def run_job(
     echo: Callable[[str], None] | None = None,
 ) -> JobReport:
     """Explain ``items`` into ``out``: ``<stem>_<method>.npy`` maps, ``.png`` overlays,
-    ``predictions.json`` and ``records.parquet``. ``engine(explainer, todo, record, stems,
-    options, on_progress)`` runs the images still to do (default: :func:`stream`, threads
-    in this process); it adds one row per image to ``record``."""
+    ``predictions.json``, ``records.parquet`` and with ``options.report`` ``report.html``.
+    ``engine(explainer, todo, record, stems, options, on_progress)`` runs the images still
+    to do (default: :func:`stream`, threads in this process); it adds one row per image to
+    ``record``."""
     from xcam.files import locked_folder
     from xcam.pipeline.table import write_table
 
@@ -112,6 +115,11 @@ def run_job(
         finally:
             report.predictions = record.close(_summary(explainer), complete)
             report.records = write_table(record, say)
+            if options.report:
+                from xcam.pipeline.report import write_report
+
+                model = str(explainer.settings().get("model"))
+                report.report = write_report(record, model, explainer.name, explainer.classes)
     _collect(report, record, plan)
     report.overlays = options.overlays
     report.seconds = time.perf_counter() - started

@@ -1,8 +1,10 @@
-"""The page of ``xcam serve`` in a real headless Chromium (Debian's ``chromium`` and
-``chromium-driver``, driven by Selenium; ``.ci/run`` installs them): an image chosen, the
-prediction the API gives, the overlay drawn, the opacity slider, a bad file's error.
+"""The pages people look at, in a real headless Chromium (Debian's ``chromium`` and
+``chromium-driver``, driven by Selenium; ``.ci/run`` installs them): the page of ``xcam
+serve`` (an image chosen, the prediction the API gives, the overlay drawn, the opacity
+slider, a bad file's error) and the ``report.html`` of ``xcam explain --report`` (opened
+from disk: sorted, filtered, its rows and links).
 
-``XCAM_SCREENSHOTS=docs`` keeps the page's screenshot there (the README's picture)."""
+``XCAM_SCREENSHOTS=docs`` keeps each page's screenshot there (the README's pictures)."""
 
 from __future__ import annotations
 
@@ -96,3 +98,67 @@ def test_the_page_explains_a_chosen_image(grad_file, tmp_path) -> None:
         error = browser.find_element(By.ID, "error")
         WebDriverWait(browser, 30).until(lambda _b: error.is_displayed())
         assert "not a readable image" in error.text
+
+
+def test_the_report_sorts_filters_and_links_its_rows(grad_file, tmp_path, runner) -> None:
+    """A labelled job with ``--report`` (two labels wrong on purpose), its page opened from
+    disk: a card per image, sorted by score, filtered by right / wrong and by class, each
+    overlay shown and linking to its map."""
+    import json
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from xcam.cli import main
+    from xcam.demo import sample_images
+
+    rows = ["path,label"]
+    for sample in sample_images():
+        true = sample.stem.rsplit("_", 1)[0]
+        wrong = {"circle_2": "square", "cross_2": "triangle"}.get(sample.stem)
+        rows.append(f"{sample},{wrong or true}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    args = ["explain", str(grad_file), str(tmp_path / "labels.csv"), "--target-column", "label"]
+    result = runner.invoke(main, [*args, "--out", str(out), "--report"])
+    assert result.exit_code == 0, result.output
+    assert f"report: {out / 'report.html'}" in result.output
+    images = json.loads((out / "predictions.json").read_text())["images"]
+    wrong = [r for r in images if r["correct"] is False]
+    assert len(images) == len(sample_images()) and len(wrong) >= 2
+
+    with chromium() as browser:
+        browser.get((out / "report.html").as_uri())
+        cards = browser.find_elements(By.CSS_SELECTOR, "#gallery figure")
+        assert len(cards) == len(images)
+        assert (
+            f"{len(images) - len(wrong)} predicted right"
+            in browser.find_element(By.ID, "summary").text
+        )
+        Select(browser.find_element(By.ID, "sort")).select_by_value("score-asc")
+        scores = [
+            float(c.get_attribute("data-score"))
+            for c in browser.find_elements(By.CSS_SELECTOR, "#gallery figure")
+        ]
+        assert scores == sorted(r["score"] for r in images)
+        Select(browser.find_element(By.ID, "verdict")).select_by_value("wrong")
+        shown = browser.find_elements(By.CSS_SELECTOR, "#gallery figure")
+        assert sorted(
+            c.find_element(By.CSS_SELECTOR, ".muted").text.split(" · ")[0] for c in shown
+        ) == sorted(Path(r["image"]).name for r in wrong)
+        assert all("wrong" in c.get_attribute("class") for c in shown)
+        Select(browser.find_element(By.ID, "verdict")).select_by_value("")
+        Select(browser.find_element(By.ID, "klass")).select_by_value("circle")
+        shown = browser.find_elements(By.CSS_SELECTOR, "#gallery figure")
+        want = [r for r in images if "circle" in (r["target_name"], r["predictions"][0]["name"])]
+        assert len(shown) == len(want) > 0
+        first = shown[0]
+        assert (
+            browser.execute_script("return arguments[0].querySelector('img').naturalWidth", first)
+            > 0
+        )  # the overlay loaded from disk
+        href = first.find_element(By.TAG_NAME, "a").get_attribute("href")
+        assert href.endswith(".npy") and Path(href.removeprefix("file://")).is_file()
+        if os.environ.get("XCAM_SCREENSHOTS"):
+            Select(browser.find_element(By.ID, "klass")).select_by_value("")
+            browser.save_screenshot(str(Path(os.environ["XCAM_SCREENSHOTS"]) / "report.png"))
