@@ -226,3 +226,12 @@ class AroundNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = torch.relu(self.body(torch.relu(self.stem(x))))
         return self.fc(a.mean(dim=(2, 3))) + x.mean(dim=(1, 2, 3))[:, None]
+
+
+@pytest.fixture(scope="session")
+def grad_file(tmp_path_factory) -> Path:
+    """The demo model exported with in-graph gradients, a target input and its class names
+    (served by ``xcam.lite`` without torch), once for the whole run."""
+    from serving import export_demo
+
+    return export_demo(tmp_path_factory.mktemp("ingraph") / "demo_grad.onnx")

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import uvicorn
 from PIL import Image
 
 import exporters
@@ -55,6 +54,8 @@ def png(seed: int, size: tuple[int, int] = (50, 70)) -> bytes:
 @contextlib.contextmanager
 def serving(app):
     """``app`` under a real uvicorn server on 127.0.0.1 (a free port), in a thread."""
+    import uvicorn
+
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

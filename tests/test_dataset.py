@@ -15,10 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from PIL import Image
 
-import exporters
 import xcam
 from xcam.core.errors import InputError
 from xcam.images import load_image, preprocess
@@ -47,28 +45,6 @@ def _pictures(folder: Path, n: int, seed: int = 0) -> list[Path]:
         src.resize((w, h)).save(p)
         out.append(p)
     return out
-
-
-@pytest.fixture(scope="module")
-def grad_file(tmp_path_factory) -> Path:
-    """The demo model exported with in-graph gradients and a target input (runs on lite)."""
-    from xcam.demo import load_demo_model, model_card
-
-    path = tmp_path_factory.mktemp("ingraph") / "demo_grad.onnx"
-    example = torch.rand(2, 3, 64, 64)
-    info = load_model("demo")
-    exporters.export(
-        load_demo_model(),
-        ["block3"],
-        example,
-        path,
-        gradients=True,
-        target_input=True,
-        mean=info.mean,
-        std=info.std,
-        classes=model_card()["classes"],
-    )
-    return path
 
 
 def _rows(out: Path) -> dict[str, dict]:

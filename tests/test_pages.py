@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from serving import call, export_demo, png, serving
+from serving import call, png, serving
 
 from xcam.pipeline.dataset import make_explainer
 from xcam.serve import make_app
@@ -33,11 +33,6 @@ let lo = 255, hi = 0;
 for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }
 return [c.width, c.height, hi - lo];
 """
-
-
-@pytest.fixture(scope="module")
-def grad_file(tmp_path_factory) -> Path:
-    return export_demo(tmp_path_factory.mktemp("page") / "demo_grad.onnx")
 
 
 @contextlib.contextmanager

@@ -13,13 +13,11 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
-from serving import call, decoded_map, export_demo, multipart, png, serving
+from serving import call, decoded_map, multipart, png, serving
 
 from xcam.images import image_from_bytes, preprocess_array
 from xcam.lite import OnnxExplainer
@@ -29,11 +27,6 @@ from xcam.serve import make_app
 from xcam.viz import resize_map
 
 TOL = 1e-6
-
-
-@pytest.fixture(scope="module")
-def grad_file(tmp_path_factory) -> Path:
-    return export_demo(tmp_path_factory.mktemp("serve") / "demo_grad.onnx")
 
 
 def test_served_maps_equal_lite_image_by_image(grad_file) -> None:

@@ -10,18 +10,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
-from serving import export_demo
 from tritonclient.grpc import model_config_pb2
 
 from exporters.errors import ExportError
 from exporters.triton import write_repository
 
 TYPES = {"TYPE_FP32": np.float32, "TYPE_INT64": np.int64}
-
-
-@pytest.fixture(scope="module")
-def grad_file(tmp_path_factory) -> Path:
-    return export_demo(tmp_path_factory.mktemp("triton") / "demo_grad.onnx")
 
 
 def _config(folder: Path):

@@ -88,6 +88,12 @@ def make_app(
     async def refused(_request: Request, e: RequestError):
         return JSONResponse({"error": str(e)}, status_code=e.status)
 
+    @app.exception_handler(Exception)
+    async def failed(_request: Request, e: Exception):  # still JSON, still one line
+        text = str(e).strip().splitlines()
+        reason = f"{type(e).__name__}: {text[0] if text else ''}"
+        return JSONResponse({"error": f"the server failed on this request ({reason})"}, 500)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, e: RequestValidationError):
         where = "; ".join(
