@@ -118,6 +118,8 @@ def test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_goes_on(grad_f
     and /healthz still answer after all of them; /metrics counts the errors."""
     good = png(0)
     big = png(1, (200, 200))
+    small = png(2, (80, 80))  # two of them pass the limit of a request
+    pair, pair_type = multipart([("a.png", small), ("b.png", small)])
     app = make_app(make_explainer(grad_file), max_body=150_000, max_pixels=100 * 100)
     body, ctype = multipart([("a.png", good)])
     fields_only = (
@@ -129,6 +131,7 @@ def test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_goes_on(grad_f
         ("image/png", b"GIF89a but not really", "", 400, "not a readable image"),
         ("image/png", good[: len(good) // 2], "", 400, "truncated"),
         ("image/png", big, "", 400, "above the limit"),  # a decompression bomb, in small
+        (pair_type, pair, "", 400, "above the limit"),
         ("image/png", b"\0" * 200_000, "", 413, "over the limit"),
         ("image/png", b"", "", 400, "empty"),
         ("image/png", good, "?target=99", 400, "out of range"),
@@ -157,7 +160,7 @@ def test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_goes_on(grad_f
         assert call(url + "/healthz") == (200, {"status": "ok"})
         assert call(url + "/v1/explain", good, "image/png")[0] == 200
         _, metrics = call(url + "/metrics")
-    assert 'xcam_errors_total{path="/v1/explain",status="400"} 12.0' in metrics
+    assert 'xcam_errors_total{path="/v1/explain",status="400"} 13.0' in metrics
     assert 'xcam_errors_total{path="/v1/explain",status="413"} 1.0' in metrics
 
 

@@ -69,7 +69,7 @@ def parse_bytes(value: str) -> int:
     type=click.IntRange(1),
     default=40_000_000,
     show_default=True,
-    help="Most pixels of one image (400 above: a guard against decompression bombs).",
+    help="Most pixels of one request's images (400 above: a guard against decompression bombs).",
 )
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.option("--colormap", default="jet", show_default=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -37,7 +38,7 @@ from xcam.serve.answer import MAP_FORMATS, answer, decode_upload
 from xcam.serve.batcher import Batcher
 
 MAX_BODY = 8 * 2**20  # bytes of a request's body
-MAX_PIXELS = 40_000_000  # pixels of one image (a 6000x6000 photo fits)
+MAX_PIXELS = 40_000_000  # pixels of one request's images (a 6000x6000 photo fits)
 MAX_IMAGES = 64  # images in one request
 ROUTES = ("/", "/v1/explain", "/v1/model", "/healthz", "/metrics")
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
@@ -66,6 +67,8 @@ def make_app(
     # a file's name, not its path: the server's folders are nobody's business
     model_name = PurePath(str(explainer.settings().get("model"))).name
     metrics = Metrics()
+    # images decoded at once, server-wide: a decoded image is ~3 bytes a pixel
+    decoding = asyncio.Semaphore(os.cpu_count() or 2)
     batcher = Batcher(explainer, max_batch, max_wait_ms, on_batch=metrics.batch)
 
     @asynccontextmanager
@@ -155,12 +158,16 @@ def make_app(
         label = _label(target, explainer)
         uploads = await _uploads(request, max_body)
         decoded = []
+        budget = max_pixels  # of the whole request: 64 small files can't each be a bomb
         for name, data in uploads:
             try:
-                image, x = await run_in_threadpool(decode_upload, data, name, explainer, max_pixels)
+                async with decoding:
+                    image, x = await run_in_threadpool(decode_upload, data, name, explainer, budget)
             except InputError as e:
                 raise RequestError(400, str(e)) from None
             decoded.append((name, image, x))
+            if budget is not None:
+                budget = max(budget - image.width * image.height, 1)
         try:
             found = await asyncio.gather(
                 *(batcher.explain(x, label, name) for name, _image, x in decoded)
