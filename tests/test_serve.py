@@ -223,3 +223,46 @@ def test_cli_serves_an_in_graph_file_without_torch(grad_file) -> None:
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out.decode()
     assert f"on http://127.0.0.1:{port}" in out.decode()
+
+
+def test_one_images_failure_fails_its_request_only() -> None:
+    """A batch whose model call fails is retried image by image: the image that fails gets
+    its error, the requests batched with it their answers, and the batcher goes on."""
+    import asyncio
+
+    from xcam.pipeline.batch import Explained
+    from xcam.serve import Batcher
+
+    class Picky:
+        name, input_size, mean, std, classes = "gradcam", (4, 4), (0.0,) * 3, (1.0,) * 3, None
+
+        def __init__(self) -> None:
+            self.calls: list[int] = []
+
+        def settings(self) -> dict:
+            return {}
+
+        def __call__(self, x, labels):
+            self.calls.append(len(x))
+            if (x < 0).any():
+                raise RuntimeError("the model can't take a negative input")
+            return [Explained(np.full((4, 4), float(v[0, 0, 0]), np.float32), {}) for v in x]
+
+    picky = Picky()
+
+    async def run() -> list:
+        batcher = Batcher(picky, max_batch=8, max_wait_ms=100)
+        await batcher.start()
+        inputs = [np.full((3, 4, 4), v, np.float32) for v in (1.0, -1.0, 2.0)]
+        first = await asyncio.gather(
+            *(batcher.explain(x, None, f"i{k}") for k, x in enumerate(inputs)),
+            return_exceptions=True,
+        )
+        after = await batcher.explain(inputs[2], None, "later")
+        await batcher.stop()
+        return [*first, after]
+
+    good, bad, other, later = asyncio.run(run())
+    assert isinstance(bad, RuntimeError) and "negative" in str(bad)
+    assert good.map[0, 0] == 1.0 and other.map[0, 0] == 2.0 and later.map[0, 0] == 2.0
+    assert picky.calls[0] == 3  # they were one batch first

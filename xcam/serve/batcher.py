@@ -76,10 +76,16 @@ class Batcher:
                 except (TimeoutError, asyncio.QueueEmpty):
                     break
             batch = [(ready, answer) for ready, answer in batch if not answer.cancelled()]
-            if batch:
+            try:
                 await self._answer(loop, batch)
+            except Exception as e:  # never the loop's end: the next requests still get answers
+                for _, answer in batch:
+                    if not answer.done():
+                        answer.set_exception(e)
 
     async def _answer(self, loop: asyncio.AbstractEventLoop, batch: list[Any]) -> None:
+        if not batch:
+            return
         started = loop.time()
         try:
             found = await loop.run_in_executor(
