@@ -266,3 +266,12 @@ def test_one_images_failure_fails_its_request_only() -> None:
     assert isinstance(bad, RuntimeError) and "negative" in str(bad)
     assert good.map[0, 0] == 1.0 and other.map[0, 0] == 2.0 and later.map[0, 0] == 2.0
     assert picky.calls[0] == 3  # they were one batch first
+
+
+def test_the_commands_options_are_checked_before_anything_loads(runner) -> None:
+    from xcam.cli import main
+
+    bad = runner.invoke(main, ["serve", "demo", "--max-body", "12XB"])
+    assert bad.exit_code != 0 and "--max-body" in bad.output and "8MB" in bad.output
+    bad = runner.invoke(main, ["serve", "demo", "--colormap", "no-such-map"])
+    assert bad.exit_code != 0 and "--colormap" in bad.output

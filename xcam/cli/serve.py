@@ -22,7 +22,9 @@ def parse_bytes(value: str) -> int:
     except ValueError:
         amount = -1.0
     if unit not in _UNITS or amount <= 0:
-        raise click.BadParameter(f"{value!r}: a size such as 8MB, 512KB or 1048576")
+        raise click.BadParameter(
+            f"{value!r}: a size such as 8MB, 512KB or 1048576", param_hint="--max-body"
+        )
     return int(amount * _UNITS[unit])
 
 
