@@ -141,26 +141,36 @@ def write_item(
     """Write ``<stem>.npy`` (the map at the image's size, float32) and ``<stem>.png`` (the
     overlay on ``image``, a PIL RGB image; drawn into it) atomically; the row's file and
     summary fields."""
-    from xcam.viz import attribution_into, overlay_into, save_png, save_resized
+    from xcam.viz import save_png, save_resized
 
     size = (image.height, image.width)
     cam = explained.map
     save_resized(cam, size, out / f"{stem}.npy", clamp=not explained.attribution)
     if overlays:
-        drawn = (
-            attribution_into(image, cam)
-            if explained.attribution
-            else overlay_into(image, cam, alpha=alpha, colormap=colormap)
-        )
-        save_png(drawn, out / f"{stem}.png", compress_level=OVERLAY_PNG_LEVEL)
+        save_png(draw(image, explained, alpha, colormap), out / f"{stem}.png", OVERLAY_PNG_LEVEL)
     row: dict[str, Any] = {
-        "kind": "attribution" if explained.attribution else "heatmap",
+        "kind": kind(explained),
         "overlay": f"{stem}.png" if overlays else None,
         "map": f"{stem}.npy",
     }
     if not explained.attribution:
         row.update(map_summary(cam, size))
     return row
+
+
+def kind(explained: Explained) -> str:
+    """What an explanation is, in records and answers: ``heatmap`` or ``attribution``."""
+    return "attribution" if explained.attribution else "heatmap"
+
+
+def draw(image: Any, explained: Explained, alpha: float = 0.5, colormap: str = "jet") -> Any:
+    """``image`` (a PIL RGB picture) drawn over with its explanation, in place: the
+    heatmap's overlay, or an attribution's picture."""
+    from xcam.viz import attribution_into, overlay_into
+
+    if explained.attribution:
+        return attribution_into(image, explained.map)
+    return overlay_into(image, explained.map, alpha=alpha, colormap=colormap)
 
 
 def decode(path: Path, explainer: BatchExplainer) -> tuple[Any, list[int], np.ndarray]:

@@ -274,7 +274,7 @@ def _loaded(item: Item, future: Future, explainer: BatchExplainer, key: str | No
     row: dict[str, Any] = {"key": key, "image": str(item.path)}
     try:
         image, stamp, x = future.result()
-        label = None if item.label is None else _label_of(item.label, explainer)
+        label = None if item.label is None else label_of(item.label, explainer)
     except InputError as e:
         return {**row, "error": str(e)}, None
     except OSError as e:
@@ -282,7 +282,9 @@ def _loaded(item: Item, future: Future, explainer: BatchExplainer, key: str | No
     return {"key": key, "stamp": stamp, "image": str(item.path)}, (image, x, label)
 
 
-def _label_of(label: Any, explainer: BatchExplainer) -> int:
+def label_of(label: Any, explainer: BatchExplainer) -> int:
+    """A label as written (an index, a class name) as ``explainer``'s class index; an
+    :class:`InputError` naming it where the model has no such class."""
     return resolve_label(label, explainer.classes, getattr(explainer, "num_classes", None))
 
 
@@ -451,7 +453,7 @@ def _done(record: Record, key: str, item: Item, explainer: BatchExplainer) -> bo
     if row is None:
         return False
     try:
-        label = None if item.label is None else _label_of(item.label, explainer)
+        label = None if item.label is None else label_of(item.label, explainer)
     except InputError:
         return False  # its label is wrong now: explained again, to say so
     return row.get("label") == label

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from xcam.core.files import atomic
+from xcam.pipeline.batch import class_name
 from xcam.record import Record, _clean
 
 REPORT = "report.html"
@@ -88,10 +89,10 @@ def _failed(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _name(classes: Sequence[str] | None, label: int, row: dict[str, Any]) -> str:
-    preds = {p.get("class"): p.get("name") for p in row.get("predictions") or []}
-    if classes is not None and isinstance(label, int) and 0 <= label < len(classes):
-        return classes[label]
-    return preds.get(label) or str(label)
+    """A label's class name: as the row's predictions name it (a single-logit head's
+    ``positive`` / ``negative``), else as :func:`~xcam.pipeline.batch.class_name` does."""
+    named = {p.get("class"): p.get("name") for p in row.get("predictions") or []}
+    return named.get(label) or class_name(classes, label)
 
 
 def _href(name: str | None) -> str | None:

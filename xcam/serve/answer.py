@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from xcam.pipeline.batch import BatchExplainer, Explained, map_summary
+from xcam.pipeline.batch import BatchExplainer, Explained, draw, kind, map_summary
 
 MAP_FORMATS = ("png", "npy")
 
@@ -43,7 +43,7 @@ def answer(
 ) -> dict[str, Any]:
     """The JSON of one explained image (``image``: its PIL picture, drawn over for the
     overlay)."""
-    from xcam.viz import attribution_into, overlay_into, resize_attribution, resize_map
+    from xcam.viz import resize_attribution, resize_map
 
     size = (image.height, image.width)
     cam = explained.map
@@ -53,18 +53,13 @@ def answer(
         "width": image.width,
         "height": image.height,
         **explained.fields,
-        "kind": "attribution" if explained.attribution else "heatmap",
+        "kind": kind(explained),
         "map": _map(full, map_format, explained.attribution),
     }
     if not explained.attribution:
         out.update(map_summary(cam, size))
     if overlay:
-        drawn = (
-            attribution_into(image, cam)
-            if explained.attribution
-            else overlay_into(image, cam, alpha=alpha, colormap=colormap)
-        )
-        out["overlay"] = {"format": "png", "data": _png(drawn)}
+        out["overlay"] = {"format": "png", "data": _png(draw(image, explained, alpha, colormap))}
     return out
 
 

@@ -220,7 +220,8 @@ def _check_method(method: str | None, served: str) -> None:
 def _label(target: str | None, explainer: BatchExplainer) -> int | None:
     """``target=`` as a class index: an index, a class name, positive / negative for a
     single-logit head; None explains each image's top-1 class."""
-    from xcam.pipeline.sources import parse_label, resolve_label
+    from xcam.pipeline.job import label_of
+    from xcam.pipeline.sources import parse_label
 
     if target is None or not target.strip():
         return None
@@ -230,9 +231,8 @@ def _label(target: str | None, explainer: BatchExplainer) -> int | None:
             f"target={target!r}: this model explains each image's top-1 class only (its file "
             "has no target input: export it with --target-input to choose the class)",
         )
-    k = getattr(explainer, "num_classes", None)
     try:
-        return resolve_label(parse_label(target), explainer.classes, k)
+        return label_of(parse_label(target), explainer)
     except InputError as e:
         raise RequestError(400, f"target={target!r}: {e}") from None
 
