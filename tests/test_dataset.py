@@ -358,3 +358,23 @@ def test_stems_stay_unique_and_kept_across_runs(tmp_path) -> None:
     record.add({"key": "k", "stem": "b", "stamp": [1, 1], "image": "k", "map": "b.npy"})
     record.add({"key": known, "stem": "a", "stamp": [3, 3], "image": known, "map": "a.npy"})
     assert list(record.items) == [known, "k"] and record.items[known]["stamp"] == [3, 3]
+
+
+def test_the_report_holds_hostile_names_as_data(tmp_path) -> None:
+    """A file name that would end the report's script or open a comment stays data: the
+    rows parse back as they were, and nothing in them closes the script."""
+    from xcam.pipeline.report import write_report
+    from xcam.record import Record
+
+    record = Record(tmp_path, {})
+    evil = "x</script><script>alert(1)</script><!--.png"
+    row = {"key": "k", "image": evil, "stem": "x", "map": "x y#?.npy", "overlay": "x.png"}
+    record.add({**row, "predictions": [{"class": 0, "name": "<b>", "probability": 0.5}]})
+    record.add({"key": "e", "image": "bad.png", "error": "not </script> an image"})
+    page = write_report(record, "/somewhere/m.onnx", "gradcam").read_text()
+    rows = page.split('type="application/json">')[1].split("</script>")[0]
+    cards = json.loads(rows)
+    assert [c["image"] for c in cards] == [Path(evil).name, "bad.png"]
+    assert cards[0]["predicted"] == "<b>" and cards[1]["error"] == "not </script> an image"
+    assert cards[0]["map"] == "x%20y%23%3F.npy"  # a link, escaped
+    assert "/somewhere" not in page  # the model by its file name only

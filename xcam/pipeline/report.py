@@ -105,4 +105,4 @@ def _href(name: str | None) -> str | None:
 def _script_json(value: Any) -> str:
     """JSON that can't end the ``<script>`` holding it."""
     text = json.dumps(_clean(value), allow_nan=False, default=str)
-    return text.replace("</", "<\\/").replace("<!--", "<\\!--")
+    return text.replace("<", "\\u003c")  # no "</script>" or "<!--": still valid JSON
