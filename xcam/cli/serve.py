@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import signal
+import threading
 
 import click
 
@@ -75,7 +77,27 @@ def parse_bytes(value: str) -> int:
 )
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.option("--colormap", default="jet", show_default=True)
-@click.option("--threads", type=click.IntRange(1), help="ONNX Runtime's threads (default: all).")
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    help="ONNX Runtime's threads (default: all; with --engine ray, the cores / --replicas).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this process under uvicorn; ray: a Ray Serve deployment (pip install "
+    "'xcam-deploy[serve-ray]'), on a local Ray unless --ray-address.",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="ray: replicas, each holding one model (with --device cuda, one GPU each).",
+)
+@click.option("--ray-address", help="ray: join this cluster (e.g. ray://head:10001, auto).")
 @click.option(
     "--log-level",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
@@ -97,6 +119,9 @@ def serve(
     alpha: float,
     colormap: str,
     threads: int | None,
+    engine: str,
+    replicas: int,
+    ray_address: str | None,
     log_level: str,
 ) -> None:
     """Serve explanations of MODEL over HTTP: POST an image to /v1/explain, get the top-k,
@@ -107,7 +132,7 @@ def serve(
     torch), 'demo', 'torchvision:NAME', 'timm:NAME' or 'package.module:factory'.
     Routes: POST /v1/explain, GET /v1/model, /healthz, /metrics (Prometheus).
     Requests that arrive within --max-wait-ms share one model call of up to --max-batch
-    images.
+    images. --engine ray serves the same app from --replicas Ray Serve replicas.
     """
     from xcam.core.errors import XCamError
     from xcam.viz import check_colormap
@@ -121,40 +146,74 @@ def serve(
     try:
         import uvicorn
 
-        from xcam.pipeline.dataset import make_explainer
+        from xcam.pipeline.dataset import default_threads, make_explainer
         from xcam.serve import make_app
     except ImportError as e:
         fail(f"xcam serve needs {e.name}: pip install 'xcam-deploy[serve]'")
+    if engine == "ray" and threads is None and ray_address is None:
+        threads = default_threads(replicas)  # the replicas share this machine's cores
+    factory = functools.partial(
+        make_explainer,
+        model,
+        method,
+        layers=list(layer) or None,
+        weights=weights,
+        device=device,
+        trust_code=meta.get("xcam.trust_code", False),
+        trust_weights=meta.get("xcam.trust_weights", False),
+        threads=threads,
+    )
     try:
-        explainer = make_explainer(
-            model,
-            method,
-            layers=list(layer) or None,
-            weights=weights,
-            device=device,
-            trust_code=meta.get("xcam.trust_code", False),
-            trust_weights=meta.get("xcam.trust_weights", False),
-            threads=threads,
-        )
+        # loaded here first, with Ray too: a model that can't load is said in one line
+        explainer = factory()
     except XCamError as e:
         fail(str(e))
-    app = make_app(
-        explainer,
-        max_batch=max_batch,
-        max_wait_ms=max_wait_ms,
-        max_body=limit,
-        max_pixels=max_pixels,
-        alpha=alpha,
-        colormap=colormap,
-    )
-    click.echo(
-        f"serving {model} ({explainer.name}) on http://{host}:{port}: POST /v1/explain, "
-        "GET /v1/model /healthz /metrics",
-        err=True,
-    )
-    # uvicorn shuts down gracefully on SIGINT / SIGTERM, then raises the signal again for
-    # the handler it found: this one, so that a stopped server exits 0 (as it should)
+    app_options = {
+        "max_batch": max_batch,
+        "max_wait_ms": max_wait_ms,
+        "max_body": limit,
+        "max_pixels": max_pixels,
+        "alpha": alpha,
+        "colormap": colormap,
+    }
+    name, where = explainer.name, f"http://{host}:{port}"
+    routes = "POST /v1/explain, GET /v1/model /healthz /metrics"
+    # a server stops on SIGINT / SIGTERM and exits 0 (as it should), not with the signal
+    stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda _sig, _frame: None)
+        signal.signal(sig, lambda _sig, _frame: stop.set())
+    if engine == "ray":
+        try:
+            from xcam.serve.ray_engine import served_on_ray
+        except ImportError as e:
+            fail(f"--engine ray needs Ray Serve: pip install 'xcam-deploy[serve-ray]' ({e})")
+        del explainer  # each replica loads its own
+        click.echo(f"starting {replicas} Ray Serve replica(s) of {model}", err=True)
+        try:
+            with served_on_ray(
+                factory,
+                app_options,
+                replicas=replicas,
+                host=host,
+                port=port,
+                address=ray_address,
+                num_cpus=threads or 1,
+                num_gpus=1.0 if device == "cuda" else 0.0,
+                log_level=log_level,
+            ):
+                click.echo(
+                    f"serving {model} ({name}) on {where} from Ray Serve: {routes}", err=True
+                )
+                while not stop.wait(0.5):
+                    pass
+                click.echo("stopping", err=True)
+        except XCamError as e:
+            fail(str(e))
+        click.echo("stopped", err=True)
+        return
+    app = make_app(explainer, **app_options)
+    click.echo(f"serving {model} ({name}) on {where}: {routes}", err=True)
+    # uvicorn shuts down gracefully on SIGINT / SIGTERM, then raises the signal again for
+    # the handler it found: the one above, so that the process exits 0
     uvicorn.run(app, host=host, port=port, log_level=log_level)
     click.echo("stopped", err=True)

@@ -32,7 +32,7 @@ from xcam.record import Record, _clean
 RETRIES = 2
 
 
-def _reason(e: BaseException) -> str:
+def ray_reason(e: BaseException) -> str:
     """The innermost cause of a Ray error: what the worker's code raised."""
     while e.__cause__ is not None and e.__cause__ is not e:
         e = e.__cause__
@@ -156,7 +156,7 @@ def ray_engine(
             )  # Ray Data's actors are restarted, and their batches retried, by default
             ds.write_parquet(str(record.out.absolute() / PARTS))
         except Exception as e:  # Ray wraps what a worker raised: say that, in one line
-            raise XCamError(f"the Ray job failed: {_reason(e)}") from e
+            raise XCamError(f"the Ray job failed: {ray_reason(e)}") from e
         finally:
             if own:
                 ray.shutdown()

@@ -61,24 +61,28 @@ def make_app(
     max_pixels: int | None = MAX_PIXELS,
     alpha: float = 0.5,
     colormap: str = "jet",
+    batcher: type = Batcher,
 ):
     """The service's ASGI app for ``explainer`` (see the module's docstring); run it with
-    uvicorn (``xcam serve`` does)."""
+    uvicorn (``xcam serve`` does). ``batcher`` gathers the images of concurrent requests
+    into model calls: :class:`Batcher` in this process, or its twin on Ray Serve
+    (:class:`xcam.serve.on_ray.RayBatcher`, ``@serve.batch``), which takes the same
+    arguments."""
     # a file's name, not its path: the server's folders are nobody's business
     model_name = PurePath(str(explainer.settings().get("model"))).name
     metrics = Metrics()
     # images decoded at once, server-wide: a decoded image is ~3 bytes a pixel
     decoding = asyncio.Semaphore(os.cpu_count() or 2)
-    batcher = Batcher(explainer, max_batch, max_wait_ms, on_batch=metrics.batch)
+    batching = batcher(explainer, max_batch, max_wait_ms, on_batch=metrics.batch)
 
     @asynccontextmanager
     async def lifespan(_app) -> AsyncIterator[None]:
-        await batcher.start()
+        await batching.start()
         yield
-        await batcher.stop()
+        await batching.stop()
 
     app = FastAPI(title="xcam", lifespan=lifespan, redoc_url=None)
-    app.state.batcher, app.state.metrics = batcher, metrics
+    app.state.batcher, app.state.metrics = batching, metrics
 
     @app.middleware("http")
     async def measure(request: Request, call_next):
@@ -128,6 +132,7 @@ def make_app(
             "classes": explainer.classes,
             "num_classes": getattr(explainer, "num_classes", None),
             "torch": "torch" in sys.modules,  # False: an in-graph file served by numpy + ORT
+            "engine": batching.engine,
             "limits": {
                 "max_batch": max_batch,
                 "max_wait_ms": max_wait_ms,
@@ -170,7 +175,7 @@ def make_app(
                 budget = max(budget - image.width * image.height, 1)
         try:
             found = await asyncio.gather(
-                *(batcher.explain(x, label, name) for name, _image, x in decoded)
+                *(batching.explain(x, label, name) for name, _image, x in decoded)
             )
         except NumericalError as e:
             raise RequestError(500, f"the model failed on this request: {e}") from None

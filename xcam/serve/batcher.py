@@ -22,6 +22,8 @@ from xcam.pipeline.job import explain_ready
 class Batcher:
     """Batches the images of concurrent requests for one :class:`BatchExplainer`."""
 
+    engine = "local"  # what /v1/model says; xcam.serve.on_ray.RayBatcher is the twin on Ray
+
     def __init__(
         self,
         explainer: BatchExplainer,
@@ -87,20 +89,25 @@ class Batcher:
         if not batch:
             return
         started = loop.time()
-        try:
-            found = await loop.run_in_executor(
-                self._model, explain_ready, self.explainer, [ready for ready, _ in batch]
-            )
-        except Exception as e:
-            if len(batch) > 1:  # one image's failure is its request's alone: each on its own
-                for one in batch:
-                    await self._answer(loop, [one])
-                return
-            _, answer = batch[0]
-            if not answer.done():
-                answer.set_exception(e)
-            return
+        found = await loop.run_in_executor(
+            self._model, explain_apart, self.explainer, [ready for ready, _ in batch]
+        )
         self.on_batch(len(batch), loop.time() - started)
         for (_, answer), result in zip(batch, found, strict=True):
-            if not answer.done():
+            if answer.done():
+                continue
+            if isinstance(result, Exception):
+                answer.set_exception(result)
+            else:
                 answer.set_result(result)
+
+
+def explain_apart(explainer: BatchExplainer, ready: list[Any]) -> list[Explained | str | Exception]:
+    """:func:`explain_ready` on a batch of requests' images; should the call fail, each image
+    on its own, so that one image's failure is its request's alone (returned, not raised)."""
+    try:
+        return explain_ready(explainer, ready)
+    except Exception as e:
+        if len(ready) == 1:
+            return [e]
+        return [explain_apart(explainer, [one])[0] for one in ready]

@@ -1,0 +1,165 @@
+"""``xcam serve --engine ray``: the same app as a Ray Serve deployment, in replicas.
+
+Each replica builds its own explainer (one model or ONNX Runtime session) and the app of
+:func:`~xcam.serve.app.make_app` around it; Ray Serve's proxy spreads requests over the
+replicas, and within a replica ``@serve.batch`` gathers the images of concurrent requests
+into one model call (:class:`RayBatcher`, the twin of the local
+:class:`~xcam.serve.batcher.Batcher`). Routes, limits and answers are the app's: a client
+can't tell the engines apart, except by ``GET /v1/model``'s ``"engine"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import ray
+from ray import serve
+
+from xcam.core.errors import XCamError
+from xcam.pipeline.batch import BatchExplainer, Explained
+from xcam.pipeline.ray_engine import ray_reason
+from xcam.serve.batcher import explain_apart
+
+APP_NAME = "xcam"
+
+
+class RayBatcher:
+    """Batches the images of a replica's concurrent requests with Ray Serve's
+    ``@serve.batch`` (``max_batch`` images, ``max_wait_ms`` after the first), and explains
+    each batch on the replica's model thread; one image's failure is its request's alone."""
+
+    engine = "ray"
+
+    def __init__(
+        self,
+        explainer: BatchExplainer,
+        max_batch: int = 8,
+        max_wait_ms: float = 5.0,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be 1 or more, got {max_batch}")
+        if max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be 0 or more, got {max_wait_ms}")
+        self.explainer = explainer
+        self.on_batch = on_batch or (lambda _size, _seconds: None)
+        # one thread: the model is one session, which runs a batch on the replica's cores
+        self._model = ThreadPoolExecutor(1, thread_name_prefix="xcam-model")
+        self._batched = serve.batch(
+            max_batch_size=max_batch, batch_wait_timeout_s=max_wait_ms / 1000
+        )(self._run)
+
+    async def start(self) -> None:
+        """Nothing to start: ``@serve.batch`` runs its queue on the replica's event loop."""
+
+    async def stop(self) -> None:
+        self._model.shutdown(wait=True, cancel_futures=True)
+
+    async def explain(self, x: np.ndarray, label: int | None, name: str) -> Explained | str:
+        """As :meth:`xcam.serve.batcher.Batcher.explain`."""
+        result = await self._batched(({"image": name}, None, x, label))
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def _run(self, ready: list[Any]) -> list[Explained | str | Exception]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        found = await loop.run_in_executor(self._model, explain_apart, self.explainer, ready)
+        self.on_batch(len(ready), loop.time() - started)
+        return found
+
+
+@serve.ingress()
+class Replica:
+    """One replica of the service: its own explainer, made by ``factory`` (pickled to the
+    replica: a :func:`functools.partial` of :func:`xcam.pipeline.dataset.make_explainer`,
+    say), and the app around it with ``app_options`` (:func:`~xcam.serve.app.make_app`'s)."""
+
+    def __init__(self, factory: Callable[[], BatchExplainer], app_options: dict[str, Any]) -> None:
+        self.explainer = factory()
+        self.app_options = app_options
+
+    def __serve_build_asgi_app__(self):
+        from xcam.serve.app import make_app
+
+        return make_app(self.explainer, batcher=RayBatcher, **self.app_options)
+
+
+@contextmanager
+def served_on_ray(
+    factory: Callable[[], BatchExplainer],
+    app_options: dict[str, Any],
+    *,
+    replicas: int = 1,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    address: str | None = None,
+    num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
+    log_level: str = "info",
+) -> Iterator[None]:
+    """The service on Ray Serve at ``http://host:port/`` while the block runs: ``replicas``
+    replicas, each with ``num_cpus`` CPUs and ``num_gpus`` GPUs reserved. A Ray already
+    initialised in this process is used as it is; otherwise ``ray.init`` starts a local
+    cluster (or joins ``address``) and shuts it down afterwards. Returns once every replica
+    has loaded its model; a model that fails to load raises :class:`XCamError`. The
+    replicas log at ``log_level`` (each request at info and debug)."""
+    if replicas < 1:
+        raise ValueError(f"replicas must be 1 or more, got {replicas}")
+    own = not ray.is_initialized()
+    if own:
+        _keeping_signals(
+            lambda: ray.init(address=address, include_dashboard=False, logging_level="warning")
+        )
+    logging = {
+        "log_level": log_level.upper(),
+        "enable_access_log": log_level in ("info", "debug"),
+    }
+    try:
+        serve.start(http_options={"host": host, "port": port}, logging_config=logging)
+        deployment = serve.deployment(
+            Replica,
+            name="xcam",
+            num_replicas=replicas,
+            # the app bounds its own work (decoding threads, batches): let requests reach it
+            max_ongoing_requests=max(4 * app_options.get("max_batch", 8), 16),
+            ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},
+            logging_config=logging,
+        )
+        try:
+            serve.run(deployment.bind(factory, app_options), name=APP_NAME, route_prefix="/")
+        except Exception as e:  # a replica that can't load the model: its reason, in a line
+            raise XCamError(f"Ray Serve could not start the service: {ray_reason(e)}") from e
+        yield
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            if own:
+                ray.shutdown()
+
+
+def _keeping_signals(start: Callable[[], Any]) -> None:
+    """``start()`` with the process's SIGINT and SIGTERM handlers as they were before:
+    ``ray.init`` puts in its own, which abort the process instead of letting it stop."""
+    if threading.current_thread() is not threading.main_thread():
+        start()
+        return
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        start()
+    finally:
+        for sig, handler in kept.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
+__all__ = ["RayBatcher", "Replica", "served_on_ray"]
