@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from serving import call, decoded_map, multipart, png, serving
@@ -275,3 +279,45 @@ def test_the_commands_options_are_checked_before_anything_loads(runner) -> None:
     assert bad.exit_code != 0 and "--max-body" in bad.output and "8MB" in bad.output
     bad = runner.invoke(main, ["serve", "demo", "--colormap", "no-such-map"])
     assert bad.exit_code != 0 and "--colormap" in bad.output
+
+
+def test_requests_over_max_pending_get_503_and_the_rest_answers(grad_file) -> None:
+    """Requests in flight are bounded (``max_pending``): one more than the bound, while the
+    model is busy, gets a 503 naming the limit with ``Retry-After`` (no unbounded queue of
+    bodies and decoded images); those within it are answered, and so is the next one."""
+    import threading
+
+    explainer = make_explainer(grad_file)
+    gate = threading.Event()
+    inner = explainer.__call__
+
+    class Slow:  # the model held until the test lets it go
+        def __getattr__(self, name):
+            return getattr(explainer, name)
+
+        def __call__(self, x, labels):
+            gate.wait(30)
+            return inner(x, labels)
+
+    with serving(make_app(Slow(), max_pending=2, max_wait_ms=0)) as url:
+        with ThreadPoolExecutor(2) as pool:
+            held = [pool.submit(call, url + "/v1/explain", png(k), "image/png") for k in (0, 1)]
+            deadline = time.monotonic() + 30
+            while True:  # both in flight: the metrics count them
+                _status, text = call(url + "/metrics")
+                if "xcam_requests_in_flight 2.0" in text:
+                    break
+                assert time.monotonic() < deadline, text
+                time.sleep(0.05)
+            request = urllib.request.Request(
+                url + "/v1/explain", data=png(2), headers={"Content-Type": "image/png"}
+            )
+            with pytest.raises(urllib.error.HTTPError) as busy:
+                urllib.request.urlopen(request, timeout=30)
+            gate.set()
+            answered = [f.result() for f in held]
+        after = call(url + "/v1/explain", png(3), "image/png")
+    assert busy.value.code == 503 and busy.value.headers["Retry-After"] == "1"
+    error = json.loads(busy.value.read())["error"]
+    assert "busy" in error and "2 requests" in error
+    assert [status for status, _ in answered] == [200, 200] and after[0] == 200

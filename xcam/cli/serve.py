@@ -75,6 +75,13 @@ def parse_bytes(value: str) -> int:
     show_default=True,
     help="Most pixels of one request's images (400 above: a guard against decompression bombs).",
 )
+@click.option(
+    "--max-pending",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Most explain requests in flight at once (503 with Retry-After above; per replica).",
+)
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.option("--colormap", default="jet", show_default=True)
 @click.option(
@@ -116,6 +123,7 @@ def serve(
     max_wait_ms: float,
     max_body: str,
     max_pixels: int,
+    max_pending: int,
     alpha: float,
     colormap: str,
     threads: int | None,
@@ -173,6 +181,7 @@ def serve(
         "max_wait_ms": max_wait_ms,
         "max_body": limit,
         "max_pixels": max_pixels,
+        "max_pending": max_pending,
         "alpha": alpha,
         "colormap": colormap,
     }

@@ -11,8 +11,9 @@
 
 Images of concurrent requests share model calls (:class:`~xcam.serve.batcher.Batcher`).
 A request never names a file on the server: images come in its body, which is bounded
-(``max_body``), as is each image's pixel count (``max_pixels``: decompression bombs). A bad
-request gets a 4xx and ``{"error": "…"}`` naming the problem; the server goes on serving.
+(``max_body``), as is each image's pixel count (``max_pixels``: decompression bombs) and the
+requests in flight (``max_pending``: a 503 with ``Retry-After`` above). A bad request gets a
+4xx and ``{"error": "…"}`` naming the problem; the server goes on serving.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import functools
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import PurePath
 from typing import Any
 
@@ -40,6 +41,7 @@ from xcam.serve.batcher import Batcher
 MAX_BODY = 8 * 2**20  # bytes of a request's body
 MAX_PIXELS = 40_000_000  # pixels of one request's images (a 6000x6000 photo fits)
 MAX_IMAGES = 64  # images in one request
+MAX_PENDING = 64  # requests to /v1/explain in flight at once (503 above)
 ROUTES = ("/", "/v1/explain", "/v1/model", "/healthz", "/metrics")
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
@@ -47,9 +49,9 @@ TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 class RequestError(Exception):
     """A request the service refuses: its HTTP status and the reason, for the client."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.status, self.headers = status, headers
 
 
 def make_app(
@@ -59,6 +61,7 @@ def make_app(
     max_wait_ms: float = 5.0,
     max_body: int = MAX_BODY,
     max_pixels: int | None = MAX_PIXELS,
+    max_pending: int = MAX_PENDING,
     alpha: float = 0.5,
     colormap: str = "jet",
     batcher: type = Batcher,
@@ -93,7 +96,7 @@ def make_app(
 
     @app.exception_handler(RequestError)
     async def refused(_request: Request, e: RequestError):
-        return JSONResponse({"error": str(e)}, status_code=e.status)
+        return JSONResponse({"error": str(e)}, status_code=e.status, headers=e.headers)
 
     @app.exception_handler(Exception)
     async def failed(_request: Request, e: Exception):  # still JSON, still one line
@@ -139,6 +142,7 @@ def make_app(
                 "max_body": max_body,
                 "max_pixels": max_pixels,
                 "max_images": MAX_IMAGES,
+                "max_pending": max_pending,
             },
         }
 
@@ -156,6 +160,20 @@ def make_app(
         method: str | None = None,
     ) -> dict[str, Any]:
         """Explain the request's images (see the module's docstring)."""
+        # bodies and decoded images wait for the model in memory: bound how many
+        if metrics.in_flight_now >= max_pending:
+            raise RequestError(
+                503,
+                f"the server is busy: {max_pending} requests are being explained; retry "
+                "shortly (xcam serve --max-pending raises the limit)",
+                {"Retry-After": "1"},
+            )
+        with metrics.explaining():
+            return await _explain(request, target, map, overlay, method)
+
+    async def _explain(
+        request: Request, target: str | None, map: str, overlay: str, method: str | None
+    ) -> dict[str, Any]:
         want_overlay = _flag("overlay", overlay)
         if map not in MAP_FORMATS:
             raise RequestError(400, f"map={map!r}: one of {', '.join(MAP_FORMATS)}")
@@ -304,9 +322,13 @@ class Metrics:
     """Prometheus metrics of one app (its own registry: two apps in a process don't mix)."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
+        self.in_flight_now = 0
+        self.in_flight = Gauge(
+            "xcam_requests_in_flight", "Explain requests being answered", registry=self.registry
+        )
         self.requests = Counter(
             "xcam_requests", "HTTP requests", ["path", "status"], registry=self.registry
         )
@@ -341,6 +363,17 @@ class Metrics:
         if status >= 400:
             self.errors.labels(path, str(status)).inc()
         self.latency.labels(path).observe(seconds)
+
+    @contextmanager
+    def explaining(self) -> Iterator[None]:
+        """Counts an explain request in flight while the block runs."""
+        self.in_flight_now += 1
+        self.in_flight.set(self.in_flight_now)
+        try:
+            yield
+        finally:
+            self.in_flight_now -= 1
+            self.in_flight.set(self.in_flight_now)
 
     def batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

@@ -25,6 +25,7 @@ from ray import serve
 from xcam.core.errors import XCamError
 from xcam.pipeline.batch import BatchExplainer, Explained
 from xcam.pipeline.ray_engine import ray_reason
+from xcam.serve.app import MAX_PENDING, make_app
 from xcam.serve.batcher import explain_apart
 
 APP_NAME = "xcam"
@@ -88,8 +89,6 @@ class Replica:
         self.app_options = app_options
 
     def __serve_build_asgi_app__(self):
-        from xcam.serve.app import make_app
-
         return make_app(self.explainer, batcher=RayBatcher, **self.app_options)
 
 
@@ -129,8 +128,9 @@ def served_on_ray(
             Replica,
             name="xcam",
             num_replicas=replicas,
-            # the app bounds its own work (decoding threads, batches): let requests reach it
-            max_ongoing_requests=max(4 * app_options.get("max_batch", 8), 16),
+            # the app bounds its own work (requests in flight, decoding threads, batches):
+            # let its requests reach it, with room for /healthz and /metrics beside them
+            max_ongoing_requests=app_options.get("max_pending", MAX_PENDING) + 8,
             ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},
             logging_config=logging,
         )
