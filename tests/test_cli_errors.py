@@ -625,14 +625,15 @@ def test_the_library_still_warns_as_python_does(mods) -> None:
         xcam.GradCAM(model, "body")
 
 
-# 15. the README's in-graph example ------------------------------------------------------------
+# 15. the README's in-graph example (now in docs/: the export in cli.md, the call in library.md) --
 
 
 def test_the_readme_in_graph_example_runs(runner, mods, tmp_path, monkeypatch) -> None:
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    commands = readme.replace("\\\n", " ").splitlines()  # continued lines joined
+    docs = Path(__file__).parents[1] / "docs"
+    cli, library = (docs / "cli.md").read_text(), (docs / "library.md").read_text()
+    commands = cli.replace("\\\n", " ").splitlines()  # continued lines joined
     line = next(ln for ln in commands if ln.startswith("xcam export") and "r50_cam.onnx" in ln)
-    example = next(ln for ln in readme.splitlines() if 'xcam.load("r50_cam.onnx")' in ln)
+    example = next(ln for ln in library.splitlines() if 'xcam.load("r50_cam.onnx")' in ln)
     argv = shlex.split(line.split("#")[0])[1:]
     assert "--gradients" in argv and "--target-input" in argv
     # the same command on a small 10-class model instead of resnet50 with its weights
