@@ -201,3 +201,49 @@ def detector() -> nn.Module:
     with torch.no_grad():  # RetinaNet's logits: [anchors x classes] channels, sigmoid scores
         model.head.classification_head.cls_logits.bias[1::5] = 3.0
     return model
+
+
+class TritonStandIn:
+    """``tritonclient.grpc.InferenceServerClient`` for the examples, without a server: what
+    a Triton server does with a model repository written by ``xcam export --triton-repo`` —
+    parse ``config.pbtxt`` with Triton's own schema, check each input's name, data type and
+    dims (after the batch) against it, apply its ``reshape``, run ``1/model.onnx`` in ONNX
+    Runtime and return the outputs asked for."""
+
+    def __init__(self, url: str, repository: str = "models") -> None:
+        self.url, self.repository = url, repository
+
+    def infer(self, model_name: str, inputs, outputs=None):
+        from pathlib import Path
+
+        import numpy as np
+        import onnxruntime as ort
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+        from tritonclient.utils import triton_to_np_dtype
+
+        folder = Path(self.repository) / model_name
+        config = text_format.Parse(
+            (folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+        )
+        declared = {i.name: i for i in config.input}
+        feed = {}
+        for given in inputs:
+            spec = declared[given.name()]
+            kind = model_config_pb2.DataType.Name(spec.data_type).removeprefix("TYPE_")
+            assert given.datatype() == kind, (given.name(), given.datatype(), kind)
+            shape = given.shape()
+            assert list(shape[1:]) == list(spec.dims), (given.name(), shape, spec.dims)
+            value = np.frombuffer(given._raw_content, triton_to_np_dtype(kind)).reshape(shape)
+            if spec.HasField("reshape"):
+                value = value.reshape(shape[0], *spec.reshape.shape)
+            feed[given.name()] = value
+        session = ort.InferenceSession(str(folder / "1" / "model.onnx"))
+        names = [o.name() for o in outputs] if outputs else [o.name for o in config.output]
+        found = dict(zip(names, session.run(names, feed), strict=True))
+
+        class Result:
+            def as_numpy(self, name: str):
+                return found[name]
+
+        return Result()
