@@ -4,16 +4,21 @@ Arms, on the in-graph resnet50 file (seeded weights, layer4, ``xcam export --gra
 served as ``xcam serve`` runs it (a fresh process per arm), JPEGs of 256–320 px:
 
 - ``offline``: the same file in one ONNX Runtime session on batches of 8 preprocessed
-  images (no HTTP, no decoding): the throughput a server can at best approach;
+  images (no HTTP, no decoding): the throughput a server can at best approach; and on
+  batches of 1: what batching can at best gain is the ratio of the two;
 - ``dynamic batching``: ``--max-batch 8 --max-wait-ms 5`` at 1, 4 and 16 concurrent
   clients, each sending one image a request over a kept-alive connection, for
   ``--seconds`` each: images/s, p50 and p99 latency, failed requests;
 - ``batch 1``: ``--max-batch 1`` at 16 clients;
+- ``wait 25 ms``: ``--max-batch 8 --max-wait-ms 25`` at 16 clients (a batch waits longer);
+- ``Ray Serve``: ``--engine ray`` (its own local Ray) with 1 and 2 replicas at 16 clients,
+  ``--max-batch 8 --max-wait-ms 5`` (``@serve.batch``), each replica's ONNX Runtime on
+  the cores / replicas threads;
 - memory: the demo model's in-graph file served to 16 clients for ``--requests`` requests:
   the server's resident memory after the first 1,000 and after the last.
 
 Results: ``results/serve.{json,md}``. From the repository root:
-``.venv/bin/python benchmarks/serve_load.py`` (about 4 minutes on 2 cores).
+``.venv/bin/python benchmarks/serve_load.py`` (about 6 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ class Server:
         cmd = [sys.executable, "-m", "xcam.cli", "serve", str(model), "--port", str(self.port)]
         cmd += ["--log-level", "warning", *options]
         self.proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180  # Ray Serve starts a cluster first
         while True:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"xcam serve did not start: {' '.join(cmd)}")
@@ -80,7 +85,7 @@ class Server:
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(30)
+        self.proc.wait(120)
 
 
 def load(server: Server, images: list[bytes], clients: int, seconds=None, requests=None):
@@ -137,15 +142,15 @@ def load(server: Server, images: list[bytes], clients: int, seconds=None, reques
     }
 
 
-def offline(model: Path, images: list[bytes], seconds: float) -> dict:
-    """The file in one ONNX Runtime session, batches of 8 preprocessed images."""
+def offline(model: Path, images: list[bytes], seconds: float, batch: int = 8) -> dict:
+    """The file in one ONNX Runtime session, batches of ``batch`` preprocessed images."""
     import onnxruntime as ort
 
     from xcam.images import image_from_bytes, preprocess_array
     from xcam.pipeline.lite_batch import LiteBatch
 
     lite = LiteBatch(model)
-    pictures = [image_from_bytes(b) for b in images[:8]]
+    pictures = [image_from_bytes(b) for b in images[:batch]]
     x = preprocess_array(pictures, lite.input_size, lite.mean, lite.std)
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
@@ -157,15 +162,60 @@ def offline(model: Path, images: list[bytes], seconds: float) -> dict:
     return {"images_per_s": done / (time.perf_counter() - started)}
 
 
+def memory(cache: Path, requests: int, every: int | None = None) -> dict:
+    """The demo model's in-graph file served to 16 clients for ``requests`` requests of
+    small JPEGs: the server's resident memory after the first 1,000, after the last (and
+    after each ``every``)."""
+    from dataset import demo_file, make_images
+
+    demo = demo_file(cache / "models")
+    small = make_images(cache / "small1000", 1000, (96, 128), 2)
+    small_images = [f.read_bytes() for f in sorted(small.glob("*.jpg"))[:200]]
+    server = Server(demo, "--max-batch", "8")
+    try:
+        print(f"memory: {requests} requests", file=sys.stderr)
+        first = load(server, small_images, 16, requests=1000)
+        after_first = server.rss_mib()
+        sent, failed, curve, rest = first["requests"], first["failed"], [], first
+        while sent < requests:
+            step = min(every or requests, requests - sent)
+            rest = load(server, small_images, 16, requests=step)
+            sent, failed = sent + rest["requests"], failed + rest["failed"]
+            curve.append([sent, server.rss_mib()[0]])
+        return {
+            "requests": sent,
+            "failed": failed,
+            "rss_after_1000_mib": after_first[0],
+            "rss_after_all_mib": server.rss_mib()[0],
+            "peak_rss_mib": server.rss_mib()[1],
+            "images_per_s": rest["images_per_s"],
+            "rss_mib_by_requests": curve,
+        }
+    finally:
+        server.stop()
+
+
 def main() -> None:
-    from dataset import demo_file, make_images, models
+    from dataset import make_images, models
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=20.0, help="per load arm")
     p.add_argument("--requests", type=int, default=10_000, help="of the memory arm")
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "xcam-dataset")
     p.add_argument("--out", type=Path, default=RESULTS / "serve")
+    p.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="only the memory arm, its resident memory every 5,000 requests -> "
+        "results/serve_memory.json",
+    )
     args = p.parse_args()
+    if args.memory_only:
+        found = memory(args.cache, args.requests, every=5000)
+        path = RESULTS / "serve_memory.json"
+        path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), **found}, indent=2) + "\n")
+        print(json.dumps(found, indent=2))
+        return
     files = models(args.cache / "models")
     folder = make_images(args.cache / "imgs96", 96, (256, 320), 0)
     images = [f.read_bytes() for f in sorted(folder.glob("*.jpg"))]
@@ -173,6 +223,7 @@ def main() -> None:
 
     print("offline", file=sys.stderr)
     result["offline"] = offline(files["cam"], images, args.seconds)
+    result["offline1"] = offline(files["cam"], images, args.seconds, batch=1)
     server = Server(files["cam"], "--max-batch", "8", "--max-wait-ms", "5")
     try:
         load(server, images, 4, seconds=3)  # warm-up
@@ -194,26 +245,20 @@ def main() -> None:
     finally:
         server.stop()
 
-    demo = demo_file(args.cache / "models")
-    small = make_images(args.cache / "small1000", 1000, (96, 128), 2)
-    small_images = [f.read_bytes() for f in sorted(small.glob("*.jpg"))[:200]]
-    server = Server(demo, "--max-batch", "8")
-    try:
-        print(f"memory: {args.requests} requests", file=sys.stderr)
-        first = load(server, small_images, 16, requests=1000)
-        after_first = server.rss_mib()
-        rest = load(server, small_images, 16, requests=args.requests - 1000)
-        result["memory"] = {
-            "requests": first["requests"] + rest["requests"],
-            "failed": first["failed"] + rest["failed"],
-            "rss_after_1000_mib": after_first[0],
-            "rss_after_all_mib": server.rss_mib()[0],
-            "peak_rss_mib": server.rss_mib()[1],
-            "images_per_s": rest["images_per_s"],
-        }
-    finally:
-        server.stop()
+    for name, options in (
+        ("wait25", ("--max-batch", "8", "--max-wait-ms", "25")),
+        ("ray1", ("--engine", "ray", "--replicas", "1", "--max-batch", "8")),
+        ("ray2", ("--engine", "ray", "--replicas", "2", "--max-batch", "8")),
+    ):
+        server = Server(files["cam"], *options)
+        try:
+            load(server, images, 4, seconds=3)
+            print(f"{' '.join(options)}, 16 clients", file=sys.stderr)
+            result[name] = load(server, images, 16, seconds=args.seconds)
+        finally:
+            server.stop()
 
+    result["memory"] = memory(args.cache, args.requests)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)
@@ -235,17 +280,27 @@ def markdown(r: dict) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         f"| offline ORT, batch 8 (no HTTP, no decoding) | – | "
         f"{r['offline']['images_per_s']:.1f} | | | | |",
+        f"| offline ORT, batch 1 | – | {r['offline1']['images_per_s']:.1f} | | | | |",
     ]
     for clients, v in r["batched"].items():
         lines.append(
             f"| dynamic batching (8, 5 ms) | {clients} | {v['images_per_s']:.1f} | "
             f"{v['p50_ms']:.0f} | {v['p99_ms']:.0f} | {v['requests']} | {v['failed']} |"
         )
-    lines.append(
-        f"| batch 1 | 16 | {one['images_per_s']:.1f} | {one['p50_ms']:.0f} | "
-        f"{one['p99_ms']:.0f} | {one['requests']} | {one['failed']} |"
-    )
+    for name, arm in (
+        ("batch1", "batch 1"),
+        ("wait25", "dynamic batching (8, 25 ms)"),
+        ("ray1", "Ray Serve, 1 replica (8, 5 ms)"),
+        ("ray2", "Ray Serve, 2 replicas (8, 5 ms)"),
+    ):
+        v = r[name]
+        lines.append(
+            f"| {arm} | 16 | {v['images_per_s']:.1f} | {v['p50_ms']:.0f} | "
+            f"{v['p99_ms']:.0f} | {v['requests']} | {v['failed']} |"
+        )
     m = r["memory"]
+    failed = sum(v["failed"] for v in r["batched"].values()) + m["failed"]
+    failed += sum(r[name]["failed"] for name in ("batch1", "wait25", "ray1", "ray2"))
     lines += [
         "",
         "| goal | measured |",
@@ -253,13 +308,15 @@ def markdown(r: dict) -> str:
         f"| 16 clients / offline ORT (≥ 0.8) | "
         f"{b16['images_per_s'] / r['offline']['images_per_s']:.2f} |",
         f"| dynamic batching / batch 1 at 16 clients (≥ 1.5) | "
-        f"{b16['images_per_s'] / one['images_per_s']:.2f} |",
-        f"| failed requests under load (0) | "
-        f"{sum(v['failed'] for v in r['batched'].values()) + one['failed'] + m['failed']} |",
+        f"{b16['images_per_s'] / one['images_per_s']:.2f} (offline, batch 8 / batch 1: "
+        f"{r['offline']['images_per_s'] / r['offline1']['images_per_s']:.2f}) |",
+        f"| failed requests under load (0) | {failed} |",
         f"| server memory after 1,000 / {m['requests']:,} requests (flat; the demo model's "
         f"file) | {m['rss_after_1000_mib']:.0f} / {m['rss_after_all_mib']:.0f} MiB "
         f"(peak {m['peak_rss_mib']:.0f}) |",
-        "| Ray Serve, 1 and 2 replicas | not built yet |",
+        f"| Ray Serve / embedded at 16 clients, 1 and 2 replicas | "
+        f"{r['ray1']['images_per_s'] / b16['images_per_s']:.2f} and "
+        f"{r['ray2']['images_per_s'] / b16['images_per_s']:.2f} |",
         "",
         "Batch sizes of the dynamic-batching server (Prometheus histogram):",
         "",

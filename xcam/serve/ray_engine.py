@@ -115,9 +115,13 @@ def served_on_ray(
         raise ValueError(f"replicas must be 1 or more, got {replicas}")
     own = not ray.is_initialized()
     if own:
-        _keeping_signals(
-            lambda: ray.init(address=address, include_dashboard=False, logging_level="warning")
-        )
+        try:
+            _keeping_signals(
+                lambda: ray.init(address=address, include_dashboard=False, logging_level="warning")
+            )
+        except Exception as e:  # an address with no cluster behind it, say
+            where = f"join the Ray cluster at {address}" if address else "start a local Ray"
+            raise XCamError(f"could not {where}: {ray_reason(e)}") from e
     logging = {
         "log_level": log_level.upper(),
         "enable_access_log": log_level in ("info", "debug"),
