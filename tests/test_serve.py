@@ -321,3 +321,20 @@ def test_requests_over_max_pending_get_503_and_the_rest_answers(grad_file) -> No
     error = json.loads(busy.value.read())["error"]
     assert "busy" in error and "2 requests" in error
     assert [status for status, _ in answered] == [200, 200] and after[0] == 200
+
+
+def test_a_port_in_use_is_one_line_naming_it(grad_file, runner) -> None:
+    """Another server on the port: the command says so in one line (exit 1) before it
+    loads anything, for either engine, instead of a server log or Ray's traceback."""
+    from xcam.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for engine in ("local", "ray"):
+            argv = ["serve", str(grad_file), "--port", str(port), "--engine", engine]
+            res = runner.invoke(main, argv)
+            assert res.exit_code == 1, res.output
+            assert f"127.0.0.1:{port}" in res.output and "in use" in res.output, res.output
+            assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1

@@ -30,6 +30,26 @@ def parse_bytes(value: str) -> int:
     return int(amount * _UNITS[unit])
 
 
+def _check_address(host: str, port: int) -> None:
+    """The server can listen on ``host:port``: said in one line before anything loads, rather
+    than in the server's log (uvicorn) or a traceback from Ray's proxy."""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise click.BadParameter(f"{host!r}: {e.strerror}", param_hint="--host") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+        try:
+            probe.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                fail(f"{host}:{port} is in use (another server?): choose another --port")
+            fail(f"can't listen on {host}:{port}: {e.strerror}")
+
+
 @click.command()
 @trust_options
 @click.argument("model")
@@ -146,6 +166,7 @@ def serve(
     from xcam.viz import check_colormap
 
     limit = parse_bytes(max_body)
+    _check_address(host, port)
     try:
         check_colormap(colormap)
     except (ValueError, XCamError) as e:
