@@ -11,6 +11,7 @@ from xcam.cli.messages import echo_err, fail, os_reason
 from xcam.cli.options import (
     PRE_ACTIVATION_HELP,
     MethodOption,
+    engine_options,
     parse_output,
     parse_target,
     stats_options,
@@ -100,14 +101,7 @@ from xcam.core.decision import BOXES, PRESENT
 @click.option(
     "--path-column", default="path", show_default=True, help="A manifest's image path column."
 )
-@click.option(
-    "--engine",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="local: threads in this process; ray: a Ray Data pipeline (pip install "
-    "'xcam-deploy[data]'), a local cluster unless --ray-address.",
-)
+@engine_options("threads in this process", "a Ray Data pipeline", "data")
 @click.option(
     "--workers",
     type=click.IntRange(1),
@@ -122,7 +116,6 @@ from xcam.core.decision import BOXES, PRESENT
     show_default=True,
     help="ray: workers, each holding one model (with --device cuda, one GPU each).",
 )
-@click.option("--ray-address", help="ray: join this cluster (e.g. ray://head:10001, auto).")
 @click.option(
     "--overwrite",
     is_flag=True,

@@ -1,5 +1,5 @@
 """Options and parsers several commands share (--input-size, --class, --output, --mean/--std,
---trust-*, --method)."""
+--trust-*, --method, --engine / --ray-address)."""
 
 from __future__ import annotations
 
@@ -62,6 +62,26 @@ def parse_output(value: str | None) -> int | str | None:
     if value is None:
         return None
     return int(value) if value.lstrip("-").isdigit() else value
+
+
+def engine_options(local: str, ray: str, extra: str):
+    """``--engine local|ray`` and ``--ray-address``: ``local`` and ``ray`` say what each
+    engine runs; ``extra`` is the pip extra that brings Ray's part."""
+
+    def add(command):
+        command = click.option(
+            "--ray-address", help="ray: join this cluster (e.g. ray://head:10001, auto)."
+        )(command)
+        return click.option(
+            "--engine",
+            type=click.Choice(["local", "ray"]),
+            default="local",
+            show_default=True,
+            help=f"local: {local}; ray: {ray} (pip install 'xcam-deploy[{extra}]'), on a local "
+            "Ray unless --ray-address.",
+        )(command)
+
+    return add
 
 
 def trust_options(command):

@@ -9,7 +9,7 @@ import threading
 import click
 
 from xcam.cli.messages import fail
-from xcam.cli.options import MethodOption, trust_options
+from xcam.cli.options import MethodOption, engine_options, trust_options
 
 _UNITS = {"": 1, "B": 1, "KB": 2**10, "K": 2**10, "MB": 2**20, "M": 2**20, "GB": 2**30, "G": 2**30}
 
@@ -109,14 +109,7 @@ def _check_address(host: str, port: int) -> None:
     type=click.IntRange(1),
     help="ONNX Runtime's threads (default: all; with --engine ray, the cores / --replicas).",
 )
-@click.option(
-    "--engine",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="local: this process under uvicorn; ray: a Ray Serve deployment (pip install "
-    "'xcam-deploy[serve-ray]'), on a local Ray unless --ray-address.",
-)
+@engine_options("this process under uvicorn", "a Ray Serve deployment", "serve-ray")
 @click.option(
     "--replicas",
     type=click.IntRange(1),
@@ -124,7 +117,6 @@ def _check_address(host: str, port: int) -> None:
     show_default=True,
     help="ray: replicas, each holding one model (with --device cuda, one GPU each).",
 )
-@click.option("--ray-address", help="ray: join this cluster (e.g. ray://head:10001, auto).")
 @click.option(
     "--log-level",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),

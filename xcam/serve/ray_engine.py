@@ -14,7 +14,6 @@ import asyncio
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,42 +25,27 @@ from xcam.core.errors import XCamError
 from xcam.pipeline.batch import BatchExplainer, Explained
 from xcam.pipeline.ray_engine import ray_reason
 from xcam.serve.app import MAX_PENDING, make_app
-from xcam.serve.batcher import explain_apart
+from xcam.serve.batcher import Batcher, explain_apart
 
 APP_NAME = "xcam"
 
 
-class RayBatcher:
+class RayBatcher(Batcher):
     """Batches the images of a replica's concurrent requests with Ray Serve's
     ``@serve.batch`` (``max_batch`` images, ``max_wait_ms`` after the first), and explains
-    each batch on the replica's model thread; one image's failure is its request's alone."""
+    each batch on the replica's model thread; one image's failure is its request's alone.
+    Its arguments, limits and model thread are :class:`Batcher`'s; the queue is Ray's."""
 
     engine = "ray"
 
-    def __init__(
-        self,
-        explainer: BatchExplainer,
-        max_batch: int = 8,
-        max_wait_ms: float = 5.0,
-        on_batch: Callable[[int, float], None] | None = None,
-    ) -> None:
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be 1 or more, got {max_batch}")
-        if max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be 0 or more, got {max_wait_ms}")
-        self.explainer = explainer
-        self.on_batch = on_batch or (lambda _size, _seconds: None)
-        # one thread: the model is one session, which runs a batch on the replica's cores
-        self._model = ThreadPoolExecutor(1, thread_name_prefix="xcam-model")
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._batched = serve.batch(
-            max_batch_size=max_batch, batch_wait_timeout_s=max_wait_ms / 1000
-        )(self._run)
+            max_batch_size=self.max_batch, batch_wait_timeout_s=self.max_wait
+        )(self._explain_batch)
 
     async def start(self) -> None:
         """Nothing to start: ``@serve.batch`` runs its queue on the replica's event loop."""
-
-    async def stop(self) -> None:
-        self._model.shutdown(wait=True, cancel_futures=True)
 
     async def explain(self, x: np.ndarray, label: int | None, name: str) -> Explained | str:
         """As :meth:`xcam.serve.batcher.Batcher.explain`."""
@@ -70,7 +54,7 @@ class RayBatcher:
             raise result
         return result
 
-    async def _run(self, ready: list[Any]) -> list[Explained | str | Exception]:
+    async def _explain_batch(self, ready: list[Any]) -> list[Explained | str | Exception]:
         loop = asyncio.get_running_loop()
         started = loop.time()
         found = await loop.run_in_executor(self._model, explain_apart, self.explainer, ready)
