@@ -69,7 +69,7 @@ def make_app(
     """The service's ASGI app for ``explainer`` (see the module's docstring); run it with
     uvicorn (``xcam serve`` does). ``batcher`` gathers the images of concurrent requests
     into model calls: :class:`Batcher` in this process, or its twin on Ray Serve
-    (:class:`xcam.serve.on_ray.RayBatcher`, ``@serve.batch``), which takes the same
+    (:class:`xcam.serve.ray_engine.RayBatcher`, ``@serve.batch``), which takes the same
     arguments."""
     # a file's name, not its path: the server's folders are nobody's business
     model_name = PurePath(str(explainer.settings().get("model"))).name
