@@ -22,7 +22,7 @@ from xcam.pipeline.job import explain_ready
 class Batcher:
     """Batches the images of concurrent requests for one :class:`BatchExplainer`."""
 
-    engine = "local"  # what /v1/model says; xcam.serve.on_ray.RayBatcher is the twin on Ray
+    engine = "local"  # what /v1/model says; xcam.serve.ray_engine.RayBatcher is the twin on Ray
 
     def __init__(
         self,
