@@ -158,7 +158,8 @@ def serve(
     from xcam.viz import check_colormap
 
     limit = parse_bytes(max_body)
-    _check_address(host, port)
+    if not (engine == "ray" and ray_address):  # a cluster's proxy listens on its head
+        _check_address(host, port)
     try:
         check_colormap(colormap)
     except (ValueError, XCamError) as e:
