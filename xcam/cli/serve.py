@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import threading
 
@@ -220,7 +221,8 @@ def serve(
                 host=host,
                 port=port,
                 address=ray_address,
-                num_cpus=threads or 1,
+                # on this machine's own Ray the replicas share its cores, however many
+                num_cpus=(os.cpu_count() or 1) / replicas if ray_address is None else threads or 1,
                 num_gpus=1.0 if device == "cuda" else 0.0,
                 log_level=log_level,
             ):

@@ -11,6 +11,7 @@ can't tell the engines apart, except by ``GET /v1/model``'s ``"engine"``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -106,12 +107,13 @@ def served_on_ray(
         except Exception as e:  # an address with no cluster behind it, say
             where = f"join the Ray cluster at {address}" if address else "start a local Ray"
             raise XCamError(f"could not {where}: {ray_reason(e)}") from e
-    logging = {
+    log_config = {
         "log_level": log_level.upper(),
         "enable_access_log": log_level in ("info", "debug"),
     }
+    logging.getLogger("ray.serve").setLevel(log_level.upper())  # Serve's own, in this process
     try:
-        serve.start(http_options={"host": host, "port": port}, logging_config=logging)
+        serve.start(http_options={"host": host, "port": port}, logging_config=log_config)
         deployment = serve.deployment(
             Replica,
             name="xcam",
@@ -120,7 +122,7 @@ def served_on_ray(
             # let its requests reach it, with room for /healthz and /metrics beside them
             max_ongoing_requests=app_options.get("max_pending", MAX_PENDING) + 8,
             ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},
-            logging_config=logging,
+            logging_config=log_config,
         )
         try:
             serve.run(deployment.bind(factory, app_options), name=APP_NAME, route_prefix="/")
