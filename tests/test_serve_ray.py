@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,25 +30,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _started(proc: subprocess.Popen, url: str, seconds: float = 180) -> None:
+def _started(proc: subprocess.Popen, log: Path, seconds: float = 180) -> None:
+    """Until the command says it serves: every replica has loaded the model."""
     deadline = time.monotonic() + seconds
-    while True:
-        assert proc.poll() is None, proc.stdout.read().decode()
+    while "from Ray Serve" not in log.read_text():
+        assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, "xcam serve --engine ray did not start"
-        try:
-            if call(url + "/healthz")[0] == 200 and call(url + "/v1/model")[0] == 200:
-                return
-        except OSError:
-            pass
         time.sleep(0.5)
 
 
-def test_ray_serve_answers_as_the_embedded_server(grad_file) -> None:
+def test_ray_serve_answers_as_the_embedded_server(grad_file, tmp_path) -> None:
     """Two replicas on a local Ray: a multipart request of three images and a request with
     ``target=`` give the embedded server's answers (maps within 1e-6); eight concurrent
     requests (batched by ``@serve.batch``) give each the answer it gets alone; a bad
-    request gets the same 4xx and the service stays up; SIGTERM stops it, exit 0."""
+    request gets the same 4xx and the service stays up; SIGTERM stops it, exit 0, once the
+    request in flight then is answered."""
     images = [png(i, size) for i, size in enumerate([(50, 70), (64, 64), (90, 40)])]
+    big = png(4, (2400, 2400))  # seconds to decode, explain and draw over
     body, ctype = multipart([(f"img{i}.png", b) for i, b in enumerate(images)])
     explainer = make_explainer(grad_file)
     target = explainer.classes[2]
@@ -60,10 +59,12 @@ def test_ray_serve_answers_as_the_embedded_server(grad_file) -> None:
     cmd = [sys.executable, "-m", "xcam.cli", "serve", str(grad_file), "--engine", "ray"]
     cmd += ["--replicas", "2", "--port", str(port), "--max-wait-ms", "50", "--log-level", "warning"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    output = tmp_path / "serve.log"
+    with output.open("wb") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        _started(proc, url)
+        _started(proc, output)
         model = call(url + "/v1/model")[1]
         assert model["engine"] == "ray" and model["torch"] is False
         assert model["limits"]["max_wait_ms"] == 50
@@ -82,10 +83,16 @@ def test_ray_serve_answers_as_the_embedded_server(grad_file) -> None:
             )
         bad = call(url + "/v1/explain", b"not an image", "image/png")
         healthy = call(url + "/healthz")
+        # a request in flight when the server is told to stop still gets its answer
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(call, url + "/v1/explain?overlay=1", big, "image/png")
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            last = held.result()
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
-    log = out.decode()
+        proc.wait(timeout=120)
+    log = output.read_text()
     assert proc.returncode == 0, log
     assert "from Ray Serve" in log and "stopped" in log
 
@@ -105,6 +112,7 @@ def test_ray_serve_answers_as_the_embedded_server(grad_file) -> None:
         np.testing.assert_allclose(decoded_map(answer["images"][0]), decoded_map(alone), atol=TOL)
     assert bad == (400, want_bad)
     assert healthy == (200, {"status": "ok"})
+    assert last[0] == 200 and last[1]["images"][0]["width"] == 2400, last
 
 
 def test_a_model_that_cannot_load_is_one_line_before_ray_starts(tmp_path) -> None:

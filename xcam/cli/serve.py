@@ -225,10 +225,12 @@ def serve(
                 num_cpus=(os.cpu_count() or 1) / replicas if ray_address is None else threads or 1,
                 num_gpus=1.0 if device == "cuda" else 0.0,
                 log_level=log_level,
+                stop=stop,
             ):
-                click.echo(
-                    f"serving {model} ({name}) on {where} from Ray Serve: {routes}", err=True
-                )
+                if not stop.is_set():  # else stopped while the replicas started
+                    click.echo(
+                        f"serving {model} ({name}) on {where} from Ray Serve: {routes}", err=True
+                    )
                 while not stop.wait(0.5):
                     pass
                 click.echo("stopping", err=True)

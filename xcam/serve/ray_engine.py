@@ -11,6 +11,7 @@ can't tell the engines apart, except by ``GET /v1/model``'s ``"engine"``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
@@ -89,13 +90,16 @@ def served_on_ray(
     num_cpus: float = 1.0,
     num_gpus: float = 0.0,
     log_level: str = "info",
+    stop: threading.Event | None = None,
 ) -> Iterator[None]:
     """The service on Ray Serve at ``http://host:port/`` while the block runs: ``replicas``
     replicas, each with ``num_cpus`` CPUs and ``num_gpus`` GPUs reserved. A Ray already
     initialised in this process is used as it is; otherwise ``ray.init`` starts a local
-    cluster (or joins ``address``) and shuts it down afterwards. Returns once every replica
-    has loaded its model; a model that fails to load raises :class:`XCamError`. The
-    replicas log at ``log_level`` (each request at info and debug)."""
+    cluster (or joins ``address``) and shuts it down afterwards. Enters once every replica
+    has loaded its model, or once ``stop`` is set (replicas waiting for resources can wait
+    forever); a model that fails to load raises :class:`XCamError`. On the way out the
+    replicas finish the requests they hold. The replicas log at ``log_level`` (each
+    request at info and debug)."""
     if replicas < 1:
         raise ValueError(f"replicas must be 1 or more, got {replicas}")
     own = not ray.is_initialized()
@@ -124,12 +128,28 @@ def served_on_ray(
             ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},
             logging_config=log_config,
         )
-        try:
-            serve.run(deployment.bind(factory, app_options), name=APP_NAME, route_prefix="/")
-        except Exception as e:  # a replica that can't load the model: its reason, in a line
-            raise XCamError(f"Ray Serve could not start the service: {ray_reason(e)}") from e
+        failed: list[BaseException] = []
+
+        def deploy() -> None:
+            try:
+                serve.run(deployment.bind(factory, app_options), name=APP_NAME, route_prefix="/")
+            except BaseException as e:
+                failed.append(e)
+
+        # serve.run waits for every replica, which may wait for resources a long time: in a
+        # thread, so that a stop (a signal handled in this one) still ends the wait
+        starting = threading.Thread(target=deploy, name="xcam-serve-run", daemon=True)
+        starting.start()
+        while starting.is_alive() and not (stop is not None and stop.is_set()):
+            starting.join(0.25)
+        if failed:  # a replica that can't load the model: its reason, in a line
+            raise XCamError(f"Ray Serve could not start the service: {ray_reason(failed[0])}")
         yield
     finally:
+        # the replicas answer the requests they hold before they go, the proxy with them;
+        # never deployed, or Ray already gone: shut down all the same
+        with contextlib.suppress(Exception):
+            serve.delete(APP_NAME)
         try:
             serve.shutdown()
         finally:
