@@ -146,6 +146,7 @@ def test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_goes_on(grad_f
         (ctype, body[:40], "", 400, "multipart"),
         (ctype.replace("xcam-test-boundary", "other"), body, "", 400, "malformed multipart"),
         (ctype, fields_only, "", 400, "without a file field"),
+        (*reversed(multipart([(f"{k}.png", b"x") for k in range(65)])), "", 400, "over 64"),
     ]
     with serving(app) as url:
         for media, data, query, status, words in cases:
@@ -163,8 +164,12 @@ def test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_goes_on(grad_f
         assert status == 200 and got["images"][0]["name"] == "passwd"
         assert call(url + "/healthz") == (200, {"status": "ok"})
         assert call(url + "/v1/explain", good, "image/png")[0] == 200
+        # routes and methods that don't exist: the same JSON error, naming the way
+        assert call(url + "/v1/explain") == (405, {"error": "GET /v1/explain: use POST"})
+        status, got = call(url + "/v2/explain", good, "image/png")
+        assert status == 404 and "/v2/explain" in got["error"] and "/v1/explain" in got["error"]
         _, metrics = call(url + "/metrics")
-    assert 'xcam_errors_total{path="/v1/explain",status="400"} 13.0' in metrics
+    assert 'xcam_errors_total{path="/v1/explain",status="400"} 14.0' in metrics
     assert 'xcam_errors_total{path="/v1/explain",status="413"} 1.0' in metrics
 
 

@@ -32,6 +32,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from xcam.core.errors import InputError, NumericalError
 from xcam.pipeline.batch import BatchExplainer
@@ -84,7 +85,8 @@ def make_app(
         yield
         await batching.stop()
 
-    app = FastAPI(title="xcam", lifespan=lifespan, redoc_url=None)
+    # no /docs or /redoc: their pages load from a CDN (blank offline); GET / is the page
+    app = FastAPI(title="xcam", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.batcher, app.state.metrics = batching, metrics
 
     @app.middleware("http")
@@ -97,6 +99,18 @@ def make_app(
     @app.exception_handler(RequestError)
     async def refused(_request: Request, e: RequestError):
         return JSONResponse({"error": str(e)}, status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def no_route(request: Request, e: StarletteHTTPException):  # 404, 405: JSON too
+        where = f"{request.method} {request.url.path}"
+        if e.status_code == 405:
+            allowed = e.headers.get("Allow", "") if e.headers else ""
+            message = f"{where}: use {' or '.join(allowed.split(', ')) or 'another method'}"
+        elif e.status_code == 404:
+            message = f"{where}: no such route (the routes: {', '.join(ROUTES)})"
+        else:
+            message = f"{where}: {e.detail}"
+        return JSONResponse({"error": message}, status_code=e.status_code, headers=e.headers)
 
     @app.exception_handler(Exception)
     async def failed(_request: Request, e: Exception):  # still JSON, still one line
@@ -164,8 +178,9 @@ def make_app(
         if metrics.in_flight_now >= max_pending:
             raise RequestError(
                 503,
-                f"the server is busy: {max_pending} requests are being explained; retry "
-                "shortly (xcam serve --max-pending raises the limit)",
+                f"the server is busy: it explains {max_pending} "
+                f"request{'s' if max_pending > 1 else ''} at most at once; retry shortly "
+                "(xcam serve --max-pending raises the limit)",
                 {"Retry-After": "1"},
             )
         with metrics.explaining():
@@ -286,6 +301,8 @@ async def _uploads(request, limit: int) -> list[tuple[str, bytes]]:
     try:
         form = await parser.parse()
     except MultiPartException as e:
+        if e.message.startswith("Too many"):  # a limit, not a malformed body
+            raise RequestError(400, f"over {MAX_IMAGES} images in one request") from None
         raise RequestError(400, f"a malformed multipart body ({e.message})") from None
     files = [v for _k, v in form.multi_items() if isinstance(v, UploadFile)]
     if not files:
