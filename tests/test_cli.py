@@ -222,6 +222,9 @@ def test_export_then_explain_from_the_file(runner, images, tmp_path, fmt, suffix
     trust = ["--trust-code"] if fmt != "onnx" else []
     res = runner.invoke(main, ["layers", str(path), *trust])
     assert res.exit_code == 0 and "block3" in res.output and "logits" in res.output
+    # the preprocessing a client of the file needs: input shape, mean, std, classes
+    assert "[Bx3x64x64] float32, mean [0.5, 0.5, 0.5], std [0.25, 0.25, 0.25]" in res.output
+    assert "classes: circle, square, triangle, cross" in res.output
     # gradient methods need the eager tail: a clear error says how to get it
     out = str(tmp_path / "f")
     res = runner.invoke(main, ["explain", str(path), str(images), "-o", out, *trust])

@@ -59,7 +59,15 @@ def layers(model: str, weights: str | None, input_size: str | None) -> None:
 
 
 def _list_outputs(model: str, meta) -> None:
-    """An exported file has no layers to choose from: its named outputs instead."""
-    click.echo(f"outputs of {model} ({meta.format}, exported by {meta.exporter}):")
+    """An exported file has no layers to choose from: its inputs (with the preprocessing
+    they expect) and its named outputs instead."""
+    shape = "x".join("B" if d is None else str(d) for d in meta.input_shape)
+    click.echo(f"inputs of {model} ({meta.format}, exported by {meta.exporter}):")
+    click.echo(f"  {meta.input_name:<20} [{shape}] {meta.dtype}, mean {meta.mean}, std {meta.std}")
+    if "target" in (meta.input_names or []):
+        click.echo(f"  {'target':<20} [B] int64: the class to explain per sample, -1 the top-1")
+    click.echo("outputs:")
     for name in meta.output_names:
         click.echo(f"  {name:<20} {meta.outputs.get(name, '')}")
+    if meta.classes:
+        click.echo(f"classes: {', '.join(meta.classes)}")
