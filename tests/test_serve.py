@@ -135,7 +135,7 @@ def test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_goes_on(grad_f
         ("image/png", b"GIF89a but not really", "", 400, "not a readable image"),
         ("image/png", good[: len(good) // 2], "", 400, "truncated"),
         ("image/png", big, "", 400, "above the limit"),  # a decompression bomb, in small
-        (pair_type, pair, "", 400, "above the limit"),
+        (pair_type, pair, "", 400, "above the limit of 10000 pixels for a request's images"),
         ("image/png", b"\0" * 200_000, "", 413, "over the limit"),
         ("image/png", b"", "", 400, "empty"),
         ("image/png", good, "?target=99", 400, "out of range"),

@@ -74,3 +74,14 @@ def test_the_command_writes_the_repository(runner, tmp_path) -> None:
     ts = ["export", "demo", "--out", str(tmp_path / "d.ts"), "--format", "torchscript"]
     wrong = runner.invoke(main, [*ts, "--triton-repo", str(tmp_path / "r")])
     assert wrong.exit_code != 0 and "holds the ONNX file" in wrong.output
+
+
+def test_a_triton_name_it_would_change_is_refused_before_exporting(runner, tmp_path) -> None:
+    """``--triton-name`` is the model's name in every client's request: one that isn't a
+    Triton name is refused, naming the characters allowed, not silently changed."""
+    from xcam.cli import main
+
+    args = ["export", "demo", "--out", str(tmp_path / "d.onnx"), "--triton-repo", str(tmp_path)]
+    res = runner.invoke(main, [*args, "--triton-name", "bad name/../x"])
+    assert res.exit_code == 2 and "--triton-name" in res.output and "letters" in res.output
+    assert not (tmp_path / "d.onnx").exists() and list(tmp_path.iterdir()) == []

@@ -16,6 +16,17 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
+class TooManyPixels(InputError):
+    """An image above the pixel limit (a guard against decompression bombs)."""
+
+    def __init__(self, name: str, width: int, height: int, limit: int) -> None:
+        self.name, self.width, self.height, self.limit = name, width, height, limit
+        super().__init__(
+            f"{name}: {width}x{height} = {width * height} pixels is above the limit of {limit} "
+            "(a guard against decompression bombs; raise max_pixels to allow it)"
+        )
+
+
 def find_images(paths: Iterable[str | Path]) -> list[Path]:
     """Files as given, folders expanded to their image files (sorted, not recursive)."""
     found: list[Path] = []
@@ -97,10 +108,7 @@ def _decode(source, name: str, background: tuple[int, int, int], max_pixels: int
             with Image.open(source) as im:
                 w, h = im.size
                 if max_pixels is not None and w * h > max_pixels:
-                    raise InputError(
-                        f"{name}: {w}x{h} = {w * h} pixels is above the limit of {max_pixels} "
-                        "(a guard against decompression bombs; raise max_pixels to allow it)"
-                    )
+                    raise TooManyPixels(name, w, h, max_pixels)
                 im.load()
                 ImageOps.exif_transpose(im, in_place=True)  # not a copy when there's no tag
                 return _to_rgb(im, background)

@@ -158,9 +158,16 @@ def _triton_target(fmt: str, out: str, repo: str | None, name: str | None) -> Pa
     from exporters.triton import model_name
 
     try:
-        folder = Path(repo) / model_name(name or Path(out).stem)
+        chosen = model_name(name or Path(out).stem)
     except ExportError as e:
         raise click.BadParameter(str(e), param_hint="--triton-name") from None
+    if name is not None and chosen != name:  # clients name the model: not changed quietly
+        raise click.BadParameter(
+            f"{name!r} is not a Triton model name: letters, digits, '_', '-' and '.' "
+            f"(such as {chosen!r})",
+            param_hint="--triton-name",
+        )
+    folder = Path(repo) / chosen
     if folder.exists():
         fail(f"{folder} already exists: remove it, or pass another --triton-name")
     return folder

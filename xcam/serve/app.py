@@ -35,6 +35,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from xcam.core.errors import InputError, NumericalError
+from xcam.images import TooManyPixels
 from xcam.pipeline.batch import BatchExplainer
 from xcam.serve.answer import MAP_FORMATS, answer, decode_upload
 from xcam.serve.batcher import Batcher
@@ -201,6 +202,13 @@ def make_app(
             try:
                 async with decoding:
                     image, x = await run_in_threadpool(decode_upload, data, name, explainer, budget)
+            except TooManyPixels as e:  # said for the service: its limit, its option
+                raise RequestError(
+                    400,
+                    f"{name}: {e.width}x{e.height} = {e.width * e.height} pixels is above the "
+                    f"limit of {max_pixels} pixels for a request's images in all (xcam serve "
+                    "--max-pixels; a guard against decompression bombs)",
+                ) from None
             except InputError as e:
                 raise RequestError(400, str(e)) from None
             decoded.append((name, image, x))
