@@ -343,3 +343,16 @@ def test_a_port_in_use_is_one_line_naming_it(grad_file, runner) -> None:
             assert res.exit_code == 1, res.output
             assert f"127.0.0.1:{port}" in res.output and "in use" in res.output, res.output
             assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_an_unknown_class_name_says_the_names_there_are(grad_file) -> None:
+    """``target=`` (and a manifest's labels) with a name the model hasn't: the error offers
+    the nearest name, else lists them (a few of them, for a model of many)."""
+    from xcam.core.errors import InputError
+    from xcam.pipeline.job import label_of
+
+    explainer = make_explainer(grad_file)
+    with pytest.raises(InputError, match="did you mean 'triangle'"):
+        label_of("Triangle", explainer)
+    with pytest.raises(InputError, match="the classes: circle, square, triangle, cross"):
+        label_of("zebra", explainer)

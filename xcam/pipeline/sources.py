@@ -205,4 +205,15 @@ def resolve_label(label: Any, classes: Sequence[str] | None, k: int | None) -> i
         return label
     if classes is not None and label in classes:
         return list(classes).index(label)
-    raise InputError(f"label {label!r} is neither a class index nor one of the model's class names")
+    message = f"label {label!r} is neither a class index nor one of the model's class names"
+    if classes:
+        import difflib
+
+        names = {str(c).lower(): str(c) for c in classes}
+        near = difflib.get_close_matches(str(label).lower(), names, n=1, cutoff=0.75)
+        if near:
+            message += f": did you mean {names[near[0]]!r}?"
+        else:
+            shown = ", ".join(map(str, list(classes)[:10]))
+            message += f" (the classes: {shown}{', …' if len(classes) > 10 else ''})"
+    raise InputError(message)
