@@ -79,20 +79,16 @@ class Batcher:
                     break
             batch = [(ready, answer) for ready, answer in batch if not answer.cancelled()]
             try:
-                await self._answer(loop, batch)
+                await self._answer(batch)
             except Exception as e:  # never the loop's end: the next requests still get answers
                 for _, answer in batch:
                     if not answer.done():
                         answer.set_exception(e)
 
-    async def _answer(self, loop: asyncio.AbstractEventLoop, batch: list[Any]) -> None:
+    async def _answer(self, batch: list[Any]) -> None:
         if not batch:
             return
-        started = loop.time()
-        found = await loop.run_in_executor(
-            self._model, explain_apart, self.explainer, [ready for ready, _ in batch]
-        )
-        self.on_batch(len(batch), loop.time() - started)
+        found = await self._explain_batch([ready for ready, _ in batch])
         for (_, answer), result in zip(batch, found, strict=True):
             if answer.done():
                 continue
@@ -100,6 +96,15 @@ class Batcher:
                 answer.set_exception(result)
             else:
                 answer.set_result(result)
+
+    async def _explain_batch(self, ready: list[Any]) -> list[Explained | str | Exception]:
+        """One model call on the model's thread, timed for ``on_batch``: each image's answer,
+        its label's refusal (a string) or what it raised (see :func:`explain_apart`)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        found = await loop.run_in_executor(self._model, explain_apart, self.explainer, ready)
+        self.on_batch(len(ready), loop.time() - started)
+        return found
 
 
 def explain_apart(explainer: BatchExplainer, ready: list[Any]) -> list[Explained | str | Exception]:

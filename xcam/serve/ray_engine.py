@@ -10,7 +10,6 @@ can't tell the engines apart, except by ``GET /v1/model``'s ``"engine"``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import signal
@@ -27,16 +26,16 @@ from xcam.core.errors import XCamError
 from xcam.pipeline.batch import BatchExplainer, Explained
 from xcam.pipeline.ray_engine import ray_reason
 from xcam.serve.app import MAX_PENDING, make_app
-from xcam.serve.batcher import Batcher, explain_apart
+from xcam.serve.batcher import Batcher
 
 APP_NAME = "xcam"
 
 
 class RayBatcher(Batcher):
     """Batches the images of a replica's concurrent requests with Ray Serve's
-    ``@serve.batch`` (``max_batch`` images, ``max_wait_ms`` after the first), and explains
-    each batch on the replica's model thread; one image's failure is its request's alone.
-    Its arguments, limits and model thread are :class:`Batcher`'s; the queue is Ray's."""
+    ``@serve.batch`` (``max_batch`` images, ``max_wait_ms`` after the first); each batch is
+    explained as :class:`Batcher` explains one (its model thread, one image's failure its
+    request's alone). Its arguments and limits are :class:`Batcher`'s; the queue is Ray's."""
 
     engine = "ray"
 
@@ -55,13 +54,6 @@ class RayBatcher(Batcher):
         if isinstance(result, Exception):
             raise result
         return result
-
-    async def _explain_batch(self, ready: list[Any]) -> list[Explained | str | Exception]:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        found = await loop.run_in_executor(self._model, explain_apart, self.explainer, ready)
-        self.on_batch(len(ready), loop.time() - started)
-        return found
 
 
 @serve.ingress()
